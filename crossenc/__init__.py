@@ -1,0 +1,14 @@
+"""crossenc: cross-encoders, rerankers and classifiers as first-class vLLM models."""
+
+__version__ = "0.1.0"
+
+
+def register() -> None:
+    """vLLM plugin entry point (``vllm.general_plugins``), run in every vLLM process.
+
+    Registers crossenc's architectures lazily, as "module:Class" strings, so no model
+    module is imported until vLLM inspects or loads that architecture.
+    """
+    from crossenc.model_executor.models.registry import register_with_vllm
+
+    register_with_vllm()
