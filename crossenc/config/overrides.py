@@ -1,0 +1,231 @@
+"""Validation of `classifier_from_token` / `method` before any weights load.
+
+Online conversion (`--hf-overrides '{"classifier_from_token": [...], "method": ...}'`) and
+`crossenc convert` both go through `validate_conversion`: a bad override is a clear error naming
+the token, the method or the config field, never a silently wrong score. In vLLM it runs as a
+per-architecture config hook (`install_config_hooks`), when the ModelConfig is built.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from crossenc import presets
+from crossenc.model_executor.models.conversion import (
+    METHOD_KEY,
+    METHODS,
+    TOKEN_IDS_KEY,
+    TOKENS_KEY,
+    SeqClsConversion,
+)
+
+# Config fields that make logits a non-linear (or rescaled) function of the lm_head rows:
+# a score head made of the raw rows would give different numbers.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+class OverrideError(ValueError):
+    """A conversion override that cannot give the scores it asks for."""
+
+
+def _single_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _near_misses(tokenizer: Any, token: str) -> list[str]:
+    stripped = token.strip()
+    variants = dict.fromkeys(
+        v
+        for v in (stripped, stripped.lower(), stripped.capitalize(), stripped.upper(), " " + stripped)
+        if v and v != token
+    )
+    return [f"{v!r} (id {ids[0]})" for v in variants if len(ids := _single_ids(tokenizer, v)) == 1]
+
+
+def token_ids_or_raise(tokenizer: Any, tokens, vocab_size: int | None = None) -> tuple[int, ...]:
+    """The single vocabulary id of each classifier token, or an error naming the bad token."""
+    if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
+        raise OverrideError(
+            f"{TOKENS_KEY} must be a list of strings, e.g. [\"no\", \"yes\"]; got {tokens!r}"
+        )
+    if len(set(tokens)) != len(tokens):
+        raise OverrideError(f"{TOKENS_KEY}={list(tokens)} repeats a token")
+    ids = []
+    for token in tokens:
+        encoded = _single_ids(tokenizer, token)
+        pieces = tokenizer.convert_ids_to_tokens(encoded)
+        unknown = len(encoded) == 1 and encoded[0] == tokenizer.unk_token_id
+        if len(encoded) != 1 or unknown:
+            what = "the unknown token" if unknown else f"{len(encoded)} ids {encoded} {pieces}"
+            near = _near_misses(tokenizer, token)
+            hint = f"; single-token near misses: {', '.join(near)}" if near else ""
+            raise OverrideError(
+                f"classifier token {token!r} must tokenize to exactly one id, but it tokenizes "
+                f"to {what}{hint}"
+            )
+        # A vocabulary entry spelled like the token but with another id (e.g. SentencePiece's
+        # "▁Yes" vs "Yes") makes the choice ambiguous; refuse rather than guess.
+        vocab_id = tokenizer.get_vocab().get(token)
+        if vocab_id is not None and vocab_id != encoded[0]:
+            raise OverrideError(
+                f"classifier token {token!r} is ambiguous: the text tokenizes to id {encoded[0]} "
+                f"{pieces} but the vocabulary entry {token!r} has id {vocab_id}"
+            )
+        if vocab_size is not None and encoded[0] >= vocab_size:
+            raise OverrideError(
+                f"classifier token {token!r} has id {encoded[0]}, outside the model's "
+                f"{vocab_size}-row lm_head"
+            )
+        ids.append(encoded[0])
+    return tuple(ids)
+
+
+def check_convertible(hf_config: Any) -> None:
+    """The checkpoint is a CausalLM whose token logits are linear in its last hidden state."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise OverrideError(
+            f"model_type {model_type!r} has no language-model head: {TOKENS_KEY}/{METHOD_KEY} "
+            "convert CausalLM rerankers (Qwen3, Qwen2, Gemma, Llama, ...) only"
+        )
+    text_config = hf_config.get_text_config()
+    for field in _LOGIT_TRANSFORMS:
+        value = getattr(text_config, field, None)
+        if value not in (None, 1, 1.0):
+            raise OverrideError(
+                f"{model_type} applies {field}={value} to its logits, so the lm_head rows alone "
+                "do not give the token logits; converting it is not supported"
+            )
+
+
+def _declared_num_labels(hf_config: Any, hf_overrides: dict[str, Any]) -> int | None:
+    if "num_labels" in hf_overrides:
+        return int(hf_overrides["num_labels"])
+    labels = list((getattr(hf_config, "id2label", None) or {}).values())
+    # transformers fills id2label with LABEL_0, LABEL_1 when a config declares none.
+    if labels and not all(_DEFAULT_LABEL.fullmatch(str(label)) for label in labels):
+        return len(labels)
+    return None
+
+
+def validate_conversion(
+    hf_config: Any,
+    tokenizer: Any,
+    hf_overrides: dict[str, Any] | None = None,
+    preset: presets.Preset | None = None,
+) -> SeqClsConversion:
+    """Check what the config asks for and return it with the tokens' ids."""
+    method_name, tokens = getattr(hf_config, METHOD_KEY, None), getattr(hf_config, TOKENS_KEY, None)
+    if method_name is None or tokens is None:
+        given, missing = (TOKENS_KEY, METHOD_KEY) if method_name is None else (METHOD_KEY, TOKENS_KEY)
+        raise OverrideError(f"{given} is set but {missing} is not: give both")
+    if method_name not in METHODS:
+        known = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+        raise OverrideError(f"unknown {METHOD_KEY} {method_name!r}; known methods: {known}")
+    method = METHODS[method_name]
+    n = len(tokens) if isinstance(tokens, (list, tuple)) else 0
+    if n < method.min_tokens or (method.max_tokens is not None and n > method.max_tokens):
+        raise OverrideError(
+            f"{method.name} needs {method.expects()} in {TOKENS_KEY}, got {tokens!r}"
+            + (" (the false token first, then the true one)" if method.max_tokens == 2 else "")
+        )
+    check_convertible(hf_config)
+    if preset is not None and (tuple(tokens), method_name) != (preset.tokens, preset.method):
+        raise OverrideError(
+            f"this checkpoint is the {preset.name} preset ({preset.checkpoints}), scored with "
+            f"{TOKENS_KEY}={list(preset.tokens)} and {METHOD_KEY}={preset.method!r}, but "
+            f"{list(tokens)} with {method_name!r} were given; set "
+            f'"{presets.PRESET_KEY}": "{presets.NO_PRESET}" to score it your own way'
+        )
+    ids = token_ids_or_raise(tokenizer, tokens, hf_config.get_text_config().vocab_size)
+    conversion = SeqClsConversion(method, tuple(tokens), ids)
+    declared = _declared_num_labels(hf_config, hf_overrides or {})
+    if declared is not None and declared != conversion.num_labels:
+        raise OverrideError(
+            f"num_labels={declared} contradicts {method.name} over {len(tokens)} tokens, which "
+            f"gives {conversion.num_labels} output(s)"
+        )
+    return conversion
+
+
+def apply(hf_config: Any, conversion: SeqClsConversion) -> None:
+    """Record a validated conversion in the config the model is built from."""
+    for config in {id(c): c for c in (hf_config, hf_config.get_text_config())}.values():
+        config.num_labels = conversion.num_labels
+        config.id2label = conversion.id2label
+        config.label2id = {label: i for i, label in conversion.id2label.items()}
+        setattr(config, TOKEN_IDS_KEY, list(conversion.token_ids))
+        # LLM rerankers read query and document as one text, without a separator token.
+        if getattr(config, "use_sep_token", None) is None:
+            config.use_sep_token = False
+
+
+def verify_and_update_model_config(model_config: Any) -> None:
+    """vLLM hook (ModelConfig built, no weights loaded): presets, validation, template."""
+    hf_config = model_config.hf_config
+    hf_overrides = model_config.hf_overrides if isinstance(model_config.hf_overrides, dict) else {}
+    preset = presets.for_config(hf_config, model_config.model)
+    if preset is not None and presets.PRESET_KEY in hf_overrides:
+        # The preset was asked for by name: it supplies what the overrides leave out.
+        for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
+            if getattr(hf_config, key, None) is None:
+                setattr(hf_config, key, value)
+    if preset is not None and preset.model_type != hf_config.model_type:
+        raise OverrideError(
+            f"preset {preset.name} is for {preset.model_type} checkpoints ({preset.checkpoints}); "
+            f"this one is {hf_config.model_type}"
+        )
+    if SeqClsConversion.requested(hf_config):
+        if model_config.runner_type != "pooling":
+            raise OverrideError(
+                f"{TOKENS_KEY}/{METHOD_KEY} turn the model into a classifier, but it is served as "
+                f"runner={model_config.runner_type!r}; add \"architectures\": "
+                f"[\"<Family>ForSequenceClassification\"] to --hf-overrides (or --runner pooling)"
+            )
+        from vllm.tokenizers import get_tokenizer
+
+        tokenizer = get_tokenizer(
+            model_config.tokenizer,
+            revision=model_config.tokenizer_revision,
+            tokenizer_mode=model_config.tokenizer_mode,
+            trust_remote_code=model_config.trust_remote_code,
+        )
+        apply(hf_config, validate_conversion(hf_config, tokenizer, hf_overrides, preset))
+    if preset is not None:
+        setattr(hf_config, presets.PRESET_KEY, preset.name)
+        from crossenc.entrypoints.pooling import score_template
+
+        score_template.install()
+
+
+def install_config_hooks() -> None:
+    """Run `verify_and_update_model_config` for every architecture vLLM knows (idempotent).
+
+    vLLM calls `MODELS_CONFIG_MAP[arch].verify_and_update_model_config` when it builds a
+    ModelConfig. Each entry becomes a subclass of the existing one (or of vLLM's no-op base)
+    whose model-config hook runs the existing hook, then crossenc's. Only registered names and
+    names that already have an entry get one: a registered name resolves to itself, so vLLM's
+    fallback lookup for unregistered names is unaffected. Call it after crossenc registers its
+    architectures.
+    """
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    for arch in {*ModelRegistry.get_supported_archs(), *MODELS_CONFIG_MAP}:
+        base = MODELS_CONFIG_MAP.get(arch, VerifyAndUpdateConfig)
+        if getattr(base, "_crossenc_hook", False):
+            continue
+
+        def hook(model_config, _base=base):
+            _base.verify_and_update_model_config(model_config)
+            verify_and_update_model_config(model_config)
+
+        MODELS_CONFIG_MAP[arch] = type(
+            f"Crossenc{base.__name__}",
+            (base,),
+            {"verify_and_update_model_config": staticmethod(hook), "_crossenc_hook": True},
+        )

@@ -1,0 +1,1 @@
+"""crossenc's additions to vLLM's entrypoints."""
