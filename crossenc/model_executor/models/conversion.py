@@ -38,6 +38,9 @@ class ConversionMethod:
     fold: Callable[[torch.Tensor], torch.Tensor]
     # num_labels of the converted head for n tokens
     num_labels: Callable[[int], int]
+    # The CausalLM's own scores from the tokens' logits at the last position [..., n_tokens]:
+    # what the converted classifier must serve (see `served_scores`).
+    causal_scores: Callable[[torch.Tensor], torch.Tensor]
 
     def expects(self) -> str:
         if self.max_tokens == self.min_tokens:
@@ -65,6 +68,7 @@ METHODS: dict[str, ConversionMethod] = {
             max_tokens=2,
             fold=_two_way_softmax,
             num_labels=lambda n: 1,
+            causal_scores=lambda logits: logits.float().softmax(-1)[..., 1:],
         ),
         ConversionMethod(
             "no_post_processing",
@@ -73,9 +77,16 @@ METHODS: dict[str, ConversionMethod] = {
             max_tokens=None,
             fold=_rows_as_they_are,
             num_labels=lambda n: n,
+            causal_scores=lambda logits: served_scores(logits),
         ),
     )
 }
+
+
+def served_scores(logits: torch.Tensor) -> torch.Tensor:
+    """A classifier's scores as vLLM serves them: sigmoid of a single logit, else softmax."""
+    logits = logits.float()
+    return logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
 
 
 def _get(hf_config: Any, key: str) -> Any:
