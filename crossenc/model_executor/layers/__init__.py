@@ -1,0 +1,75 @@
+"""vLLM's tensor-parallel layers inside a vLLM engine, plain-torch stand-ins outside one.
+
+The model files build on vLLM's parallel linear layers so that tensor parallelism splits
+heads across ranks. The same model math must also run where no vLLM engine is set up (a
+GPU machine without vLLM measuring the kernel, a test comparing with transformers): there
+the stand-ins below are single-rank layers with the constructor arguments, `return_bias=False`
+behaviour and `weight_loader(param, weight[, shard_id])` hooks the model code relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TorchLinear(nn.Linear):
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, *,
+                 params_dtype: torch.dtype | None = None, **_tp_kwargs: Any):
+        super().__init__(input_size, output_size, bias=bias, dtype=params_dtype)
+
+
+class TorchQKVLinear(TorchLinear):
+    """q, k and v projections stacked in one matmul; checkpoints load them one by one."""
+
+    def __init__(self, hidden_size: int, head_size: int, total_num_heads: int,
+                 bias: bool = True, **kwargs: Any):
+        self.q_size = head_size * total_num_heads
+        super().__init__(hidden_size, 3 * self.q_size, bias, **kwargs)
+        for param in self.parameters():
+            param.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+        offset = "qkv".index(shard_id) * self.q_size
+        param.data[offset: offset + self.q_size].copy_(loaded)
+
+
+class TorchEmbedding(nn.Embedding):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *,
+                 params_dtype: torch.dtype | None = None, **_tp_kwargs: Any):
+        super().__init__(num_embeddings, embedding_dim, dtype=params_dtype)
+
+
+@dataclass(frozen=True)
+class ParallelLayers:
+    column: type[nn.Module]
+    row: type[nn.Module]
+    qkv: type[nn.Module]
+    vocab_embedding: type[nn.Module]
+    tp_size: int
+
+
+TORCH_LAYERS = ParallelLayers(TorchLinear, TorchLinear, TorchQKVLinear, TorchEmbedding, tp_size=1)
+
+
+def get_parallel_layers(vllm_config: Any | None) -> ParallelLayers:
+    """vLLM's parallel layers when built by a vLLM engine (`vllm_config` given), else torch's."""
+    if vllm_config is None:
+        return TORCH_LAYERS
+    from vllm.distributed import get_tensor_model_parallel_world_size
+    from vllm.model_executor.layers.linear import (
+        ColumnParallelLinear,
+        QKVParallelLinear,
+        RowParallelLinear,
+    )
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    return ParallelLayers(ColumnParallelLinear, RowParallelLinear, QKVParallelLinear,
+                          VocabParallelEmbedding, get_tensor_model_parallel_world_size())
+
+
+def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
+    param.data.copy_(loaded)
