@@ -1,0 +1,209 @@
+"""One way to make a classifier: `as_seq_cls_model` / `as_token_cls_model`.
+
+Each returns a *named* class (`DebertaV2Model` -> `DebertaV2ForSequenceClassification`,
+`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`) that is importable as "module:Name",
+picklable, and the same object for the same base, so vLLM's registry inspects the class
+actually served.
+
+Encoders (a base class with `base_model_prefix` and `seq_cls_projector`, e.g. DeBERTa) get
+transformers' head layout: backbone under the prefix, the first token through the projector
+(`pooler.dense` in checkpoints) and a `classifier` Linear. Decoders get vLLM's: the last
+token's hidden state through a `score` Linear, built from the checkpoint's `score.weight`
+or, when the config asks for a conversion, from lm_head rows (crossenc's conversion.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossenc.model_executor.layers import default_weight_loader
+
+_GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
+
+
+def pooling_class_name(base_name: str, suffix: str) -> str:
+    """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2For...`."""
+    for generate_suffix in _GENERATE_SUFFIXES:
+        if base_name.endswith(generate_suffix):
+            return base_name.removesuffix(generate_suffix) + suffix
+    return base_name + suffix
+
+
+def _is_encoder(base_cls: type) -> bool:
+    return hasattr(base_cls, "base_model_prefix") and hasattr(base_cls, "seq_cls_projector")
+
+
+def _name(cls: type, base_cls: type, suffix: str, module: str | None) -> type:
+    cls.__name__ = cls.__qualname__ = pooling_class_name(base_cls.__name__, suffix)
+    cls.__module__ = module or base_cls.__module__
+    return cls
+
+
+def _first_tokens(positions: torch.Tensor) -> torch.Tensor:
+    return (positions == 0).nonzero().flatten()
+
+
+class _EncoderHeadModel(nn.Module):
+    """Shared body of encoder classifiers: backbone, weight loading, no-vLLM logits."""
+
+    is_pooling_model = True
+    base_cls: type[nn.Module]
+    # checkpoint prefix -> our module, for the head's tensors
+    head_prefixes: dict[str, str]
+
+    def _init_backbone(self, vllm_config, prefix, config):
+        base = self.base_cls
+        self.config = config if config is not None else vllm_config.model_config.hf_config
+        setattr(self, base.base_model_prefix, base(
+            vllm_config=vllm_config, prefix=f"{prefix}.{base.base_model_prefix}".lstrip("."),
+            config=self.config, with_pooler=False))
+        num_labels = getattr(self.config, "num_labels", None)
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r}: a classifier needs at least one label")
+        self.num_labels = num_labels
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self, self.base_cls.base_model_prefix)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_input_ids(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
+                token_type_ids=None) -> torch.Tensor:
+        return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds, token_type_ids)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """A transformers checkpoint: backbone under its prefix, then the head's tensors."""
+        prefix = f"{self.base_cls.base_model_prefix}."
+        head_params = {name: p for name, p in self.named_parameters() if not name.startswith(prefix)}
+        head: dict[str, torch.Tensor] = {}
+
+        def backbone_weights():
+            for name, tensor in weights:
+                for hf_prefix, ours in self.head_prefixes.items():
+                    if name.startswith(hf_prefix):
+                        head[ours + name.removeprefix(hf_prefix)] = tensor
+                        break
+                else:
+                    yield name, tensor
+
+        loaded = {prefix + n for n in self.backbone.load_weights(backbone_weights())}
+        missing = sorted(set(head_params) - set(head))
+        unexpected = sorted(set(head) - set(head_params))
+        misshaped = [f"{n}: checkpoint {tuple(t.shape)}, model {tuple(head_params[n].shape)}"
+                     for n, t in head.items() if n in head_params and t.shape != head_params[n].shape]
+        if missing or unexpected or misshaped:
+            raise ValueError(
+                f"{type(self).__name__} head does not match the checkpoint: missing {missing}, "
+                f"unexpected {unexpected}, mis-shaped {misshaped} (num_labels={self.num_labels})")
+        for name, tensor in head.items():
+            param = head_params[name]
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+        return loaded | set(head)
+
+
+def _encoder_seq_cls(base_cls: type) -> type:
+    class EncoderForSequenceClassification(_EncoderHeadModel):
+        # vLLM reads these statically: first-token pooling, a cross-encoder score route.
+        default_seq_pooling_type = "CLS"
+        default_tok_pooling_type = "ALL"
+        attn_type = "encoder_only"
+        score_type = "cross-encoder"
+        head_prefixes = {base_cls.hf_seq_cls_projector_prefix: "projector.", "classifier.": "classifier."}
+
+        def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
+            super().__init__()
+            self._init_backbone(vllm_config, prefix, config)
+            self.projector = base_cls.seq_cls_projector(self.config)
+            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
+            if vllm_config is not None:
+                self.pooler = _vllm_seq_cls_pooler(vllm_config, self.projector, self.classifier)
+
+        def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            """Without vLLM: one row of logits per sequence of the packed batch."""
+            return self.classifier(self.projector(hidden_states[_first_tokens(positions)]))
+
+    EncoderForSequenceClassification.base_cls = base_cls
+    return EncoderForSequenceClassification
+
+
+def _vllm_seq_cls_pooler(vllm_config: Any, projector: nn.Module, classifier: nn.Module) -> nn.Module:
+    from vllm.model_executor.layers.pooler import DispatchPooler
+    from vllm.model_executor.layers.pooler.seqwise import (
+        EmbeddingPoolerHead,
+        SequencePooler,
+        get_seq_pooling_method,
+    )
+
+    model_config = vllm_config.model_config
+    pooler_config = model_config.pooler_config
+    # The projector (e.g. DeBERTa's ContextPooler) is part of pooling, before the classifier;
+    # a lambda keeps its weights registered once, under the model's `projector`.
+    pooling = SequencePooler(
+        pooling=get_seq_pooling_method(pooler_config.seq_pooling_type),
+        head=EmbeddingPoolerHead(head_dtype=model_config.head_dtype, projector=lambda x: projector(x)),
+    )
+    return DispatchPooler.for_seq_cls(pooler_config, pooling=pooling, classifier=classifier)
+
+
+def _encoder_token_cls(base_cls: type) -> type:
+    class EncoderForTokenClassification(_EncoderHeadModel):
+        default_seq_pooling_type = "CLS"
+        default_tok_pooling_type = "ALL"
+        attn_type = "encoder_only"
+        head_prefixes = {"classifier.": "classifier."}
+
+        def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
+            super().__init__()
+            self._init_backbone(vllm_config, prefix, config)
+            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
+            if vllm_config is not None:
+                from vllm.model_executor.layers.pooler.tokwise import pooler_for_token_classify
+
+                self.pooler = pooler_for_token_classify(
+                    vllm_config.model_config.pooler_config, classifier=self.classifier)
+
+        def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+            """Without vLLM: one row of logits per token."""
+            return self.classifier(hidden_states)
+
+    EncoderForTokenClassification.base_cls = base_cls
+    return EncoderForTokenClassification
+
+
+def _decoder_seq_cls(base_cls: type) -> type:
+    """vLLM's last-token classifier over a CausalLM, loading conversions through crossenc."""
+    from vllm.model_executor.models.adapters import as_seq_cls_model as vllm_as_seq_cls_model
+
+    from crossenc.model_executor.models.conversion import SeqClsConversion, load_seq_cls_weights
+
+    vllm_cls = vllm_as_seq_cls_model(base_cls)
+
+    class DecoderForSequenceClassification(vllm_cls):
+        def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
+            if SeqClsConversion.requested(self.config):
+                return load_seq_cls_weights(self, weights, self.config)
+            return super().load_weights(weights)
+
+    return DecoderForSequenceClassification
+
+
+@functools.cache
+def as_seq_cls_model(base_cls: type, module: str | None = None) -> type:
+    """The `*ForSequenceClassification` class for `base_cls` (the same object on every call)."""
+    cls = _encoder_seq_cls(base_cls) if _is_encoder(base_cls) else _decoder_seq_cls(base_cls)
+    return _name(cls, base_cls, "ForSequenceClassification", module)
+
+
+@functools.cache
+def as_token_cls_model(base_cls: type, module: str | None = None) -> type:
+    """The `*ForTokenClassification` class for an encoder `base_cls`."""
+    if not _is_encoder(base_cls):
+        raise TypeError(f"{base_cls.__name__} is not an encoder with a base_model_prefix and projector")
+    return _name(_encoder_token_cls(base_cls), base_cls, "ForTokenClassification", module)

@@ -1,0 +1,505 @@
+"""DeBERTa-v2 / v3 / mDeBERTa for vLLM: embeddings, disentangled attention, encoder, heads.
+
+Read top-down: the config is read once into `DebertaV2Arch` (and rejected there, naming the
+field, if it cannot be served); embeddings -> attention -> layer -> encoder -> model; the
+classification heads are made by the adapter factory at the bottom.
+
+A batch is packed: the tokens of all sequences back to back, each sequence's positions
+0..L-1. `PackedLayout` recovers the sequence boundaries from the positions, and attention
+never crosses them. The module runs inside a vLLM engine (vLLM's tensor-parallel layers,
+heads split across ranks) and without vLLM (plain torch layers), with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from crossenc.kernels.disentangled_attention import (
+    attention_scale,
+    disentangled_attention,
+    relative_position_index,
+)
+from crossenc.model_executor.layers import ParallelLayers, default_weight_loader, get_parallel_layers
+from crossenc.model_executor.models.adapters import as_seq_cls_model, as_token_cls_model
+
+POS_ATT_TYPES = ("c2p", "p2c")
+
+
+class UnsupportedConfigError(ValueError):
+    """A DeBERTa config crossenc cannot serve with numbers equal to transformers'."""
+
+
+def _act(config: Any, field: str, default: str) -> str:
+    name = getattr(config, field, None) or default
+    if not isinstance(name, str) or name not in ACT2FN:
+        raise UnsupportedConfigError(f"{field}={name!r} is not an activation transformers knows")
+    return name
+
+
+@dataclass(frozen=True)
+class DebertaV2Arch:
+    """Everything the model reads from a DebertaV2Config, read once and validated."""
+
+    vocab_size: int
+    hidden_size: int
+    embedding_size: int
+    num_layers: int
+    num_heads: int
+    head_size: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    max_position_embeddings: int
+    position_biased_input: bool
+    type_vocab_size: int
+    relative_attention: bool
+    pos_att_type: tuple[str, ...]
+    share_att_key: bool
+    position_buckets: int
+    max_relative_positions: int
+    att_span: int
+    norm_rel_ebd: bool
+    conv_kernel_size: int
+    conv_groups: int
+    conv_act: str
+    pooler_hidden_size: int
+    pooler_hidden_act: str
+
+    @property
+    def scale_factor(self) -> int:
+        # transformers counts c2p/p2c in the scale even when relative_attention is off.
+        return 1 + len(self.pos_att_type)
+
+    @property
+    def c2p(self) -> bool:
+        return self.relative_attention and "c2p" in self.pos_att_type
+
+    @property
+    def p2c(self) -> bool:
+        return self.relative_attention and "p2c" in self.pos_att_type
+
+    @classmethod
+    def from_config(cls, config: Any) -> DebertaV2Arch:
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        if hidden % heads:
+            raise UnsupportedConfigError(
+                f"hidden_size={hidden} is not a multiple of num_attention_heads={heads}")
+        head_size = getattr(config, "attention_head_size", None) or hidden // heads
+        if head_size * heads != hidden:
+            # transformers' attention output projection is hidden_size x hidden_size.
+            raise UnsupportedConfigError(
+                f"attention_head_size={head_size} x num_attention_heads={heads} != hidden_size={hidden}")
+        pos_att_type = config.pos_att_type or []
+        if isinstance(pos_att_type, str):
+            pos_att_type = pos_att_type.lower().split("|")
+        pos_att_type = tuple(t.strip() for t in pos_att_type if t.strip())
+        unknown = [t for t in pos_att_type if t not in POS_ATT_TYPES]
+        if unknown:
+            raise UnsupportedConfigError(
+                f"pos_att_type={config.pos_att_type!r}: {unknown} not among {list(POS_ATT_TYPES)}")
+        relative = bool(getattr(config, "relative_attention", False))
+        buckets = getattr(config, "position_buckets", -1)
+        max_rel = getattr(config, "max_relative_positions", -1)
+        if max_rel < 1:
+            max_rel = config.max_position_embeddings
+        kernel = getattr(config, "conv_kernel_size", 0) or 0
+        if kernel and kernel % 2 == 0:
+            raise UnsupportedConfigError(
+                f"conv_kernel_size={kernel}: an even kernel changes the sequence length in transformers")
+        pooler_hidden = getattr(config, "pooler_hidden_size", None) or hidden
+        if pooler_hidden != hidden:
+            raise UnsupportedConfigError(
+                f"pooler_hidden_size={pooler_hidden} != hidden_size={hidden}: transformers' "
+                "ContextPooler feeds hidden_size features into a pooler_hidden_size projection")
+        norm_rel_ebd = [x.strip() for x in str(getattr(config, "norm_rel_ebd", "none")).lower().split("|")]
+        return cls(
+            vocab_size=config.vocab_size,
+            hidden_size=hidden,
+            embedding_size=getattr(config, "embedding_size", None) or hidden,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            head_size=head_size,
+            intermediate_size=config.intermediate_size,
+            hidden_act=_act(config, "hidden_act", "gelu"),
+            layer_norm_eps=config.layer_norm_eps,
+            max_position_embeddings=config.max_position_embeddings,
+            position_biased_input=bool(getattr(config, "position_biased_input", True)),
+            type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
+            relative_attention=relative,
+            pos_att_type=pos_att_type,
+            share_att_key=bool(getattr(config, "share_att_key", False)),
+            position_buckets=buckets,
+            max_relative_positions=max_rel,
+            att_span=buckets if buckets > 0 else max_rel,
+            norm_rel_ebd="layer_norm" in norm_rel_ebd,
+            conv_kernel_size=kernel,
+            conv_groups=getattr(config, "conv_groups", 1) or 1,
+            conv_act=_act(config, "conv_act", "tanh"),
+            pooler_hidden_size=pooler_hidden,
+            pooler_hidden_act=_act(config, "pooler_hidden_act", "gelu"),
+        )
+
+    def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of a transformers DebertaV2Model checkpoint for this config, with its shape."""
+        h, e = self.hidden_size, self.embedding_size
+        shapes: dict[str, tuple[int, ...]] = {"embeddings.word_embeddings.weight": (self.vocab_size, e)}
+        if self.position_biased_input:
+            shapes["embeddings.position_embeddings.weight"] = (self.max_position_embeddings, e)
+        if self.type_vocab_size > 0:
+            shapes["embeddings.token_type_embeddings.weight"] = (self.type_vocab_size, e)
+        if e != h:
+            shapes["embeddings.embed_proj.weight"] = (h, e)
+        shapes |= {"embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
+        if self.relative_attention:
+            shapes["encoder.rel_embeddings.weight"] = (2 * self.att_span, h)
+        if self.norm_rel_ebd:
+            shapes |= {"encoder.LayerNorm.weight": (h,), "encoder.LayerNorm.bias": (h,)}
+        if self.conv_kernel_size:
+            shapes |= {
+                "encoder.conv.conv.weight": (h, h // self.conv_groups, self.conv_kernel_size),
+                "encoder.conv.conv.bias": (h,),
+                "encoder.conv.LayerNorm.weight": (h,),
+                "encoder.conv.LayerNorm.bias": (h,),
+            }
+        linears = {"attention.self.query_proj": (h, h), "attention.self.key_proj": (h, h),
+                   "attention.self.value_proj": (h, h), "attention.output.dense": (h, h),
+                   "intermediate.dense": (self.intermediate_size, h),
+                   "output.dense": (h, self.intermediate_size)}
+        if self.relative_attention and not self.share_att_key:
+            if self.c2p:
+                linears["attention.self.pos_key_proj"] = (h, h)
+            if self.p2c:
+                linears["attention.self.pos_query_proj"] = (h, h)
+        norms = ("attention.output.LayerNorm", "output.LayerNorm")
+        for i in range(self.num_layers):
+            for name, shape in linears.items():
+                shapes[f"encoder.layer.{i}.{name}.weight"] = shape
+                shapes[f"encoder.layer.{i}.{name}.bias"] = shape[:1]
+            for name in norms:
+                shapes[f"encoder.layer.{i}.{name}.weight"] = (h,)
+                shapes[f"encoder.layer.{i}.{name}.bias"] = (h,)
+        return shapes
+
+
+@dataclass
+class PackedLayout:
+    """Sequence boundaries of a packed batch, computed once per forward."""
+
+    cu_seqlens: torch.Tensor  # int32 [B + 1]
+    max_seqlen: int
+    seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
+
+    @classmethod
+    def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None) -> PackedLayout:
+        # A sequence starts where its positions restart at 0. Padding rows (vLLM pads batches
+        # for CUDA graphs) become sequences of their own, whatever stale positions they hold.
+        starts = positions == 0
+        if is_padding is not None:
+            starts = starts | is_padding[: positions.shape[0]]
+        starts[:1] = True
+        first = starts.nonzero().flatten()
+        end = torch.tensor([positions.shape[0]], device=positions.device)
+        cu_seqlens = torch.cat([first, end]).to(torch.int32)
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        return cls(cu_seqlens, max_seqlen, torch.cumsum(starts, 0) - 1)
+
+    def first_tokens(self) -> torch.Tensor:
+        return self.cu_seqlens[:-1].long()
+
+
+def _current_padding_mask() -> torch.Tensor | None:
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    return get_forward_context().is_padding if is_forward_context_available() else None
+
+
+class DebertaV2Embeddings(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        e = arch.embedding_size
+        self.word_embeddings = layers.vocab_embedding(arch.vocab_size, e, prefix=f"{prefix}.word_embeddings")
+        self.position_embeddings = (
+            nn.Embedding(arch.max_position_embeddings, e) if arch.position_biased_input else None)
+        self.token_type_embeddings = nn.Embedding(arch.type_vocab_size, e) if arch.type_vocab_size else None
+        self.embed_proj = nn.Linear(e, arch.hidden_size, bias=False) if e != arch.hidden_size else None
+        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
+
+    def forward(self, input_ids, positions, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings(positions)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(positions)
+            x = x + self.token_type_embeddings(token_type_ids[: x.shape[0]].long())
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
+        return self.LayerNorm(x)
+
+
+class DebertaV2SelfAttention(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.arch = arch
+        if arch.num_heads % layers.tp_size:
+            raise UnsupportedConfigError(
+                f"num_attention_heads={arch.num_heads} does not split across tensor_parallel_size={layers.tp_size}")
+        self.num_heads = arch.num_heads // layers.tp_size
+        self.head_size = arch.head_size
+        local = self.num_heads * self.head_size
+        self.qkv_proj = layers.qkv(arch.hidden_size, arch.head_size, arch.num_heads, bias=True,
+                                   return_bias=False, prefix=f"{prefix}.qkv_proj")
+        self.q_size = local
+        separate = arch.relative_attention and not arch.share_att_key
+        column = dict(bias=True, gather_output=False, return_bias=False)
+        self.pos_key_proj = (layers.column(arch.hidden_size, arch.hidden_size, prefix=f"{prefix}.pos_key_proj",
+                                           **column) if separate and arch.c2p else None)
+        self.pos_query_proj = (layers.column(arch.hidden_size, arch.hidden_size,
+                                             prefix=f"{prefix}.pos_query_proj", **column)
+                               if separate and arch.p2c else None)
+        self.scale = attention_scale(arch.head_size, arch.scale_factor)
+
+    def position_tables(self, rel_embeddings: torch.Tensor | None):
+        """pos_key / pos_query [2S, H, D] for this layer: once per batch, not per sequence."""
+        if rel_embeddings is None:
+            return None, None
+        shape = (rel_embeddings.shape[0], self.num_heads, self.head_size)
+        if self.arch.share_att_key:
+            pos_q, pos_k, _ = self.qkv_proj(rel_embeddings).split(self.q_size, dim=-1)
+        else:
+            pos_k = self.pos_key_proj(rel_embeddings) if self.pos_key_proj is not None else None
+            pos_q = self.pos_query_proj(rel_embeddings) if self.pos_query_proj is not None else None
+        pos_k = pos_k.view(shape) if self.arch.c2p else None
+        pos_q = pos_q.view(shape) if self.arch.p2c else None
+        return pos_k, pos_q
+
+    def forward(self, x, layout: PackedLayout, rel_embeddings, rel_index) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).view(x.shape[0], 3, self.num_heads, self.head_size).unbind(1)
+        pos_key, pos_query = self.position_tables(rel_embeddings)
+        out = disentangled_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout.cu_seqlens,
+                                     layout.max_seqlen, pos_key, pos_query, rel_index, self.scale)
+        return out.reshape(x.shape[0], self.q_size)
+
+
+class _DenseLayerNorm(nn.Module):
+    """Row-parallel dense, then LayerNorm(dense(x) + residual)."""
+
+    def __init__(self, in_size: int, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.dense = layers.row(in_size, arch.hidden_size, bias=True, input_is_parallel=True,
+                                return_bias=False, prefix=f"{prefix}.dense")
+        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class DebertaV2Attention(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.self = DebertaV2SelfAttention(arch, layers, prefix=f"{prefix}.self")
+        self.output = _DenseLayerNorm(arch.hidden_size, arch, layers, prefix=f"{prefix}.output")
+
+    def forward(self, x, layout, rel_embeddings, rel_index):
+        return self.output(self.self(x, layout, rel_embeddings, rel_index), x)
+
+
+class DebertaV2Intermediate(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.dense = layers.column(arch.hidden_size, arch.intermediate_size, bias=True, gather_output=False,
+                                   return_bias=False, prefix=f"{prefix}.dense")
+        self.act = ACT2FN[arch.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class DebertaV2Layer(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.attention = DebertaV2Attention(arch, layers, prefix=f"{prefix}.attention")
+        self.intermediate = DebertaV2Intermediate(arch, layers, prefix=f"{prefix}.intermediate")
+        self.output = _DenseLayerNorm(arch.intermediate_size, arch, layers, prefix=f"{prefix}.output")
+
+    def forward(self, x, layout, rel_embeddings, rel_index):
+        x = self.attention(x, layout, rel_embeddings, rel_index)
+        return self.output(self.intermediate(x), x)
+
+
+class DebertaV2ConvLayer(nn.Module):
+    """DeBERTa-v2's convolution branch after the first layer, per sequence with zero padding.
+
+    Each token's k neighbours are gathered from the packed batch and zeroed where they fall
+    outside its sequence, then one grouped matmul applies the Conv1d weight.
+    """
+
+    def __init__(self, arch: DebertaV2Arch):
+        super().__init__()
+        h, k = arch.hidden_size, arch.conv_kernel_size
+        self.conv = nn.Conv1d(h, h, k, padding=(k - 1) // 2, groups=arch.conv_groups)
+        self.LayerNorm = nn.LayerNorm(h, eps=arch.layer_norm_eps)
+        self.act = ACT2FN[arch.conv_act]
+
+    def forward(self, x, residual, layout: PackedLayout):
+        num_tokens, channels = x.shape
+        k, groups = self.conv.kernel_size[0], self.conv.groups
+        offsets = torch.arange(k, device=x.device) - (k - 1) // 2
+        neighbour = torch.arange(num_tokens, device=x.device)[:, None] + offsets  # [T, k]
+        inside = (neighbour >= 0) & (neighbour < num_tokens)
+        neighbour = neighbour.clamp(0, num_tokens - 1)
+        inside &= layout.seq_ids[neighbour] == layout.seq_ids[:, None]
+        windows = x[neighbour] * inside[..., None]  # [T, k, C]
+        windows = windows.view(num_tokens, k, groups, channels // groups)
+        weight = self.conv.weight.view(groups, channels // groups, channels // groups, k)
+        out = torch.einsum("tkgi,goik->tgo", windows, weight).reshape(num_tokens, channels)
+        return self.LayerNorm(residual + self.act(out + self.conv.bias))
+
+
+class DebertaV2Encoder(nn.Module):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+        super().__init__()
+        self.arch = arch
+        self.layer = nn.ModuleList(
+            DebertaV2Layer(arch, layers, prefix=f"{prefix}.layer.{i}") for i in range(arch.num_layers))
+        self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
+        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
+        self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
+
+    def forward(self, x, layout: PackedLayout) -> torch.Tensor:
+        arch = self.arch
+        rel_embeddings = rel_index = None
+        if self.rel_embeddings is not None:
+            rel_embeddings = self.rel_embeddings.weight
+            if self.LayerNorm is not None:
+                rel_embeddings = self.LayerNorm(rel_embeddings)
+            rel_index = relative_position_index(layout.max_seqlen, arch.position_buckets,
+                                                arch.max_relative_positions, arch.att_span, device=x.device)
+        else:
+            rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
+        embedding_output = x
+        for i, layer in enumerate(self.layer):
+            x = layer(x, layout, rel_embeddings, rel_index)
+            if i == 0 and self.conv is not None:
+                x = self.conv(embedding_output, x, layout)
+        return x
+
+
+class DebertaV2ContextPooler(nn.Module):
+    """transformers' ContextPooler (`pooler.dense`): first token -> dense -> activation."""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        arch = DebertaV2Arch.from_config(config)
+        self.dense = nn.Linear(arch.pooler_hidden_size, arch.pooler_hidden_size)
+        self.act = ACT2FN[arch.pooler_hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+# Tensors in published checkpoints that DebertaV2Model has no use for.
+IGNORED_CHECKPOINT_PREFIXES = ("lm_predictions.", "mask_predictions.", "cls.")
+
+
+class DebertaV2Model(nn.Module):
+    """The DeBERTa-v2 encoder; served on its own as an embedding model.
+
+    `forward(input_ids, positions)` takes a packed batch and returns hidden states [T, hidden].
+    """
+
+    is_pooling_model = True
+    default_seq_pooling_type = "CLS"
+    default_tok_pooling_type = "ALL"
+    attn_type = "encoder_only"
+    # Adapter factory hooks (crossenc.model_executor.models.adapters).
+    base_model_prefix = "deberta"
+    seq_cls_projector = DebertaV2ContextPooler
+    hf_seq_cls_projector_prefix = "pooler."
+
+    def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None,
+                 with_pooler: bool = True):
+        super().__init__()
+        if config is None:
+            config = vllm_config.model_config.hf_config
+        self.config = config
+        self.arch = DebertaV2Arch.from_config(config)
+        self.in_vllm = vllm_config is not None
+        layers = get_parallel_layers(vllm_config)
+        self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings")
+        self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder")
+        if with_pooler and self.in_vllm:
+            from vllm.model_executor.layers.pooler import DispatchPooler
+
+            self.pooler = DispatchPooler.for_embedding(vllm_config.model_config.pooler_config)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embeddings.word_embeddings(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
+                token_type_ids=None) -> torch.Tensor:
+        layout = PackedLayout.from_positions(positions, _current_padding_mask() if self.in_vllm else None)
+        x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
+        return self.encoder(x, layout)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load a transformers DebertaV2Model checkpoint; names may carry a `deberta.` prefix.
+
+        Missing, unexpected and mis-shaped tensors are all reported by name in one error.
+        """
+        expected = self.arch.checkpoint_shapes()
+        params = dict(self.named_parameters())
+        seen: set[str] = set()
+        unexpected, misshaped = [], []
+        for name, tensor in weights:
+            name = name.removeprefix(f"{self.base_model_prefix}.")
+            if name not in expected:
+                ignorable = (name.startswith(IGNORED_CHECKPOINT_PREFIXES) or name.endswith("position_ids")
+                             or name == "embeddings.position_embeddings.weight")  # v3 ships it unused
+                if not ignorable:
+                    unexpected.append(name)
+                continue
+            if tuple(tensor.shape) != expected[name]:
+                misshaped.append(f"{name}: checkpoint {tuple(tensor.shape)}, config expects {expected[name]}")
+                continue
+            target, shard = _param_name(name)
+            param = params[target]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            loader(param, tensor, shard) if shard else loader(param, tensor)
+            seen.add(name)
+        missing = sorted(set(expected) - seen)
+        _raise_on_mismatch("DebertaV2Model", missing, unexpected, misshaped)
+        return {_param_name(n)[0] for n in seen}
+
+
+_QKV = {"query_proj": "q", "key_proj": "k", "value_proj": "v"}
+
+
+def _param_name(hf_name: str) -> tuple[str, str | None]:
+    """transformers' name -> (our parameter, q/k/v shard): q, k and v share one stacked matmul."""
+    parts = hf_name.split(".")
+    if len(parts) > 2 and parts[-2] in _QKV and parts[-3] == "self":
+        return ".".join(parts[:-2] + ["qkv_proj", parts[-1]]), _QKV[parts[-2]]
+    return hf_name, None
+
+
+def _raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors: {misshaped}")
+    if problems:
+        raise ValueError(f"{what} checkpoint does not match its config; " + "; ".join(problems))
+
+
+DebertaV2ForSequenceClassification = as_seq_cls_model(DebertaV2Model)
+DebertaV2ForTokenClassification = as_token_cls_model(DebertaV2Model)
