@@ -12,3 +12,7 @@ def register() -> None:
     from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
+    # Last: hooks every architecture registered above (LLM-reranker overrides, presets).
+    from crossenc.config.overrides import install_config_hooks
+
+    install_config_hooks()
