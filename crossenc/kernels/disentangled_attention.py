@@ -72,9 +72,10 @@ def disentangled_attention_ref(
 
     qp, kp, vp = padded(q), padded(k), padded(v)
     scores = qp @ kp.transpose(-1, -2)  # [B, H, L, L]
-    # rel[i, j] = row of the position tables for distance i - j
-    rel = rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1]
     shape = scores.shape
+    if pos_key is not None or pos_query is not None:
+        # rel[i, j] = row of the position tables for distance i - j
+        rel = rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1]
     if pos_key is not None:  # c2p: q_i . pos_key[rel[i, j]]
         c2p = torch.einsum("bhid,rhd->bhir", qp, pos_key.float())
         scores = scores + torch.gather(c2p, -1, rel.expand(shape))

@@ -467,14 +467,14 @@ class DebertaV2Model(nn.Module):
                 continue
             if tuple(tensor.shape) != expected[name]:
                 misshaped.append(f"{name}: checkpoint {tuple(tensor.shape)}, config expects {expected[name]}")
+                seen.add(name)
                 continue
             target, shard = _param_name(name)
             param = params[target]
             loader = getattr(param, "weight_loader", default_weight_loader)
             loader(param, tensor, shard) if shard else loader(param, tensor)
             seen.add(name)
-        missing = sorted(set(expected) - seen)
-        _raise_on_mismatch("DebertaV2Model", missing, unexpected, misshaped)
+        _raise_on_mismatch("DebertaV2Model", sorted(set(expected) - seen), unexpected, misshaped)
         return {_param_name(n)[0] for n in seen}
 
 

@@ -1,0 +1,151 @@
+"""DeBERTa-v2/v3 model math against transformers, on CPU in fp32, without a vLLM engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DebertaV2ForSequenceClassification as HFSeqCls
+from transformers import DebertaV2ForTokenClassification as HFTokenCls
+from transformers import DebertaV2Model as HFModel
+
+from crossenc.kernels.disentangled_attention import log_bucket_position, relative_position_index
+from crossenc.model_executor.models.deberta_v2 import (
+    DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification,
+    DebertaV2Model,
+    UnsupportedConfigError,
+)
+from tests.utils import VARIANTS, deberta_config, pack_batch, pad_batch
+
+ATOL = 1e-4
+# Mixed lengths, including a single token and one longer than the v3 bucket window.
+LENGTHS = (1, 7, 33, 90, 12)
+
+
+def _batch(vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def _ours(cls, hf_model):
+    model = cls(config=hf_model.config).eval()
+    model.load_weights(hf_model.state_dict().items())
+    return model
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hidden_states_equal_transformers(variant):
+    torch.manual_seed(0)
+    hf = _perturbed(HFModel(deberta_config(variant)))
+    ours = _ours(DebertaV2Model, hf)
+    seqs = _batch(hf.config.vocab_size)
+    ids, mask = pad_batch(seqs)
+    type_ids = (torch.arange(ids.shape[1]) >= 3).long().expand_as(ids) * mask
+    packed_ids, positions = pack_batch(seqs)
+    packed_types = type_ids[mask.bool()]
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=type_ids).last_hidden_state[mask.bool()]
+        got = ours(packed_ids, positions, token_type_ids=packed_types)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_sequence_logits_equal_transformers(variant, num_labels):
+    torch.manual_seed(1)
+    hf = _perturbed(HFSeqCls(deberta_config(variant, num_labels=num_labels)))
+    ours = _ours(DebertaV2ForSequenceClassification, hf)
+    seqs = _batch(hf.config.vocab_size, seed=1)
+    ids, mask = pad_batch(seqs)
+    packed_ids, positions = pack_batch(seqs)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours.logits(ours(packed_ids, positions), positions)
+    assert got.shape == (len(seqs), num_labels)
+    assert (got - expected).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("variant", ["v3", "v2-conv"])
+def test_token_logits_equal_transformers(variant):
+    torch.manual_seed(2)
+    hf = _perturbed(HFTokenCls(deberta_config(variant, num_labels=5)))
+    ours = _ours(DebertaV2ForTokenClassification, hf)
+    seqs = _batch(hf.config.vocab_size, seed=2)
+    ids, mask = pad_batch(seqs)
+    packed_ids, positions = pack_batch(seqs)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+        got = ours.logits(ours(packed_ids, positions))
+    assert (got - expected).abs().max() <= ATOL
+
+
+def test_sequences_do_not_attend_across_the_batch():
+    torch.manual_seed(3)
+    hf = _perturbed(HFModel(deberta_config("v2-conv")))
+    ours = _ours(DebertaV2Model, hf)
+    seqs = _batch(hf.config.vocab_size, seed=3)
+    with torch.no_grad():
+        together = ours(*pack_batch(seqs))
+        alone = torch.cat([ours(*pack_batch([s])) for s in seqs])
+    assert (together - alone).abs().max() <= 1e-5
+
+
+def test_log_buckets_equal_transformers():
+    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+    rel = torch.arange(-3000, 3001)
+    for buckets, max_pos in [(256, 512), (16, 512), (8, 64), (4, 24)]:
+        assert torch.equal(log_bucket_position(rel, buckets, max_pos),
+                           make_log_bucket_position(rel, buckets, max_pos).long())
+    index = relative_position_index(600, 256, 512, 256)
+    assert index.min() == 0 and index.max() == 511 and index.shape == (1199,)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("pos_att_type", "c2p|p2p", "pos_att_type"),
+    ("hidden_act", "no-such-activation", "hidden_act"),
+    ("attention_head_size", 16, "attention_head_size"),
+    ("pooler_hidden_size", 48, "pooler_hidden_size"),
+    ("conv_kernel_size", 4, "conv_kernel_size"),
+])
+def test_unservable_config_names_the_field(field, value, message):
+    config = deberta_config("v3")
+    setattr(config, field, value)
+    with pytest.raises(UnsupportedConfigError, match=message):
+        DebertaV2ForSequenceClassification(config=config)
+
+
+def test_checkpoint_mismatches_are_named():
+    torch.manual_seed(4)
+    hf = HFSeqCls(deberta_config("v2-conv", num_labels=1))
+    state = dict(hf.state_dict())
+    del state["deberta.encoder.layer.1.attention.self.pos_query_proj.weight"]
+    state["deberta.encoder.layer.0.extra.weight"] = torch.zeros(1)
+    state["deberta.encoder.layer.0.intermediate.dense.bias"] = torch.zeros(3)
+    model = DebertaV2ForSequenceClassification(config=hf.config)
+    with pytest.raises(ValueError) as err:
+        model.load_weights(state.items())
+    text = str(err.value)
+    assert "missing tensors: ['encoder.layer.1.attention.self.pos_query_proj.weight']" in text
+    assert "unexpected tensors: ['encoder.layer.0.extra.weight']" in text
+    assert "encoder.layer.0.intermediate.dense.bias: checkpoint (3,), config expects (64,)" in text
+
+
+def test_head_mismatch_is_named():
+    torch.manual_seed(5)
+    hf = HFSeqCls(deberta_config("v3", num_labels=3))
+    model = DebertaV2ForSequenceClassification(config=deberta_config("v3", num_labels=1))
+    with pytest.raises(ValueError, match=r"classifier\.weight: checkpoint \(3, 32\), model \(1, 32\)"):
+        model.load_weights(hf.state_dict().items())
+    base = HFModel(deberta_config("v3"))
+    with pytest.raises(ValueError, match=r"missing \['classifier.bias', 'classifier.weight', 'projector"):
+        model.load_weights((f"deberta.{k}", v) for k, v in base.state_dict().items())

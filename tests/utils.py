@@ -1,0 +1,133 @@
+"""Tiny real checkpoints for tests: random-weight transformers models with a real tokenizer.
+
+Nothing here downloads: configs keep the features of published DeBERTa checkpoints at a
+size that runs in seconds, and the tokenizer is a WordPiece built with `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+# Words of the tokenizer's vocabulary (besides special tokens and single characters).
+WORDS = (
+    "the a an of to in and or is are was be it that this for on with as by at from what how why "
+    "which who when where do does can file files compress compressed data zip gzip archive read "
+    "write open close socket network server client thread process memory random number python "
+    "module function class method string list dict text query document search rank score model "
+    "paris france capital city river cat dog sat mat weather rain sun cloud email send message"
+).split()
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+QUERY = "how do I compress a file"
+DOCUMENTS = [
+    "the gzip module can compress and read compressed files",
+    "a random number",
+    "",
+    "paris is the capital of france and the river seine runs through the city " * 3,
+]
+
+
+def save_tokenizer(path: str | os.PathLike, model_max_length: int = 512) -> int:
+    """A BERT-style WordPiece tokenizer ([CLS] a [SEP] b [SEP], token types); returns its size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,?!'-")
+    vocab = {t: i for i, t in enumerate(dict.fromkeys([*SPECIALS, *letters, *(f"##{c}" for c in letters), *WORDS]))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=model_max_length)
+    fast.save_pretrained(path)
+    return len(vocab)
+
+
+# Shrunk DeBERTa configs, one per feature family that transformers accepts.
+def deberta_config(variant: str = "v3", **overrides):
+    from transformers import DebertaV2Config
+
+    base = dict(
+        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        pad_token_id=0, layer_norm_eps=1e-7, pooler_hidden_size=32, pooler_dropout=0.0,
+    )
+    variants = {
+        # DeBERTa-v3 / mDeBERTa: log buckets, shared key projections, no absolute positions.
+        "v3": dict(relative_attention=True, position_buckets=16, max_relative_positions=-1,
+                   pos_att_type="p2c|c2p", share_att_key=True, norm_rel_ebd="layer_norm",
+                   position_biased_input=False, type_vocab_size=0),
+        # DeBERTa-v2 (xlarge/xxlarge): convolution branch, separate position projections.
+        "v2-conv": dict(relative_attention=True, position_buckets=-1, max_relative_positions=-1,
+                        pos_att_type="p2c|c2p", share_att_key=False, norm_rel_ebd="layer_norm",
+                        conv_kernel_size=3, conv_act="gelu", position_biased_input=False, type_vocab_size=0),
+        "v2-conv-groups": dict(relative_attention=True, position_buckets=-1, max_relative_positions=24,
+                               pos_att_type="c2p|p2c", share_att_key=True, conv_kernel_size=5, conv_groups=2,
+                               position_biased_input=False, type_vocab_size=0),
+        "c2p-only": dict(relative_attention=True, position_buckets=8, pos_att_type="c2p",
+                         share_att_key=False, position_biased_input=False, type_vocab_size=0),
+        "p2c-only": dict(relative_attention=True, position_buckets=8, pos_att_type="p2c",
+                         share_att_key=False, position_biased_input=False, type_vocab_size=0),
+        # No relative attention: absolute positions only, yet scale_factor still counts pos_att_type.
+        "absolute": dict(relative_attention=False, pos_att_type="p2c|c2p", position_biased_input=True,
+                         type_vocab_size=0),
+        # DeBERTa-v1-like inputs: absolute positions and token types with relative attention.
+        "token-types": dict(relative_attention=True, position_buckets=-1, max_relative_positions=32,
+                            pos_att_type="c2p|p2c", position_biased_input=True, type_vocab_size=2),
+        "embedding-size": dict(relative_attention=True, position_buckets=16, pos_att_type="p2c|c2p",
+                               share_att_key=True, embedding_size=24, position_biased_input=False,
+                               type_vocab_size=0),
+    }
+    return DebertaV2Config(**{**base, **variants[variant], **overrides})
+
+
+VARIANTS = ("v3", "v2-conv", "v2-conv-groups", "c2p-only", "p2c-only", "absolute", "token-types",
+            "embedding-size")
+
+
+def save_deberta(path: str | os.PathLike, head: str = "seq_cls", variant: str = "v3", seed: int = 0,
+                 **overrides) -> Path:
+    """A random-weight DeBERTa checkpoint with a tokenizer, as transformers saves it."""
+    from transformers import DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, DebertaV2Model
+
+    path = Path(path)
+    vocab = save_tokenizer(path)
+    config = deberta_config(variant, vocab_size=vocab, **overrides)
+    cls = {"seq_cls": DebertaV2ForSequenceClassification, "token_cls": DebertaV2ForTokenClassification,
+           "model": DebertaV2Model}[head]
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    # Random init leaves biases and LayerNorms at 0/1; perturb them so every tensor matters.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask, as transformers takes them."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def pack_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ids and positions, as vLLM runs them."""
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    positions = torch.cat([torch.arange(len(s)) for s in seqs])
+    return ids, positions
