@@ -194,8 +194,8 @@ def load_seq_cls_weights(
 ) -> set[str]:
     """Load a CausalLM checkpoint into a `*ForSequenceClassification` model with a `score` head.
 
-    The backbone's tensors go to `load_backbone` (default: vLLM's AutoWeightsLoader over the
-    model's children, skipping `score`); the classifier tokens' lm_head rows, folded by the
+    The backbone's tensors go to `load_backbone` (default: the loader of vLLM's pooling
+    adapter the model class derives from); the classifier tokens' lm_head rows, folded by the
     method, become `model.score.weight`. Returns the names of the loaded parameters.
     """
     conversion = SeqClsConversion.from_hf_config(hf_config)
@@ -205,9 +205,9 @@ def load_seq_cls_weights(
     collector = ScoreRowCollector(token_ids, tied=is_tied(hf_config))
 
     if load_backbone is None:
-        from vllm.model_executor.models.utils import AutoWeightsLoader
-
-        load_backbone = AutoWeightsLoader(model, skip_prefixes=["score."]).load_weights
+        # vLLM's pooling adapter loads through the family's own load_weights (its name mapper,
+        # stacked q/k/v, "model." prefixes); lm_head never reaches it.
+        load_backbone = model._load_pooling_model_weights
     loaded = set(load_backbone(collector.watch(weights)))
 
     score_weight = conversion.score_weight(collector.rows())
