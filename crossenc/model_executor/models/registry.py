@@ -7,15 +7,18 @@ here; no module compares architecture-name suffixes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
-PoolingTask = Literal["embed", "classify", "score", "token_classify", "token_embed"]
+# vLLM's pooling task names (vllm.tasks.PoolingTask) that crossenc's architectures support.
+PoolingTask = Literal["embed", "classify", "token_classify", "token_embed"]
 # How `/score` and `/rerank` are served for an architecture:
 #   cross-encoder: the pair is encoded together and the classifier's single logit is the score;
 #   embed-cosine: query and document are embedded separately and compared by cosine similarity;
-#   none: the architecture cannot score (the reason is given by `score_route_reason`).
-ScoreRoute = Literal["cross-encoder", "embed-cosine", "none"]
+#   late-interaction: per-token embeddings of each, compared by MaxSim;
+#   none: the model cannot score pairs (`score_route` says why).
+ScoreRoute = Literal["cross-encoder", "embed-cosine", "late-interaction", "none"]
 
 
 @dataclass(frozen=True)
@@ -23,16 +26,23 @@ class ArchSpec:
     arch: str
     module: str
     class_name: str
-    pooling_tasks: tuple[str, ...]
+    pooling_tasks: tuple[PoolingTask, ...]
     # "seq_cls": one vector per sequence through a classifier; the score route then depends
     # on num_labels (1: cross-encoder, more: classify only). "embed": cosine scoring.
     # "token": per-token outputs, no scoring.
     head: Literal["seq_cls", "embed", "token"]
     default_pooling: Literal["CLS", "MEAN", "LAST", "ALL"]
+    # For a classifier made from one of vLLM's CausalLMs: that CausalLM's "module:Class".
+    base_ref: str | None = None
 
     @property
     def class_ref(self) -> str:
         return f"{self.module}:{self.class_name}"
+
+    @property
+    def score_type(self) -> str:
+        """vLLM's `score_type` of the class (`SupportsCrossEncoding` for classifiers)."""
+        return "cross-encoder" if self.head == "seq_cls" else "bi-encoder"
 
 
 _DEBERTA = "crossenc.model_executor.models.deberta_v2"
@@ -44,7 +54,7 @@ CROSSENC_ARCHS: dict[str, ArchSpec] = {
             "DebertaV2ForSequenceClassification",
             _DEBERTA,
             "DebertaV2ForSequenceClassification",
-            ("classify", "score", "token_classify"),
+            ("classify", "token_classify"),
             head="seq_cls",
             default_pooling="CLS",
         ),
@@ -60,7 +70,7 @@ CROSSENC_ARCHS: dict[str, ArchSpec] = {
             "DebertaV2Model",
             _DEBERTA,
             "DebertaV2Model",
-            ("embed", "token_embed", "score"),
+            ("embed", "token_embed"),
             head="embed",
             default_pooling="CLS",
         ),
@@ -68,20 +78,133 @@ CROSSENC_ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def score_route(spec: ArchSpec, num_labels: int | None) -> tuple[ScoreRoute, str]:
-    """The score route of an architecture for a checkpoint with `num_labels`, and why."""
-    if spec.head == "embed":
+def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[ScoreRoute, str]:
+    """How `/score` and `/rerank` are served for a model whose main pooling task is
+    `pooling_task` (vLLM's `ModelConfig.get_pooling_task`), and why; vLLM's rule
+    (`enable_scoring_api`) in words."""
+    if pooling_task is None:
+        return "none", "not a pooling model: it generates text and has no pooling endpoints"
+    if pooling_task == "embed":
         return "embed-cosine", "an embedding model: score is the cosine similarity of the two embeddings"
-    if spec.head == "token":
-        return "none", "a token classifier gives one output per token, not one score per pair"
-    if num_labels == 1:
-        return "cross-encoder", "a single-logit classifier scores the (query, document) pair together"
-    return "none", f"num_labels={num_labels}: a multi-label classifier classifies, it does not score pairs"
+    if pooling_task == "token_embed":
+        return "late-interaction", "per-token embeddings: score is their late-interaction (MaxSim) similarity"
+    if pooling_task == "classify":
+        if num_labels == 1:
+            return "cross-encoder", "a single-logit classifier scores the (query, document) pair together"
+        return "none", f"num_labels={num_labels}: a multi-label classifier classifies, it does not score pairs"
+    return "none", f"its main task is {pooling_task}: one output per token, not one score per pair"
+
+
+# --- Named classifiers for vLLM's CausalLMs ------------------------------------------------
+#
+# vLLM serves `<Family>ForSequenceClassification` of a CausalLM family by renaming the suffix to
+# `ForCausalLM` and wrapping that class at load time, so its registry inspects the unconverted
+# class. crossenc registers a named class for each such family instead (built by
+# `crossenc.model_executor.models.adapters.as_seq_cls_model`), so vLLM reads runner, convert
+# type and score type from the class it serves.
+
+ADAPTERS_MODULE = "crossenc.model_executor.models.adapters"
+_CAUSAL_LM = "ForCausalLM"
+_SEQ_CLS = "ForSequenceClassification"
+# Suffixes a generative class name ends in; the classifier's name replaces them (as vLLM does).
+_GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
+# The Transformers modeling backend: one generic class for many HF families, not a family.
+_TRANSFORMERS_BACKEND_MODULE = "vllm.model_executor.models.transformers"
+
+
+def seq_cls_name(base_name: str) -> str:
+    """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2...`."""
+    for suffix in (*_GENERATE_SUFFIXES, "Model"):
+        if base_name.endswith(suffix):
+            return base_name[: -len(suffix)] + _SEQ_CLS
+    return base_name + _SEQ_CLS
+
+
+def _entry_ref(entry) -> str | None:
+    """ "module:Class" of a vLLM registry entry, without importing it."""
+    if hasattr(entry, "module_name"):  # registered lazily ("module:Class")
+        return f"{entry.module_name}:{entry.class_name}"
+    model_cls = getattr(entry, "model_cls", None)  # registered as a class
+    return f"{model_cls.__module__}:{model_cls.__qualname__}" if model_cls is not None else None
+
+
+@functools.cache
+def vllm_archs() -> dict[str, str]:
+    """vLLM's own architectures (not crossenc's) -> "module:Class", read from vLLM's registry
+    table without importing any model module. Empty without vLLM."""
+    try:
+        from vllm.model_executor.models.registry import ModelRegistry
+    except ImportError:
+        return {}
+    refs = {arch: _entry_ref(entry) for arch, entry in ModelRegistry.models.items()}
+    return {arch: ref for arch, ref in refs.items() if ref and not ref.startswith("crossenc.")}
+
+
+def _speculative_drafts() -> frozenset[str]:
+    try:
+        from vllm.model_executor.models.registry import _SPECULATIVE_DECODING_MODELS
+    except ImportError:
+        return frozenset()
+    return frozenset(_SPECULATIVE_DECODING_MODELS)
+
+
+@functools.cache
+def causal_seq_cls_specs() -> dict[str, ArchSpec]:
+    """`<Family>ForSequenceClassification` for every `<Family>ForCausalLM` in vLLM's registry
+    whose classifier vLLM itself only resolves by suffix, each a class of the adapters module.
+
+    Left out: families vLLM has its own classifier for (GPT2, Jamba, ...), speculative-decoding
+    draft heads (not standalone models) and CausalLMs served by the Transformers modeling
+    backend (one generic class, not a family). Empty without vLLM.
+    """
+    native, drafts = vllm_archs(), _speculative_drafts()
+    specs = {}
+    for arch, base_ref in sorted(native.items()):
+        seq_cls = arch[: -len(_CAUSAL_LM)] + _SEQ_CLS
+        if (
+            not arch.endswith(_CAUSAL_LM)
+            or arch in drafts
+            or base_ref.startswith(_TRANSFORMERS_BACKEND_MODULE)
+            or seq_cls in native
+        ):
+            continue
+        specs[seq_cls] = ArchSpec(
+            seq_cls,
+            ADAPTERS_MODULE,
+            seq_cls,
+            ("classify", "token_classify"),
+            head="seq_cls",
+            default_pooling="LAST",
+            base_ref=base_ref,
+        )
+    return specs
+
+
+def base_ref_for(class_name: str) -> str | None:
+    """The CausalLM behind a named classifier of the adapters module: by the architecture it is
+    registered as, or by the name the factory gives it (`seq_cls_name` of the base class), which
+    differ where vLLM serves several architectures with one class (InternLM3 -> Llama)."""
+    specs = causal_seq_cls_specs()
+    if class_name in specs:
+        return specs[class_name].base_ref
+    for spec in specs.values():
+        if seq_cls_name(spec.base_ref.rpartition(":")[2]) == class_name:
+            return spec.base_ref
+    return None
+
+
+def all_specs() -> dict[str, ArchSpec]:
+    """Every architecture crossenc registers: its own table and the CausalLM classifiers."""
+    return {**causal_seq_cls_specs(), **CROSSENC_ARCHS}
 
 
 def register_with_vllm() -> None:
-    """Register every architecture of the table with vLLM's ModelRegistry, lazily."""
+    """Register every architecture crossenc serves with vLLM's ModelRegistry, lazily, then
+    install crossenc's config hooks (override validation) for all registered names."""
     from vllm import ModelRegistry
 
-    for spec in CROSSENC_ARCHS.values():
+    from crossenc.config.overrides import install_config_hooks
+
+    for spec in all_specs().values():
         ModelRegistry.register_model(spec.arch, spec.class_ref)
+    install_config_hooks()

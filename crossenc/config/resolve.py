@@ -1,0 +1,370 @@
+"""How vLLM (with crossenc) will serve a checkpoint, decided from its config alone.
+
+`resolve` follows vLLM's `ModelConfig` (runner and convert resolution, architecture lookup,
+`score_type`, the pooling task and `enable_scoring_api`) over static information: crossenc's
+registry table (`crossenc.model_executor.models.registry`) and the names in vLLM's registry.
+It imports no model code and loads no weights; `crossenc explain` prints its result.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from crossenc.model_executor.models.registry import (
+    ArchSpec,
+    ScoreRoute,
+    all_specs,
+    score_route,
+    vllm_archs,
+)
+
+Runner = Literal["generate", "pooling"]
+Convert = Literal["none", "embed", "classify"]
+RUNNER_OPTIONS = ("auto", "generate", "pooling")
+CONVERT_OPTIONS = ("auto", "none", "embed", "classify")
+
+# vLLM's architecture-name defaults (vllm.config.model._SUFFIX_TO_DEFAULTS), used where vLLM
+# itself falls back to them: for names that are not registered. First match wins.
+_SUFFIX_DEFAULTS: tuple[tuple[str, Runner, Convert], ...] = (
+    ("ForCausalLM", "generate", "none"),
+    ("ForConditionalGeneration", "generate", "none"),
+    ("ChatModel", "generate", "none"),
+    ("LMHeadModel", "generate", "none"),
+    ("ForTextEncoding", "pooling", "embed"),
+    ("EmbeddingModel", "pooling", "embed"),
+    ("ForSequenceClassification", "pooling", "classify"),
+    ("ForTokenClassification", "pooling", "classify"),
+    ("ForAudioClassification", "pooling", "classify"),
+    ("ForImageClassification", "pooling", "classify"),
+    ("ForVideoClassification", "pooling", "classify"),
+    ("ClassificationModel", "pooling", "classify"),
+    ("ForRewardModeling", "pooling", "embed"),
+    ("RewardModel", "pooling", "embed"),
+    ("Model", "pooling", "embed"),
+)
+_SEQ_CLS_TASKS = ("classify", "token_classify")
+_EMBED_TASKS = ("embed", "token_embed")
+# vLLM's order for the main pooling task (ModelConfig.get_pooling_task).
+_TASK_PRIORITY = ("embed&token_classify", "embed", "classify", "token_embed", "token_classify")
+
+
+class ResolutionError(ValueError):
+    """The checkpoint cannot be served as asked; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    architecture: str  # the config's architecture vLLM serves
+    class_ref: str  # "module:Class" vLLM loads
+    explicit: bool  # a class registered by name (no conversion at load time)
+    runner: Runner
+    convert: Convert  # vLLM's convert type: "none" for a named class
+    pooling_tasks: tuple[str, ...]  # () when runner == "generate"
+    pooling_task: str | None  # the main one, which /pooling, /classify, /v1/embeddings serve
+    score_type: str  # vLLM's ModelConfig.score_type
+    num_labels: int | None
+    conversion: str | None  # e.g. "from_2_way_softmax over ['no', 'yes']"
+    score_route: ScoreRoute
+    score_reason: str
+
+    @property
+    def served_class(self) -> str:
+        if self.convert == "none":
+            return self.class_ref
+        wrapper = "as_seq_cls_model" if self.convert == "classify" else "as_embedding_model"
+        return f"vLLM's {wrapper}({self.class_ref}), converted at load time"
+
+
+@dataclass(frozen=True)
+class _ClassInfo:
+    """What vLLM's registry inspection (`_ModelInfo`) would report, known statically."""
+
+    class_ref: str
+    is_pooling: bool
+    is_generative: bool
+    score_type: str
+    pooling_tasks: tuple[str, ...]
+    explicit: bool
+
+
+def _class_info(arch: str) -> _ClassInfo | None:
+    spec: ArchSpec | None = all_specs().get(arch)
+    if spec is not None:
+        return _ClassInfo(spec.class_ref, True, False, spec.score_type, spec.pooling_tasks, True)
+    ref = vllm_archs().get(arch)
+    if ref is not None and arch.endswith("ForCausalLM"):
+        return _ClassInfo(ref, False, True, "bi-encoder", (), False)
+    return None
+
+
+def _registered(arch: str) -> bool:
+    return arch in all_specs() or arch in vllm_archs()
+
+
+def _suffix_default(arch: str, runner: str | None = None, convert: str | None = None):
+    for suffix, default_runner, default_convert in _SUFFIX_DEFAULTS:
+        if (
+            arch.endswith(suffix)
+            and runner in (None, default_runner)
+            and convert in (None, default_convert)
+        ):
+            return suffix, default_runner, default_convert
+    return None
+
+
+def _normalize(arch: str, runner: str | None, convert: str | None) -> str:
+    """vLLM's `_normalize_arch`: an unregistered name maps to a registered base by suffix."""
+    if _registered(arch):
+        return arch
+    match = _suffix_default(arch, runner, convert)
+    if match:
+        for suffix, _, _ in _SUFFIX_DEFAULTS:
+            base = arch.replace(match[0], suffix)
+            if _registered(base):
+                return base
+    return arch
+
+
+def _inspect(archs: list[str], runner: str | None, convert: str | None) -> tuple[_ClassInfo, str]:
+    for arch in archs:
+        normalized = _normalize(arch, runner, convert)
+        info = _class_info(normalized)
+        if info is not None:
+            return info, arch
+        if normalized in vllm_archs():
+            raise ResolutionError(
+                f"{arch} is served by vLLM's own {vllm_archs()[normalized]}; crossenc has no "
+                "static information about it (vLLM inspects the class itself)"
+            )
+    raise ResolutionError(
+        f"architectures {archs} are neither crossenc's (DeBERTa-v2, and "
+        "<Family>ForSequenceClassification for vLLM's CausalLM families) nor a CausalLM in "
+        "vLLM's registry"
+        + ("" if runner is None else f" that can be served with runner={runner}, convert={convert}")
+    )
+
+
+def _default_runner(archs: list[str], sentence_transformers: bool) -> Runner:
+    if sentence_transformers:  # vLLM: "Some Sentence Transformers models use *ForCausalLM archs"
+        return "pooling"
+    for arch in archs:
+        if _registered(arch):
+            info, _ = _inspect(archs, None, None)
+            if info.is_pooling:
+                return "pooling"
+            if info.is_generative:
+                return "generate"
+        match = _suffix_default(arch)
+        if match:
+            return match[1]
+    return "generate"
+
+
+def _default_convert(archs: list[str], runner: Runner) -> Convert:
+    for arch in archs:
+        if _registered(arch):
+            info, _ = _inspect(archs, None, None)
+            if (runner == "generate" and info.is_generative) or (
+                runner == "pooling" and info.is_pooling
+            ):
+                return "none"
+        match = _suffix_default(arch, runner)
+        if match:
+            return match[2]
+    return "embed" if runner == "pooling" else "none"
+
+
+def _apply_overrides(hf_config: Any, hf_overrides: dict[str, Any] | None) -> Any:
+    """A copy of the config with `--hf-overrides` applied as vLLM applies them."""
+    from transformers import PretrainedConfig
+
+    if not isinstance(hf_config, PretrainedConfig):
+        raise TypeError(f"hf_config must be a transformers PretrainedConfig, not {type(hf_config)}")
+    if hf_overrides is not None and not isinstance(hf_overrides, dict):
+        raise ResolutionError(f"hf_overrides must be a JSON object, not {hf_overrides!r}")
+    config = copy.deepcopy(hf_config)
+    for key, value in (hf_overrides or {}).items():
+        nested = getattr(config, key, None)
+        if isinstance(value, dict) and isinstance(nested, PretrainedConfig):
+            for sub_key, sub_value in value.items():
+                setattr(nested, sub_key, sub_value)
+        else:
+            setattr(config, key, value)
+    return config
+
+
+def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) -> None:
+    """What vLLM's and crossenc's config hooks add before validation: a preset asked for by
+    name supplies tokens and method; vLLM's Qwen3ForSequenceClassification hook gives the
+    original Qwen3-Reranker layout its method."""
+    from crossenc import presets
+    from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
+
+    preset = presets.for_config(config)
+    if preset is not None and presets.PRESET_KEY in hf_overrides:
+        for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
+            if getattr(config, key, None) is None:
+                setattr(config, key, value)
+    if arch == "Qwen3ForSequenceClassification" and getattr(config, "is_original_qwen3_reranker", False):
+        config.get_text_config().method = "from_2_way_softmax"
+
+
+def _conversion(config: Any, hf_overrides: dict[str, Any], tokenizer: Any) -> Any:
+    """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
+    from crossenc import presets
+    from crossenc.config import overrides
+    from crossenc.model_executor.models.conversion import SeqClsConversion
+
+    if not SeqClsConversion.requested(config):
+        return None
+    try:
+        if tokenizer is not None:
+            return overrides.validate_conversion(
+                config, tokenizer, hf_overrides, presets.for_config(config)
+            )
+        # Without a tokenizer: everything but the tokens' ids.
+        overrides.check_convertible(config)
+        conversion = SeqClsConversion.from_hf_config(config)
+    except ValueError as e:
+        raise ResolutionError(str(e)) from e
+    n = len(conversion.tokens)
+    method = conversion.method
+    if n < method.min_tokens or (method.max_tokens is not None and n > method.max_tokens):
+        raise ResolutionError(f"{method.name} needs {method.expects()}, got {list(conversion.tokens)}")
+    return conversion
+
+
+def _pooling_task(tasks: tuple[str, ...], archs: list[str]) -> str | None:
+    # vLLM's ModelConfig.get_pooling_task without a user-set task.
+    if "token_classify" in tasks and any("ForTokenClassification" in a for a in archs):
+        return "token_classify"
+    return next((t for t in _TASK_PRIORITY if t in tasks), None)
+
+
+def resolve(
+    hf_config: Any,
+    runner: str = "auto",
+    convert: str = "auto",
+    hf_overrides: dict[str, Any] | None = None,
+    *,
+    tokenizer: Any = None,
+    sentence_transformers: bool = False,
+) -> Resolution:
+    """How vLLM with crossenc serves a checkpoint with this config, or a ResolutionError.
+
+    `tokenizer`: the checkpoint's tokenizer, to validate conversion tokens
+    (`classifier_from_token`) as crossenc does when vLLM builds the config; without it every
+    other check runs. `sentence_transformers`: the checkpoint has a sentence-transformers
+    pooling module (modules.json), which makes vLLM default to the pooling runner.
+    """
+    if runner not in RUNNER_OPTIONS:
+        raise ResolutionError(f"runner must be one of {RUNNER_OPTIONS}, not {runner!r}")
+    if convert not in CONVERT_OPTIONS:
+        raise ResolutionError(f"convert must be one of {CONVERT_OPTIONS}, not {convert!r}")
+    config = _apply_overrides(hf_config, hf_overrides)
+    archs = getattr(config, "architectures", None)
+    if not archs or not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
+        raise ResolutionError(
+            f"the config's architectures is {archs!r}; it must name the model class, e.g. "
+            '--hf-overrides \'{"architectures": ["Qwen3ForSequenceClassification"]}\''
+        )
+    archs = list(archs)
+
+    first_info, _ = _inspect(archs, None, None)
+    if runner != "auto":
+        runner_type: Runner = runner  # type: ignore[assignment]
+    elif convert in ("auto", "none"):
+        runner_type = _default_runner(archs, sentence_transformers)
+    else:
+        runner_type = "pooling"
+    convert_type: Convert = (
+        convert if convert != "auto" else _default_convert(archs, runner_type)  # type: ignore[assignment]
+    )
+    if first_info.is_pooling and not first_info.is_generative and runner_type == "generate":
+        raise ResolutionError(
+            f"{archs[0]} is a pooling model: it cannot be served with runner=generate"
+        )
+    if runner_type == "generate" and not first_info.is_generative:
+        raise ResolutionError(f"{archs[0]} does not support runner=generate")
+    if runner_type == "pooling" and not first_info.is_pooling and convert_type == "none":
+        raise ResolutionError(
+            f"{archs[0]} generates text; with runner=pooling it needs convert=embed or "
+            "convert=classify, or serve it as a named classifier ("
+            f"--hf-overrides '{{\"architectures\": [\"<Family>ForSequenceClassification\"]}}')"
+        )
+
+    info, arch = _inspect(archs, runner_type, convert_type)
+    converted = convert_type != "none" and not info.is_pooling
+    if runner_type == "generate":
+        tasks: tuple[str, ...] = ()
+    elif converted:
+        tasks = _SEQ_CLS_TASKS if convert_type == "classify" else _EMBED_TASKS
+    else:
+        tasks = info.pooling_tasks
+
+    num_labels = getattr(config, "num_labels", None)
+    _apply_config_hooks(config, arch, hf_overrides or {})
+    conversion = _conversion(config, hf_overrides or {}, tokenizer)
+    if conversion is not None:
+        if runner_type != "pooling":
+            raise ResolutionError(
+                "classifier_from_token/method turn the model into a classifier, but it is served "
+                f"as runner={runner_type}; name a classifier architecture in --hf-overrides"
+                ' ("architectures": ["<Family>ForSequenceClassification"]) or use runner=pooling'
+            )
+        num_labels = conversion.num_labels
+
+    pooling_task = _pooling_task(tasks, archs)
+    route, reason = score_route(pooling_task, num_labels)
+    return Resolution(
+        architecture=arch,
+        class_ref=info.class_ref,
+        explicit=info.explicit and not converted,
+        runner=runner_type,
+        convert=convert_type,
+        pooling_tasks=tasks,
+        pooling_task=pooling_task,
+        score_type="cross-encoder" if convert_type == "classify" else info.score_type,
+        num_labels=num_labels,
+        conversion=(
+            None
+            if conversion is None
+            else f"{conversion.method.name} over tokens {list(conversion.tokens)}"
+        ),
+        score_route=route,
+        score_reason=reason,
+    )
+
+
+# The HTTP endpoints of `vllm serve` for pooling models, and when vLLM registers them
+# (vllm/entrypoints/pooling/factories.py).
+def endpoints(res: Resolution) -> list[tuple[str, bool, str]]:
+    """(endpoint, works, why) for each pooling endpoint of `vllm serve`."""
+    task = res.pooling_task
+    scoring = res.score_route != "none"
+    if task is None:
+        why_not = "the model is served as a text generator (runner=generate)"
+        return [(e, False, why_not) for e in ("/score, /rerank, /v1/rerank", "/classify",
+                                               "/v1/embeddings", "/pooling")]
+    return [
+        ("/score, /rerank, /v1/rerank", scoring, res.score_reason),
+        (
+            "/classify",
+            task == "classify",
+            (
+                "the sigmoid of the single logit"
+                if res.num_labels == 1
+                else f"softmax over the {res.num_labels} labels"
+            )
+            if task == "classify"
+            else f"the main pooling task is {task}, not classify",
+        ),
+        (
+            "/v1/embeddings",
+            task == "embed",
+            "one embedding per input" if task == "embed" else f"the main pooling task is {task}, not embed",
+        ),
+        ("/pooling", True, f"raw {task} outputs"),
+    ]
