@@ -14,34 +14,63 @@ or, when the config asks for a conversion, from lm_head rows (crossenc's convers
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from crossenc.model_executor.layers import default_weight_loader
+from crossenc.model_executor.models.registry import base_ref_for, pooling_class_name
 
-_GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
-
-
-def pooling_class_name(base_name: str, suffix: str) -> str:
-    """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2For...`."""
-    for generate_suffix in _GENERATE_SUFFIXES:
-        if base_name.endswith(generate_suffix):
-            return base_name.removesuffix(generate_suffix) + suffix
-    return base_name + suffix
+_SEQ_CLS = "ForSequenceClassification"
+_TOKEN_CLS = "ForTokenClassification"
+# (base class, suffix) -> the class made for it; name -> class, for the classes this module
+# hosts (made for bases outside crossenc), so that "module:Name" and pickle find them.
+_MADE: dict[tuple[type, str], type] = {}
+_HOSTED: dict[str, type] = {}
 
 
 def _is_encoder(base_cls: type) -> bool:
     return hasattr(base_cls, "base_model_prefix") and hasattr(base_cls, "seq_cls_projector")
 
 
-def _name(cls: type, base_cls: type, suffix: str, module: str | None) -> type:
-    cls.__name__ = cls.__qualname__ = pooling_class_name(base_cls.__name__, suffix)
-    cls.__module__ = module or base_cls.__module__
+def _make(base_cls: type, suffix: str, build: Callable[[type], type]) -> type:
+    """The named class for `base_cls`, built once. A crossenc base's module holds it (its model
+    file assigns it to the name, e.g. DeBERTa); for any other base (vLLM's CausalLMs) this
+    module does, through its module-level `__getattr__`."""
+    key = (base_cls, suffix)
+    if key in _MADE:
+        return _MADE[key]
+    name = pooling_class_name(base_cls.__name__, suffix)
+    hosted = not base_cls.__module__.startswith("crossenc.")
+    if hosted and name in _HOSTED:
+        raise ValueError(
+            f"{base_cls.__module__}.{base_cls.__qualname__} would make {name}, but {__name__} "
+            f"already holds {name} made from {_HOSTED[name].base_cls.__module__}."
+            f"{_HOSTED[name].base_cls.__qualname__}; one name can refer to one class only"
+        )
+    cls = build(base_cls)
+    cls.__name__ = cls.__qualname__ = name
+    cls.__module__ = __name__ if hosted else base_cls.__module__
+    cls.base_cls = base_cls
+    _MADE[key] = cls
+    if hosted:
+        _HOSTED[name] = cls
     return cls
+
+
+def __getattr__(name: str) -> type:
+    """`<Family>ForSequenceClassification` for a CausalLM family in vLLM's registry, built on
+    first access: what vLLM's lazy "module:Class" registration and unpickling look up."""
+    if name in _HOSTED:
+        return _HOSTED[name]
+    base_ref = base_ref_for(name) if name.endswith(_SEQ_CLS) else None
+    if base_ref is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, class_name = base_ref.partition(":")
+    return as_seq_cls_model(getattr(importlib.import_module(module), class_name))
 
 
 def _first_tokens(positions: torch.Tensor) -> torch.Tensor:
@@ -129,7 +158,6 @@ def _encoder_seq_cls(base_cls: type) -> type:
             """Without vLLM: one row of logits per sequence of the packed batch."""
             return self.classifier(self.projector(hidden_states[_first_tokens(positions)]))
 
-    EncoderForSequenceClassification.base_cls = base_cls
     return EncoderForSequenceClassification
 
 
@@ -173,37 +201,39 @@ def _encoder_token_cls(base_cls: type) -> type:
             """Without vLLM: one row of logits per token."""
             return self.classifier(hidden_states)
 
-    EncoderForTokenClassification.base_cls = base_cls
     return EncoderForTokenClassification
 
 
 def _decoder_seq_cls(base_cls: type) -> type:
-    """vLLM's last-token classifier over a CausalLM, loading conversions through crossenc."""
+    """vLLM's last-token classifier over a CausalLM (`score` head, lm_head never built),
+    loading conversions (`classifier_from_token`/`method`) through crossenc's conversion.py."""
     from vllm.model_executor.models.adapters import as_seq_cls_model as vllm_as_seq_cls_model
 
     from crossenc.model_executor.models.conversion import SeqClsConversion, load_seq_cls_weights
 
-    vllm_cls = vllm_as_seq_cls_model(base_cls)
+    class DecoderForSequenceClassification(vllm_as_seq_cls_model(base_cls)):
+        # Not a text generator: vLLM's registry then reports a pooling-only model, so it
+        # resolves runner=pooling and refuses runner=generate for it.
+        compute_logits = None
 
-    class DecoderForSequenceClassification(vllm_cls):
-        def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
             if SeqClsConversion.requested(self.config):
                 return load_seq_cls_weights(self, weights, self.config)
+            # A *ForSequenceClassification checkpoint: backbone and its `score.weight`.
             return super().load_weights(weights)
 
     return DecoderForSequenceClassification
 
 
-@functools.cache
-def as_seq_cls_model(base_cls: type, module: str | None = None) -> type:
-    """The `*ForSequenceClassification` class for `base_cls` (the same object on every call)."""
-    cls = _encoder_seq_cls(base_cls) if _is_encoder(base_cls) else _decoder_seq_cls(base_cls)
-    return _name(cls, base_cls, "ForSequenceClassification", module)
+def as_seq_cls_model(base_cls: type) -> type:
+    """The `*ForSequenceClassification` class for `base_cls` (the same object on every call):
+    an encoder's first-token classifier, or a decoder's last-token one."""
+    build = _encoder_seq_cls if _is_encoder(base_cls) else _decoder_seq_cls
+    return _make(base_cls, _SEQ_CLS, build)
 
 
-@functools.cache
-def as_token_cls_model(base_cls: type, module: str | None = None) -> type:
+def as_token_cls_model(base_cls: type) -> type:
     """The `*ForTokenClassification` class for an encoder `base_cls`."""
     if not _is_encoder(base_cls):
         raise TypeError(f"{base_cls.__name__} is not an encoder with a base_model_prefix and projector")
-    return _name(_encoder_token_cls(base_cls), base_cls, "ForTokenClassification", module)
+    return _make(base_cls, _TOKEN_CLS, _encoder_token_cls)

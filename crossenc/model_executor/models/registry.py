@@ -106,18 +106,18 @@ def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[Score
 ADAPTERS_MODULE = "crossenc.model_executor.models.adapters"
 _CAUSAL_LM = "ForCausalLM"
 _SEQ_CLS = "ForSequenceClassification"
-# Suffixes a generative class name ends in; the classifier's name replaces them (as vLLM does).
+# Suffixes a generative class name ends in; a classifier's name replaces them (as vLLM does).
 _GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
 # The Transformers modeling backend: one generic class for many HF families, not a family.
 _TRANSFORMERS_BACKEND_MODULE = "vllm.model_executor.models.transformers"
 
 
-def seq_cls_name(base_name: str) -> str:
-    """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2...`."""
-    for suffix in (*_GENERATE_SUFFIXES, "Model"):
-        if base_name.endswith(suffix):
-            return base_name[: -len(suffix)] + _SEQ_CLS
-    return base_name + _SEQ_CLS
+def pooling_class_name(base_name: str, suffix: str = _SEQ_CLS) -> str:
+    """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2For...`."""
+    for generate_suffix in (*_GENERATE_SUFFIXES, "Model"):
+        if base_name.endswith(generate_suffix):
+            return base_name.removesuffix(generate_suffix) + suffix
+    return base_name + suffix
 
 
 def _entry_ref(entry) -> str | None:
@@ -182,13 +182,13 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
 
 def base_ref_for(class_name: str) -> str | None:
     """The CausalLM behind a named classifier of the adapters module: by the architecture it is
-    registered as, or by the name the factory gives it (`seq_cls_name` of the base class), which
+    registered as, or by the name the factory gives it (`pooling_class_name` of the base), which
     differ where vLLM serves several architectures with one class (InternLM3 -> Llama)."""
     specs = causal_seq_cls_specs()
     if class_name in specs:
         return specs[class_name].base_ref
     for spec in specs.values():
-        if seq_cls_name(spec.base_ref.rpartition(":")[2]) == class_name:
+        if pooling_class_name(spec.base_ref.rpartition(":")[2]) == class_name:
             return spec.base_ref
     return None
 
@@ -199,12 +199,8 @@ def all_specs() -> dict[str, ArchSpec]:
 
 
 def register_with_vllm() -> None:
-    """Register every architecture crossenc serves with vLLM's ModelRegistry, lazily, then
-    install crossenc's config hooks (override validation) for all registered names."""
+    """Register every architecture crossenc serves with vLLM's ModelRegistry, lazily."""
     from vllm import ModelRegistry
-
-    from crossenc.config.overrides import install_config_hooks
 
     for spec in all_specs().values():
         ModelRegistry.register_model(spec.arch, spec.class_ref)
-    install_config_hooks()
