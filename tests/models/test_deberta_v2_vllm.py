@@ -1,0 +1,117 @@
+"""DeBERTa end to end in vLLM's CPU build: score, classify, embed, token classification.
+
+Every number is compared with transformers (and sentence-transformers' conventions: sigmoid
+for a single-logit cross-encoder, softmax across labels, normalised mean-pooled embeddings).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
+
+ATOL = 1e-4
+TEXTS = [QUERY, *[d for d in DOCUMENTS if d]]
+
+
+def _engine(path, **kwargs):
+    return vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=512, seed=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deberta")
+    return {
+        "score": save_deberta(root / "score", "seq_cls", "v3", num_labels=1),
+        "score-types": save_deberta(root / "score-types", "seq_cls", "token-types", num_labels=1),
+        "classify": save_deberta(root / "classify", "seq_cls", "token-types", num_labels=3,
+                                 id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+                                 label2id={"entailment": 0, "neutral": 1, "contradiction": 2}),
+        "token": save_deberta(root / "token", "token_cls", "v2-conv", num_labels=5),
+        "embed": _save_sentence_transformer(root / "embed"),
+    }
+
+
+def _save_sentence_transformer(path):
+    from sentence_transformers import SentenceTransformer, models
+
+    save_deberta(path / "backbone", "model", "v3")
+    st = SentenceTransformer(modules=[
+        models.Transformer(str(path / "backbone")),
+        models.Pooling(32, pooling_mode="mean"),
+        models.Normalize(),
+    ], device="cpu")
+    st.save(str(path / "st"))
+    return path / "st"
+
+
+def _release(llm):
+    del llm
+    gc.collect()
+
+
+@pytest.mark.parametrize("kind", ["score", "score-types"])
+def test_score_equals_cross_encoder(checkpoints, kind):
+    """v3 (no token types) and a checkpoint whose second segment has token type 1."""
+    from sentence_transformers import CrossEncoder
+
+    path = checkpoints[kind]
+    expected = CrossEncoder(str(path), device="cpu").predict([(QUERY, d) for d in DOCUMENTS])
+    llm = _engine(path)  # vLLM's defaults: compilation mode on
+    got = [o.outputs.score for o in llm.score(QUERY, DOCUMENTS)]
+    # The same pairs batched with other work give the same numbers.
+    again = [o.outputs.score for o in llm.score([QUERY] * len(DOCUMENTS), DOCUMENTS)]
+    _release(llm)
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected, dtype=torch.float32), atol=ATOL)
+    assert torch.allclose(torch.tensor(again), torch.tensor(got), atol=1e-6)
+
+
+def _hf_logits(path, cls, texts):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = cls.from_pretrained(path).eval()
+    with torch.no_grad():
+        return [model(**tok(t, return_tensors="pt")).logits[0] for t in texts]
+
+
+def test_classify_equals_transformers_softmax(checkpoints):
+    from transformers import AutoModelForSequenceClassification
+
+    path = checkpoints["classify"]
+    expected = [x.softmax(-1) for x in _hf_logits(path, AutoModelForSequenceClassification, TEXTS)]
+    llm = _engine(path, enforce_eager=True)
+    got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
+    _release(llm)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == (3,) and torch.allclose(g, e, atol=ATOL)
+
+
+def test_token_classify_equals_transformers(checkpoints):
+    from transformers import AutoModelForTokenClassification
+
+    path = checkpoints["token"]
+    expected = [x.softmax(-1) for x in _hf_logits(path, AutoModelForTokenClassification, TEXTS)]
+    llm = _engine(path)
+    got = [o.outputs.data for o in llm.encode(TEXTS, pooling_task="token_classify")]
+    _release(llm)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and torch.allclose(g.float(), e, atol=ATOL)
+
+
+def test_embed_and_cosine_score_equal_sentence_transformers(checkpoints):
+    from sentence_transformers import SentenceTransformer
+
+    path = checkpoints["embed"]
+    expected = torch.tensor(SentenceTransformer(str(path), device="cpu").encode(TEXTS))
+    llm = _engine(path)
+    got = torch.stack([torch.tensor(o.outputs.embedding) for o in llm.embed(TEXTS)])
+    scores = [o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:])]
+    _release(llm)
+    assert torch.allclose(got, expected, atol=ATOL)
+    assert torch.allclose(torch.tensor(scores), expected[1:] @ expected[0], atol=ATOL)
