@@ -84,15 +84,7 @@ def plan(src: str, tokens: str | None, method: str | None, preset_name: str | No
 
     config = AutoConfig.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    if preset_name is not None:
-        preset = None if preset_name == presets.NO_PRESET else presets.get(preset_name)
-    else:
-        preset = presets.for_config(config, src)
-    if preset is not None and preset.model_type != config.model_type:
-        raise OverrideError(
-            f"preset {preset.name} is for {preset.model_type} checkpoints ({preset.checkpoints}); "
-            f"{src} is {config.model_type}"
-        )
+    preset = presets.for_config(config, src, preset_name=preset_name)
     token_list = tokens.split(",") if tokens else (list(preset.tokens) if preset else None)
     method = method or (preset.method if preset else None)
     if token_list is None or method is None:
@@ -254,7 +246,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         p = plan(args.src, args.tokens, args.method, args.preset)
-    except (OverrideError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OverrideError is a ValueError
         print(f"crossenc convert: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output)

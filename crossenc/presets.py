@@ -19,28 +19,40 @@ NO_PRESET = "none"
 
 @dataclass(frozen=True)
 class ScoreTemplate:
-    """prefix + document + suffix; the prefix holds the query and the instruction.
+    """A reranker's prompt, built the way its own code builds it: segments tokenized one by one
+    and their ids concatenated (joint tokenization can merge across a boundary differently).
 
-    Only the document is ever truncated: the instruction, the query and the suffix (which ends
-    where the model predicts the classifier token) stay whole.
+    Segment fields: {query}, {instruction}, {document}. Exactly one segment holds the document
+    and ends with it, so cutting that segment's ids from the end truncates only the document;
+    the instruction, the query and the suffix (which ends where the model predicts the
+    classifier token) stay whole.
     """
 
-    prefix: str  # fields: {query}, {instruction}
-    suffix: str
+    segments: tuple[str, ...]
     # How an instruction shows in {instruction}; None: the template takes no instruction.
     instruction_format: str | None = None
     default_instruction: str | None = None
     add_bos: bool = False
 
-    def head(self, query: str, instruction: str | None = None) -> str:
+    def __post_init__(self):
+        holders = [s for s in self.segments if "{document}" in s]
+        if len(holders) != 1 or not holders[0].endswith("{document}"):
+            raise ValueError("exactly one segment must hold {document}, at its end")
+
+    @property
+    def _document_segment(self) -> int:
+        return next(i for i, s in enumerate(self.segments) if "{document}" in s)
+
+    def _fields(self, query: str, document: str, instruction: str | None) -> dict[str, str]:
         instruction = instruction if instruction is not None else self.default_instruction
         if instruction is not None and self.instruction_format is None:
             raise ValueError("this reranker's prompt template takes no instruction")
         text = "" if instruction is None else self.instruction_format.format(instruction=instruction)
-        return self.prefix.format(query=query, instruction=text)
+        return {"query": query, "document": document, "instruction": text}
 
     def text(self, query: str, document: str, instruction: str | None = None) -> str:
-        return self.head(query, instruction) + document + self.suffix
+        fields = self._fields(query, document, instruction)
+        return "".join(segment.format(**fields) for segment in self.segments)
 
     def token_ids(
         self,
@@ -50,31 +62,28 @@ class ScoreTemplate:
         budget: int | None = None,
         instruction: str | None = None,
     ) -> list[int]:
-        """The templated pair's token ids, at most `budget` long, truncating only the document.
+        """The templated pair's token ids, at most `budget` long, truncating only the document."""
+        fields = self._fields(query, document, instruction)
 
-        The whole text is tokenized at once (as the model saw it in training); the document's
-        tokens are found through the character offsets and cut from their end when needed.
-        """
-        head = self.head(query, instruction)
-        text = head + document + self.suffix
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        doc_start, doc_end = len(head), len(head) + len(document)
-        in_doc = [i for i, (s, e) in enumerate(offsets) if e > doc_start and s < doc_end]
-        first, last = (in_doc[0], in_doc[-1] + 1) if in_doc else (len(ids), len(ids))
-        # A token that starts inside the head (e.g. "Ġword" after "Document:") belongs to the
-        # document only from the document's first token on.
+        def encode(segment: str, **override: str) -> list[int]:
+            text = segment.format(**{**fields, **override})
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        pieces = [encode(segment) for segment in self.segments]
         bos = [tokenizer.bos_token_id] if self.add_bos else []
-        fixed = len(bos) + first + (len(ids) - last)
-        if budget is not None and fixed + (last - first) > budget:
-            if fixed > budget:
+        if budget is not None and len(bos) + sum(map(len, pieces)) > budget:
+            d = self._document_segment
+            room = budget - len(bos) - sum(len(p) for i, p in enumerate(pieces) if i != d)
+            # What the document's segment takes with an empty document: never cut into it.
+            fixed = len(encode(self.segments[d], document=""))
+            if room < fixed:
                 raise ValueError(
-                    f"the prompt template with this query takes {fixed} tokens without the "
-                    f"document, more than the {budget} allowed; only the document is truncated, "
-                    "so shorten the query (or the instruction)"
+                    f"the prompt template with this query takes {budget - room + fixed} tokens "
+                    f"without the document, more than the {budget} allowed; only the document "
+                    "is truncated, so shorten the query (or the instruction)"
                 )
-            ids = ids[: first + budget - fixed] + ids[last:]
-        return bos + ids
+            pieces[d] = pieces[d][:room]
+        return bos + [i for piece in pieces for i in piece]
 
 
 @dataclass(frozen=True)
@@ -97,12 +106,15 @@ class Preset:
         }
 
 
-_QWEN3_SYSTEM = (
+# The three templates as the checkpoints' own code builds them (model cards; FlagEmbedding's
+# LLM reranker; the mxbai-rerank package).
+_QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
     'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
     "<|im_start|>user\n"
 )
-_MXBAI_SYSTEM = (
+_QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+_MXBAI_PREFIX = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
     "<|im_end|>\n<|im_start|>user\n"
 )
@@ -112,6 +124,7 @@ _MXBAI_TASK = (
     "then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\n"
     "Relevance:"
 )
+_MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 _BGE_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the "
     "query by providing a prediction of either 'Yes' or 'No'."
@@ -127,8 +140,11 @@ PRESETS: dict[str, Preset] = {
             tokens=("no", "yes"),
             method="from_2_way_softmax",
             template=ScoreTemplate(
-                prefix=_QWEN3_SYSTEM + "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: ",
-                suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                segments=(
+                    _QWEN3_PREFIX,
+                    "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
+                    _QWEN3_SUFFIX,
+                ),
                 instruction_format="{instruction}",
                 default_instruction=(
                     "Given a web search query, retrieve relevant passages that answer the query"
@@ -142,8 +158,10 @@ PRESETS: dict[str, Preset] = {
             model_type="gemma",
             tokens=("Yes",),
             method="no_post_processing",
-            # Query and passage joined without a separator token; the prompt comes last.
-            template=ScoreTemplate(prefix="A: {query}\nB: ", suffix="\n" + _BGE_PROMPT, add_bos=True),
+            # BOS, query and passage joined by "\n" (no pad/sep token), then the prompt.
+            template=ScoreTemplate(
+                segments=("A: {query}", "\n", "B: {document}", "\n", _BGE_PROMPT), add_bos=True
+            ),
             pattern=r"bge-reranker-v2-gemma",
         ),
         Preset(
@@ -153,8 +171,15 @@ PRESETS: dict[str, Preset] = {
             tokens=("0", "1"),
             method="from_2_way_softmax",
             template=ScoreTemplate(
-                prefix=_MXBAI_SYSTEM + "{instruction}query: {query}\ndocument: ",
-                suffix="\n" + _MXBAI_TASK + "<|im_end|>\n<|im_start|>assistant\n",
+                segments=(
+                    _MXBAI_PREFIX,
+                    "{instruction}query: {query}",
+                    "\n",
+                    "document: {document}",
+                    "\n",
+                    _MXBAI_TASK,
+                    _MXBAI_SUFFIX,
+                ),
                 instruction_format="instruction: {instruction}\n",
             ),
             pattern=r"mxbai-rerank-(base|large)-v2",
@@ -182,11 +207,24 @@ def recognise(*names: str | None) -> Preset | None:
     return None
 
 
-def for_config(hf_config: Any, *names: str | None) -> Preset | None:
-    """The preset a config names (`crossenc_preset`), else the one its names are recognised as."""
-    named = getattr(hf_config, PRESET_KEY, None)
+def for_config(hf_config: Any, *names: str | None, preset_name: str | None = None) -> Preset | None:
+    """The preset for a checkpoint: named (`preset_name`, else the config's `crossenc_preset`),
+    else recognised from its names (model id, path, `_name_or_path`).
+
+    A named preset must fit the checkpoint's model_type (an error otherwise); a name that merely
+    looks like a preset's checkpoint, on another model_type, gives no preset.
+    """
+    named = preset_name if preset_name is not None else getattr(hf_config, PRESET_KEY, None)
     if named == NO_PRESET:
         return None
+    model_type = getattr(hf_config, "model_type", None)
     if named is not None:
-        return get(named)
-    return recognise(*names, getattr(hf_config, "_name_or_path", None))
+        preset = get(named)
+        if preset.model_type != model_type:
+            raise ValueError(
+                f"preset {preset.name} is for {preset.model_type} checkpoints "
+                f"({preset.checkpoints}); this one is {model_type}"
+            )
+        return preset
+    preset = recognise(*names, getattr(hf_config, "_name_or_path", None))
+    return preset if preset is not None and preset.model_type == model_type else None

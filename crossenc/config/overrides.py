@@ -30,18 +30,37 @@ class OverrideError(ValueError):
     """A conversion override that cannot give the scores it asks for."""
 
 
-def _single_ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False))
+def _problem(tokenizer: Any, token: str) -> tuple[int | None, str]:
+    """The token's id, or None and what is wrong with it as a classifier token.
+
+    The text must encode to exactly one id, and that id must be the vocabulary entry spelled
+    like the token: vLLM's own conversion looks tokens up by spelling, so a text that encodes
+    to another entry (" yes" -> "Ġyes", SentencePiece's "▁Yes" vs "Yes") would pick a
+    different lm_head row there.
+    """
+    ids = list(tokenizer.encode(token, add_special_tokens=False))
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    if len(ids) != 1:
+        return None, f"must tokenize to exactly one id, but it tokenizes to {len(ids)} ids {ids} {pieces}"
+    if ids[0] == tokenizer.unk_token_id:
+        return None, f"tokenizes to the unknown token {pieces[0]!r} (id {ids[0]})"
+    vocab_id = tokenizer.get_vocab().get(token)
+    if vocab_id != ids[0]:
+        entry = "is not a vocabulary entry" if vocab_id is None else f"is vocabulary id {vocab_id}"
+        return None, f"is ambiguous: the text tokenizes to id {ids[0]} {pieces} but {token!r} {entry}"
+    return ids[0], ""
 
 
 def _near_misses(tokenizer: Any, token: str) -> list[str]:
     stripped = token.strip()
     variants = dict.fromkeys(
         v
-        for v in (stripped, stripped.lower(), stripped.capitalize(), stripped.upper(), " " + stripped)
+        for v in (stripped, stripped.lower(), stripped.capitalize(), stripped.upper())
         if v and v != token
     )
-    return [f"{v!r} (id {ids[0]})" for v in variants if len(ids := _single_ids(tokenizer, v)) == 1]
+    return [
+        f"{v!r} (id {id_})" for v in variants if (id_ := _problem(tokenizer, v)[0]) is not None
+    ]
 
 
 def token_ids_or_raise(tokenizer: Any, tokens, vocab_size: int | None = None) -> tuple[int, ...]:
@@ -54,31 +73,17 @@ def token_ids_or_raise(tokenizer: Any, tokens, vocab_size: int | None = None) ->
         raise OverrideError(f"{TOKENS_KEY}={list(tokens)} repeats a token")
     ids = []
     for token in tokens:
-        encoded = _single_ids(tokenizer, token)
-        pieces = tokenizer.convert_ids_to_tokens(encoded)
-        unknown = len(encoded) == 1 and encoded[0] == tokenizer.unk_token_id
-        if len(encoded) != 1 or unknown:
-            what = "the unknown token" if unknown else f"{len(encoded)} ids {encoded} {pieces}"
+        id_, problem = _problem(tokenizer, token)
+        if id_ is None:
             near = _near_misses(tokenizer, token)
             hint = f"; single-token near misses: {', '.join(near)}" if near else ""
+            raise OverrideError(f"classifier token {token!r} {problem}{hint}")
+        if vocab_size is not None and id_ >= vocab_size:
             raise OverrideError(
-                f"classifier token {token!r} must tokenize to exactly one id, but it tokenizes "
-                f"to {what}{hint}"
-            )
-        # A vocabulary entry spelled like the token but with another id (e.g. SentencePiece's
-        # "▁Yes" vs "Yes") makes the choice ambiguous; refuse rather than guess.
-        vocab_id = tokenizer.get_vocab().get(token)
-        if vocab_id is not None and vocab_id != encoded[0]:
-            raise OverrideError(
-                f"classifier token {token!r} is ambiguous: the text tokenizes to id {encoded[0]} "
-                f"{pieces} but the vocabulary entry {token!r} has id {vocab_id}"
-            )
-        if vocab_size is not None and encoded[0] >= vocab_size:
-            raise OverrideError(
-                f"classifier token {token!r} has id {encoded[0]}, outside the model's "
+                f"classifier token {token!r} has id {id_}, outside the model's "
                 f"{vocab_size}-row lm_head"
             )
-        ids.append(encoded[0])
+        ids.append(id_)
     return tuple(ids)
 
 
@@ -139,7 +144,8 @@ def validate_conversion(
             f"this checkpoint is the {preset.name} preset ({preset.checkpoints}), scored with "
             f"{TOKENS_KEY}={list(preset.tokens)} and {METHOD_KEY}={preset.method!r}, but "
             f"{list(tokens)} with {method_name!r} were given; set "
-            f'"{presets.PRESET_KEY}": "{presets.NO_PRESET}" to score it your own way'
+            f'"{presets.PRESET_KEY}": "{presets.NO_PRESET}" in --hf-overrides (crossenc convert: '
+            f"--preset {presets.NO_PRESET}) to score it your own way"
         )
     ids = token_ids_or_raise(tokenizer, tokens, hf_config.get_text_config().vocab_size)
     conversion = SeqClsConversion(method, tuple(tokens), ids)
@@ -174,17 +180,18 @@ def verify_and_update_model_config(model_config: Any) -> None:
         for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
             if getattr(hf_config, key, None) is None:
                 setattr(hf_config, key, value)
-    if preset is not None and preset.model_type != hf_config.model_type:
-        raise OverrideError(
-            f"preset {preset.name} is for {preset.model_type} checkpoints ({preset.checkpoints}); "
-            f"this one is {hf_config.model_type}"
-        )
     if SeqClsConversion.requested(hf_config):
-        if model_config.runner_type != "pooling":
+        if model_config.runner_type != "pooling" or model_config.convert_type == "embed":
+            from transformers.models.auto.modeling_auto import (
+                MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SEQ_CLS_NAMES,
+            )
+
+            arch = SEQ_CLS_NAMES.get(hf_config.model_type, "<Family>ForSequenceClassification")
             raise OverrideError(
-                f"{TOKENS_KEY}/{METHOD_KEY} turn the model into a classifier, but it is served as "
-                f"runner={model_config.runner_type!r}; add \"architectures\": "
-                f"[\"<Family>ForSequenceClassification\"] to --hf-overrides (or --runner pooling)"
+                f"{TOKENS_KEY}/{METHOD_KEY} turn the model into a classifier, but it would be "
+                f"served with runner={model_config.runner_type!r}, "
+                f"convert={model_config.convert_type!r}; add \"architectures\": [\"{arch}\"] to "
+                "--hf-overrides (or pass --runner pooling --convert classify)"
             )
         from vllm.tokenizers import get_tokenizer
 
