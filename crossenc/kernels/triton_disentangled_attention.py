@@ -1,0 +1,235 @@
+"""Fused varlen disentangled attention (DeBERTa c2p/p2c) in Triton.
+
+Computes, for every packed sequence of a [T, H, D] batch (boundaries in ``cu_seqlens``),
+
+    score[i, j] = (q_i.k_j + q_i.pos_key[rel(i-j)] + k_j.pos_query[rel(i-j)]) * scale
+    out_i = softmax_j(score[i, :]) @ v
+
+with FlashAttention's online softmax: no [B, H, L, L] tensor and no per-token position table.
+
+How the position terms are formed: a query tile [i0, i0+BM) and a key tile [j0, j0+BN) meet
+only BM+BN-1 relative distances d = i-j. The kernel loads the position rows of those distances
+(a window of WIN rows of pos_key / pos_query, gathered through ``rel_index``), multiplies them
+on the tensor cores (q @ window^T is [BM, WIN]; window @ k^T is [WIN, BN]) and picks each
+pair's entry with ``tl.gather`` at column/row i-j+BN-1. That costs two extra tile products
+per step, against writing and re-reading two [T, H, 2S] tables through device memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _disentangled_attention_fwd(
+    Q, K, V, O, PK, PQ, REL, CU,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+    num_heads, max_seqlen, qk_scale_log2,
+    C2P_TAB, P2C_TAB, stride_tt, stride_th,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIN: tl.constexpr,
+    HAS_C2P: tl.constexpr,
+    HAS_P2C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    TABLES: tl.constexpr,
+    GATHER_F16: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    seq = pid_bh // num_heads
+    head = pid_bh % num_heads
+    start = tl.load(CU + seq)
+    length = tl.load(CU + seq + 1) - start
+    m0 = pid_m * BLOCK_M
+    if m0 >= length:
+        return
+
+    offs_i = tl.arange(0, BLOCK_M)  # query rows local to the tile
+    offs_j = tl.arange(0, BLOCK_N)  # key rows local to the tile
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows_q = m0 + offs_i
+    mask_q = rows_q < length
+    tok_q = (start + rows_q).to(tl.int64)
+    q = tl.load(
+        Q + tok_q[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=mask_q[:, None], other=0.0,
+    )
+    if HAS_C2P or HAS_P2C:
+        # Window row w holds distance d = (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) of the
+        # tile reads row i - j + BLOCK_N - 1.
+        offs_w = tl.arange(0, WIN)
+        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
+
+    m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    for n0 in range(0, length, BLOCK_N):
+        rows_k = n0 + offs_j
+        mask_k = rows_k < length
+        tok_k = (start + rows_k).to(tl.int64)
+        k = tl.load(
+            K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+            mask=mask_k[:, None], other=0.0,
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if TABLES:
+            # Position terms read from precomputed [H, T, 2S] tables (q.pos_key^T, k.pos_query^T).
+            pair = mask_q[:, None] & mask_k[None, :]
+            relp = tl.load(REL + (rows_q[:, None] - rows_k[None, :] + max_seqlen - 1), mask=pair, other=0)
+            if HAS_C2P:
+                s += tl.load(C2P_TAB + head * stride_th + tok_q[:, None] * stride_tt + relp,
+                             mask=pair, other=0.0).to(tl.float32)
+            if HAS_P2C:
+                s += tl.load(P2C_TAB + head * stride_th + tok_k[None, :] * stride_tt + relp,
+                             mask=pair, other=0.0).to(tl.float32)
+        elif HAS_C2P or HAS_P2C:
+            # Distances outside +-(max_seqlen-1) only occur for masked pairs: clamp them to
+            # stay inside rel_index.
+            dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
+            dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+            rel = tl.load(REL + (dist + max_seqlen - 1))
+        if HAS_C2P and not TABLES:
+            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
+            if GATHER_F16:
+                c2p = c2p.to(tl.float16)
+            s += tl.gather(c2p, pick, axis=1).to(tl.float32)
+        if HAS_P2C and not TABLES:
+            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
+            if GATHER_F16:
+                p2c = p2c.to(tl.float16)
+            s += tl.gather(p2c, pick, axis=0).to(tl.float32)
+        s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
+            mask=mask_k[:, None], other=0.0,
+        )
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(
+        O + tok_q[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        acc.to(O.dtype.element_ty),
+        mask=mask_q[:, None],
+    )
+
+
+def _check_qkv(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
+    if x.ndim != 3 or x.shape != like.shape:
+        raise ValueError(f"{name} must have shape [T, H, D] = {tuple(like.shape)}, got {tuple(x.shape)}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(f"{name} must match q in dtype and device ({like.dtype}, {like.device})")
+
+
+def _check_pos(name: str, x: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    if x is None:
+        return None
+    _, heads, dim = q.shape
+    if x.ndim != 3 or x.shape[1:] != (heads, dim):
+        raise ValueError(f"{name} must have shape [2S, {heads}, {dim}], got {tuple(x.shape)}")
+    if x.dtype != q.dtype or x.device != q.device:
+        raise ValueError(f"{name} must match q in dtype and device ({q.dtype}, {q.device})")
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def default_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) per head size, from a sweep on an H100."""
+    if dtype == torch.float32:
+        return 32, 32, 4, 1
+    if head_dim <= 64:
+        return 64, 64, 4, 2
+    return 64, 32, 4, 2
+
+
+def triton_disentangled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    pos_key: torch.Tensor | None,
+    pos_query: torch.Tensor | None,
+    rel_index: torch.Tensor,
+    scale: float,
+    *,
+    config: tuple[int, int, int, int] | None = None,
+    tables: bool = False,
+    gather_f16: bool = False,
+) -> torch.Tensor:
+    """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
+
+    ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
+    ``rel_index`` int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
+    max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages).
+    """
+    if q.ndim != 3:
+        raise ValueError(f"q must have shape [T, H, D], got {tuple(q.shape)}")
+    _check_qkv("k", k, q)
+    _check_qkv("v", v, q)
+    total, heads, dim = q.shape
+    if dim not in (32, 64, 128):
+        raise ValueError(f"head dim must be 32, 64 or 128, got {dim}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype != torch.int32:
+        raise ValueError("cu_seqlens must be a 1-D int32 tensor with B+1 entries")
+    if max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be >= 1, got {max_seqlen}")
+    pos_key = _check_pos("pos_key", pos_key, q)
+    pos_query = _check_pos("pos_query", pos_query, q)
+    if (pos_key is not None or pos_query is not None) and rel_index.numel() != 2 * max_seqlen - 1:
+        raise ValueError(
+            f"rel_index must have 2*max_seqlen-1 = {2 * max_seqlen - 1} entries, got {rel_index.numel()}"
+        )
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    rel_index = rel_index.to(torch.int32)  # 2*max_seqlen-1 entries: int32 halves the kernel's index loads
+    cu_seqlens = cu_seqlens.contiguous()
+
+    out = torch.empty((total, heads, dim), dtype=q.dtype, device=q.device)
+    batch = cu_seqlens.numel() - 1
+    if total == 0 or batch == 0:
+        return out
+    block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype)
+    win = triton.next_power_of_2(block_m + block_n - 1)
+    pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
+    pq = pos_query if pos_query is not None else q
+    c2p_tab = p2c_tab = q  # placeholder pointers, never read
+    if tables:
+        if pos_key is not None:
+            c2p_tab = torch.bmm(q.transpose(0, 1), pos_key.permute(1, 2, 0))  # [H, T, 2S]
+        if pos_query is not None:
+            p2c_tab = torch.bmm(k.transpose(0, 1), pos_query.permute(1, 2, 0))
+    tab = c2p_tab if pos_key is not None else p2c_tab
+    grid = (batch * heads, triton.cdiv(max_seqlen, block_m))
+    _disentangled_attention_fwd[grid](
+        q, k, v, out, pk, pq, rel_index, cu_seqlens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
+        heads, max_seqlen, float(scale) * _LOG2E,
+        c2p_tab, p2c_tab, tab.stride(1), tab.stride(0),
+        HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
+        HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
+        # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        GATHER_F16=gather_f16,
+        TABLES=tables and (pos_key is not None or pos_query is not None),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
