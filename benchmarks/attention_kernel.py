@@ -1,0 +1,96 @@
+"""Attention op alone on one GPU: the Triton kernel's tile configurations and position-term modes.
+
+For each workload of shared/benchmarks.md (v3 attention: 12 or 16 heads of 64, 256 log buckets)
+times `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages) with position terms
+formed in-kernel ("gather") or read from precomputed [H, T, 2S] tables ("tables"), and the same
+kernel with no position terms (a plain varlen FlashAttention: the floor for the fused kernel).
+Each variant is first checked against the fp32 torch reference on the same inputs.
+
+    python benchmarks/attention_kernel.py --out kernel.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton
+
+from crossenc.kernels.disentangled_attention import (
+    attention_scale,
+    disentangled_attention_ref,
+    relative_position_index,
+)
+from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+
+WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
+CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (128, 64, 8, 2),
+           (64, 64, 8, 2), (128, 32, 8, 2), (32, 32, 4, 2), (128, 128, 8, 2)]
+
+
+def inputs(workload: str, heads: int, dim: int, dtype: torch.dtype, seed: int = 0):
+    batch, lo, hi = WORKLOADS[workload]
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (batch,), generator=gen)
+    total, max_seqlen = int(lengths.sum()), int(lengths.max())
+    cu = torch.zeros(batch + 1, dtype=torch.int32)
+    cu[1:] = lengths.cumsum(0)
+    qkv = torch.randn(total, 3, heads, dim, generator=gen).to("cuda", dtype)
+    q, k, v = qkv.unbind(1)
+    pos = torch.randn(2, 512, heads, dim, generator=gen).to("cuda", dtype)
+    rel_index = relative_position_index(max_seqlen, 256, 512, 256, device="cuda")
+    return (q, k, v, cu.cuda(), max_seqlen, pos[0], pos[1], rel_index, attention_scale(dim, 3)), lengths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dims", nargs="+", type=int, default=[64])
+    args = parser.parse_args()
+    rows = []
+    for dim in args.dims:
+        heads = 768 // dim
+        for workload in WORKLOADS:
+            op_args, lengths = inputs(workload, heads, dim, torch.float16)
+            ref = disentangled_attention_ref(*op_args).float()
+            # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
+            flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
+            variants = [("gather", c) for c in CONFIGS] + [("tables", c) for c in CONFIGS[:5]]
+            variants += [("no-position", c) for c in CONFIGS[:3]]
+            for mode, config in variants:
+                call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
+
+                def fn():
+                    return triton_disentangled_attention(*call_args, config=config, tables=mode == "tables")
+
+                row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
+                try:
+                    out = fn()
+                    if mode != "no-position":
+                        row["rel_err"] = ((out.float() - ref).norm() / ref.norm()).item()
+                    row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+                except Exception as error:
+                    row["error"] = f"{type(error).__name__}: {error}"[:300]
+                    print(dim, workload, mode, config, row["error"], flush=True)
+                    rows.append(row)
+                    continue
+                row["tflops_qk_pv"] = flops / row["ms"] / 1e9
+                rows.append(row)
+                print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} {row['ms']:7.3f} ms "
+                      f"{row['tflops_qk_pv']:6.1f} TFLOP/s err {row.get('rel_err', 0):.1e}", flush=True)
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+    print("\nbest per workload/mode:")
+    for dim in args.dims:
+        for workload in WORKLOADS:
+            for mode in ("gather", "tables", "no-position"):
+                ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
+                      and "ms" in r and r.get("rel_err", 0) < 1e-2]
+                if ok:
+                    best = min(ok, key=lambda r: r["ms"])
+                    print(f"D={dim} {workload:13s} {mode:12s} {str(best['config']):18s} {best['ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
