@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from crossenc import presets
-from crossenc.config.overrides import OverrideError, validate_conversion
+from crossenc.config.overrides import OverrideError, check_convertible, validate_conversion
 from crossenc.model_executor.models.conversion import (
     METHOD_KEY,
     METHODS,
@@ -78,9 +78,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def plan(src: str, tokens: str | None, method: str | None, preset_name: str | None) -> Plan:
     from transformers import AutoConfig, AutoTokenizer
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    )
 
     config = AutoConfig.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -92,10 +89,7 @@ def plan(src: str, tokens: str | None, method: str | None, preset_name: str | No
     setattr(config, TOKENS_KEY, token_list)
     setattr(config, METHOD_KEY, method)
     conversion = validate_conversion(config, tokenizer, preset=preset)
-    architecture = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(config.model_type)
-    if architecture is None:
-        raise OverrideError(f"transformers has no sequence-classification class for {config.model_type}")
-    return Plan(Path(src), config, tokenizer, conversion, preset, architecture)
+    return Plan(Path(src), config, tokenizer, conversion, preset, check_convertible(config))
 
 
 def classifier_config(p: Plan) -> Any:

@@ -87,15 +87,24 @@ def token_ids_or_raise(tokenizer: Any, tokens, vocab_size: int | None = None) ->
     return tuple(ids)
 
 
-def check_convertible(hf_config: Any) -> None:
-    """The checkpoint is a CausalLM whose token logits are linear in its last hidden state."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def check_convertible(hf_config: Any) -> str:
+    """The checkpoint's family classifies with a last-token `score` head over the hidden state
+    lm_head reads, and its token logits are linear in that state. Returns the name of the
+    family's `*ForSequenceClassification` class (what a converted checkpoint is)."""
+    import transformers
+    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
 
     model_type = getattr(hf_config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None or not issubclass(cls, GenericForSequenceClassification):
         raise OverrideError(
-            f"model_type {model_type!r} has no language-model head: {TOKENS_KEY}/{METHOD_KEY} "
-            "convert CausalLM rerankers (Qwen3, Qwen2, Gemma, Llama, ...) only"
+            f"model_type {model_type!r} is not a decoder language model whose classifier is a "
+            f"last-token score head: {TOKENS_KEY}/{METHOD_KEY} convert CausalLM rerankers "
+            "(Qwen3, Qwen2, Gemma, Llama, ...) only"
         )
     text_config = hf_config.get_text_config()
     for field in _LOGIT_TRANSFORMS:
@@ -105,6 +114,7 @@ def check_convertible(hf_config: Any) -> None:
                 f"{model_type} applies {field}={value} to its logits, so the lm_head rows alone "
                 "do not give the token logits; converting it is not supported"
             )
+    return name
 
 
 def _declared_num_labels(hf_config: Any, hf_overrides: dict[str, Any]) -> int | None:
