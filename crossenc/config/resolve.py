@@ -187,11 +187,16 @@ def _apply_overrides(hf_config: Any, hf_overrides: dict[str, Any] | None) -> Any
     config = copy.deepcopy(hf_config)
     for key, value in (hf_overrides or {}).items():
         nested = getattr(config, key, None)
-        if isinstance(value, dict) and isinstance(nested, PretrainedConfig):
-            for sub_key, sub_value in value.items():
-                setattr(nested, sub_key, sub_value)
-        else:
-            setattr(config, key, value)
+        target, items = (
+            (nested, value.items())
+            if isinstance(value, dict) and isinstance(nested, PretrainedConfig)
+            else (config, [(key, value)])
+        )
+        for name, item in items:
+            try:
+                setattr(target, name, item)
+            except (TypeError, ValueError) as e:  # e.g. num_labels="two"
+                raise ResolutionError(f"hf_overrides {name}={item!r} is not valid: {e}") from e
     return config
 
 
@@ -202,7 +207,10 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
     from crossenc import presets
     from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
 
-    preset = presets.for_config(config)
+    try:
+        preset = presets.for_config(config)
+    except (ValueError, TypeError) as e:  # an unknown preset, or one for another model_type
+        raise ResolutionError(f"{presets.PRESET_KEY}: {e}") from e
     if preset is not None and presets.PRESET_KEY in hf_overrides:
         for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
             if getattr(config, key, None) is None:
@@ -215,10 +223,13 @@ def _conversion(config: Any, hf_overrides: dict[str, Any], tokenizer: Any) -> An
     """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
     from crossenc import presets
     from crossenc.config import overrides
-    from crossenc.model_executor.models.conversion import SeqClsConversion
+    from crossenc.model_executor.models.conversion import TOKENS_KEY, SeqClsConversion, _get
 
     if not SeqClsConversion.requested(config):
         return None
+    tokens = _get(config, TOKENS_KEY)
+    if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+        raise ResolutionError(f'{TOKENS_KEY} must be a list of strings, e.g. ["no", "yes"]; got {tokens!r}')
     try:
         if tokenizer is not None:
             return overrides.validate_conversion(
@@ -308,11 +319,12 @@ def resolve(
     _apply_config_hooks(config, arch, hf_overrides or {})
     conversion = _conversion(config, hf_overrides or {}, tokenizer)
     if conversion is not None:
-        if runner_type != "pooling":
+        if runner_type != "pooling" or convert_type == "embed":
             raise ResolutionError(
-                "classifier_from_token/method turn the model into a classifier, but it is served "
-                f"as runner={runner_type}; name a classifier architecture in --hf-overrides"
-                ' ("architectures": ["<Family>ForSequenceClassification"]) or use runner=pooling'
+                "classifier_from_token/method turn the model into a classifier, but it would be "
+                f"served with runner={runner_type}, convert={convert_type}; name a classifier "
+                'architecture in --hf-overrides ("architectures": '
+                '["<Family>ForSequenceClassification"]) or use runner=pooling, convert=classify'
             )
         num_labels = conversion.num_labels
 
