@@ -1,0 +1,125 @@
+"""LLM rerankers end to end in vLLM's CPU build (crossenc loaded as vLLM's plugin).
+
+Online conversion (`hf_overrides` with a preset) for tiny Qwen3, Qwen2 and Gemma rerankers, a
+`crossenc convert`ed checkpoint served with no overrides, and a real `vllm serve` answering
+`/rerank`: every score equals the CausalLM's token score on the prompt its own code builds.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+vllm = pytest.importorskip("vllm")
+
+from crossenc import presets  # noqa: E402
+from crossenc.cli import main as cli  # noqa: E402
+from tests.convert.tiny import DOCUMENTS, FAMILIES, QUERIES, reference_scores  # noqa: E402
+
+ATOL = 1e-5
+SEQ_CLS = {
+    "qwen3": "Qwen3ForSequenceClassification",
+    "qwen2": "Qwen2ForSequenceClassification",
+    "gemma": "GemmaForSequenceClassification",
+}
+PAIRS = [(q, d) for q in QUERIES for d in DOCUMENTS]
+LONG_DOCUMENT = " ".join(DOCUMENTS * 30)
+
+
+def _engine(model, **kwargs):
+    return vllm.LLM(model, dtype="float32", max_model_len=512, seed=0, **kwargs)
+
+
+def _scores(outputs):
+    return [o.outputs.score for o in outputs]
+
+
+def _close(got, expected):
+    assert len(got) == len(expected)
+    assert max(abs(g - e) for g, e in zip(got, expected)) <= ATOL, (got, expected)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def online(request, causal_lm_dir):
+    """family, preset, the CausalLM's directory and an engine converting it online."""
+    family = request.param
+    preset = presets.get(FAMILIES[family][1])
+    src = causal_lm_dir(family)
+    llm = _engine(src, hf_overrides=preset.overrides(SEQ_CLS[family]))
+    yield family, preset, src, llm
+    del llm
+    gc.collect()
+
+
+def test_online_conversion_scores_equal_the_causal_lm(online):
+    family, preset, src, llm = online
+    expected = reference_scores(src, preset, PAIRS)
+    _close(_scores(llm.score([q for q, _ in PAIRS], [d for _, d in PAIRS])), expected)
+    # 1 -> N: the query against every document.
+    _close(_scores(llm.score(QUERIES[0], DOCUMENTS)), expected[: len(DOCUMENTS)])
+
+
+def test_too_long_pairs_lose_the_end_of_the_document_only(online):
+    """truncate_prompt_tokens cuts the document; the template's suffix is still scored."""
+    family, preset, src, llm = online
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    budget = len(preset.template.token_ids(tokenizer, QUERIES[1], "")) + 20
+    prompt = preset.template.token_ids(tokenizer, QUERIES[1], LONG_DOCUMENT, budget=budget)
+    causal = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in preset.tokens]
+    with torch.no_grad():
+        logits = causal(torch.tensor([prompt])).logits[0, -1, ids]
+    expected = logits.softmax(-1)[1] if len(ids) == 2 else logits[0].sigmoid()
+    kwargs = {"truncate_prompt_tokens": budget}
+    got = _scores(llm.score(QUERIES[1], [LONG_DOCUMENT], tokenization_kwargs=kwargs))
+    _close(got, [expected.item()])
+    # Longer than max_model_len without truncate_prompt_tokens: the document is cut to fit.
+    assert len(_scores(llm.score(QUERIES[1], [LONG_DOCUMENT * 4]))) == 1
+
+
+def test_converted_checkpoint_serves_without_overrides(causal_lm_dir, tmp_path_factory):
+    src = causal_lm_dir("qwen3")
+    preset = presets.get("qwen3-reranker")
+    out = tmp_path_factory.mktemp("qwen3-converted")
+    assert cli(["convert", src, "-o", str(out), "--preset", preset.name]) == 0
+    llm = _engine(str(out))
+    try:
+        got = _scores(llm.score([q for q, _ in PAIRS], [d for _, d in PAIRS]))
+    finally:
+        del llm
+        gc.collect()
+    _close(got, reference_scores(src, preset, PAIRS))
+
+
+def _server(model, hf_overrides):
+    from crossenc.demo.server import ServerSettings, VllmServer
+
+    args = ("--dtype", "float32", "--hf-overrides", json.dumps(hf_overrides))
+    return VllmServer(ServerSettings(model, max_model_len=512, extra_args=args))
+
+
+def test_vllm_serve_reranks_with_the_preset(causal_lm_dir):
+    """`vllm serve` with the overrides: the hook runs in the serving process and /rerank takes a
+    plain query and documents."""
+    src = causal_lm_dir("qwen2")
+    preset = presets.get("mxbai-rerank-v2")
+    expected = reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS])
+    with _server(src, preset.overrides(SEQ_CLS["qwen2"])) as server:
+        results = server.rerank(QUERIES[1], DOCUMENTS)
+    assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
+    _close([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])], expected)
+    assert [r["index"] for r in results] == sorted(range(len(expected)), key=lambda i: -expected[i])
+
+
+def test_vllm_serve_refuses_a_bad_override(causal_lm_dir):
+    src = causal_lm_dir("qwen3")
+    bad = {"architectures": [SEQ_CLS["qwen3"]], "classifier_from_token": ["no", "YES"],
+           "method": "from_2_way_softmax"}
+    with pytest.raises(RuntimeError, match="classifier token 'YES' must tokenize to exactly one id"):
+        with _server(src, bad):
+            pass
