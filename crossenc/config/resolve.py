@@ -9,6 +9,7 @@ It imports no model code and loads no weights; `crossenc explain` prints its res
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,25 +26,6 @@ Convert = Literal["none", "embed", "classify"]
 RUNNER_OPTIONS = ("auto", "generate", "pooling")
 CONVERT_OPTIONS = ("auto", "none", "embed", "classify")
 
-# vLLM's architecture-name defaults (vllm.config.model._SUFFIX_TO_DEFAULTS), used where vLLM
-# itself falls back to them: for names that are not registered. First match wins.
-_SUFFIX_DEFAULTS: tuple[tuple[str, Runner, Convert], ...] = (
-    ("ForCausalLM", "generate", "none"),
-    ("ForConditionalGeneration", "generate", "none"),
-    ("ChatModel", "generate", "none"),
-    ("LMHeadModel", "generate", "none"),
-    ("ForTextEncoding", "pooling", "embed"),
-    ("EmbeddingModel", "pooling", "embed"),
-    ("ForSequenceClassification", "pooling", "classify"),
-    ("ForTokenClassification", "pooling", "classify"),
-    ("ForAudioClassification", "pooling", "classify"),
-    ("ForImageClassification", "pooling", "classify"),
-    ("ForVideoClassification", "pooling", "classify"),
-    ("ClassificationModel", "pooling", "classify"),
-    ("ForRewardModeling", "pooling", "embed"),
-    ("RewardModel", "pooling", "embed"),
-    ("Model", "pooling", "embed"),
-)
 _SEQ_CLS_TASKS = ("classify", "token_classify")
 _EMBED_TASKS = ("embed", "token_embed")
 # vLLM's order for the main pooling task (ModelConfig.get_pooling_task).
@@ -103,8 +85,19 @@ def _registered(arch: str) -> bool:
     return arch in all_specs() or arch in vllm_archs()
 
 
+@functools.cache
+def _suffix_defaults() -> tuple[tuple[str, Runner, Convert], ...]:
+    """vLLM's architecture-name defaults (suffix -> runner, convert), which vLLM itself falls
+    back to for names that are not registered. First match wins. None without vLLM."""
+    try:
+        from vllm.config.model import iter_architecture_defaults
+    except ImportError:
+        return ()
+    return tuple((suffix, runner, convert) for suffix, (runner, convert) in iter_architecture_defaults())
+
+
 def _suffix_default(arch: str, runner: str | None = None, convert: str | None = None):
-    for suffix, default_runner, default_convert in _SUFFIX_DEFAULTS:
+    for suffix, default_runner, default_convert in _suffix_defaults():
         if (
             arch.endswith(suffix)
             and runner in (None, default_runner)
@@ -120,7 +113,7 @@ def _normalize(arch: str, runner: str | None, convert: str | None) -> str:
         return arch
     match = _suffix_default(arch, runner, convert)
     if match:
-        for suffix, _, _ in _SUFFIX_DEFAULTS:
+        for suffix, _, _ in _suffix_defaults():
             base = arch.replace(match[0], suffix)
             if _registered(base):
                 return base
