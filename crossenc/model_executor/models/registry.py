@@ -1,8 +1,10 @@
 """The architectures crossenc adds to vLLM, with their static capabilities.
 
-One declarative table. Everything that needs to know what an architecture can do (the
-plugin's registration, `crossenc.config` resolution, `crossenc explain`) reads it from
-here; no module compares architecture-name suffixes.
+A declarative table (DeBERTa), plus one named classifier per CausalLM family of vLLM's
+registry, listed from vLLM's table. Everything that needs to know what an architecture can do
+(the plugin's registration, `crossenc.config` resolution, `crossenc explain`) reads it from
+here. The only name rule is the classifier's name (`pooling_class_name`); vLLM's own suffix
+defaults are read from vLLM where resolution must mirror them.
 """
 
 from __future__ import annotations
