@@ -61,6 +61,18 @@ def test_online_conversion_scores_equal_the_causal_lm(online):
     _close(_scores(llm.score(QUERIES[0], DOCUMENTS)), expected[: len(DOCUMENTS)])
 
 
+def test_instruction_goes_into_the_template(online):
+    family, preset, src, llm = online
+    if preset.template.instruction_format is None:
+        pytest.skip(f"{preset.name}'s prompt takes no instruction")
+    instruction = "Judge whether the passage is about physics"
+    params = vllm.PoolingParams(extra_kwargs={"chat_template_kwargs": {"instruction": instruction}})
+    got = _scores(llm.score(QUERIES[1], DOCUMENTS, pooling_params=params))
+    expected = reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS], instruction)
+    _close(got, expected)
+    assert got != _scores(llm.score(QUERIES[1], DOCUMENTS))  # the instruction changed the prompt
+
+
 def test_too_long_pairs_lose_the_end_of_the_document_only(online):
     """truncate_prompt_tokens cuts the document; the template's suffix is still scored."""
     family, preset, src, llm = online
@@ -111,9 +123,18 @@ def test_vllm_serve_reranks_with_the_preset(causal_lm_dir):
     expected = reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS])
     with _server(src, preset.overrides(SEQ_CLS["qwen2"])) as server:
         results = server.rerank(QUERIES[1], DOCUMENTS)
+        instructed = server.post("/rerank", {
+            "model": src, "query": QUERIES[1], "documents": DOCUMENTS,
+            "instruction": "Find passages about physics",
+        })["results"]
     assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
     _close([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])], expected)
     assert [r["index"] for r in results] == sorted(range(len(expected)), key=lambda i: -expected[i])
+    instruction = "Find passages about physics"
+    _close(
+        [r["relevance_score"] for r in sorted(instructed, key=lambda r: r["index"])],
+        reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS], instruction),
+    )
 
 
 def test_vllm_serve_refuses_a_bad_override(causal_lm_dir):

@@ -165,7 +165,7 @@ REFERENCE_PROMPTS = {
 }
 
 
-def reference_scores(model_dir: str, preset: presets.Preset, pairs):
+def reference_scores(model_dir: str, preset: presets.Preset, pairs, instruction: str | None = None):
     """The CausalLM's own scores: the classifier tokens' logits at the last position of the
     prompt the reranker's own code builds, through the method (softmax over [false, true], or
     sigmoid of the single token's logit)."""
@@ -175,7 +175,8 @@ def reference_scores(model_dir: str, preset: presets.Preset, pairs):
     scores = []
     with torch.no_grad():
         for query, document in pairs:
-            prompt = REFERENCE_PROMPTS[preset.name](tokenizer, query, document)
+            extra = {} if instruction is None else {"instruction": instruction}
+            prompt = REFERENCE_PROMPTS[preset.name](tokenizer, query, document, **extra)
             logits = model(torch.tensor([prompt])).logits[0, -1, ids]
             if preset.method == "from_2_way_softmax":
                 scores.append(torch.softmax(logits, -1)[1].item())
