@@ -9,6 +9,7 @@ import os
 import sys
 
 from crossenc.config.resolve import CONVERT_OPTIONS, RUNNER_OPTIONS, Resolution, ResolutionError, resolve
+from crossenc.model_executor.models.registry import all_specs, pooling_class_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +63,14 @@ def describe(res: Resolution) -> str:
     lines += [f"score          {res.score_route}: {res.score_reason}", "", "endpoints"]
     for endpoint, works, why in endpoints(res):
         lines.append(f"  {'yes' if works else 'no ':<4} {endpoint:<28} {why}")
+    classifier = pooling_class_name(res.architecture)
+    if res.runner == "generate" and classifier in all_specs():
+        lines += [
+            "",
+            f"To serve it as a reranker: --hf-overrides '{{\"architectures\": [\"{classifier}\"], "
+            '"classifier_from_token": [...], "method": ...}\' (or a preset), or write a classifier '
+            "checkpoint with `crossenc convert`.",
+        ]
     return "\n".join(lines)
 
 

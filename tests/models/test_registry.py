@@ -297,6 +297,12 @@ def test_explain_prints_endpoints(config_dirs, capsys):
     assert explain.main([config_dirs["qwen3"], "--hf-overrides", convert]) == 1
     assert "classifier token 'no'" in capsys.readouterr().err
 
+    causal = json.dumps({"architectures": ["Qwen3ForCausalLM"]})
+    assert explain.main([config_dirs["qwen3"], "--hf-overrides", causal]) == 0
+    out = capsys.readouterr().out
+    assert "runner         generate" in out and "no   /pooling" in out
+    assert 'To serve it as a reranker: --hf-overrides \'{"architectures": ["Qwen3ForSequenceClassification"]' in out
+
     assert explain.main([config_dirs["llama"], "--hf-overrides", "{not json"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
