@@ -31,6 +31,7 @@ from crossenc.model_executor.models.registry import (
     CROSSENC_ARCHS,
     all_specs,
     causal_seq_cls_specs,
+    pooling_class_name,
     vllm_archs,
 )
 from tests.utils import deberta_config, save_tokenizer
@@ -86,11 +87,13 @@ def test_named_classifiers_cover_causal_lms_vllm_resolves_by_suffix():
         causal = arch.removesuffix("ForSequenceClassification") + "ForCausalLM"
         assert native[causal] == spec.base_ref
         assert arch not in native  # vLLM has no class of that name
-        assert spec.class_ref == f"{ADAPTERS_MODULE}:{arch}"
+        # Named after the class vLLM serves the family with (InternLM3 -> Llama's).
+        assert spec.class_ref == f"{ADAPTERS_MODULE}:{pooling_class_name(spec.base_ref.rpartition(':')[2])}"
         assert spec.default_pooling == "LAST" and spec.score_type == "cross-encoder"
     # vLLM's own classifiers stay vLLM's.
     for arch in ("GPT2ForSequenceClassification", "JambaForSequenceClassification"):
         assert arch in native and arch not in specs
+    assert specs["InternLM3ForSequenceClassification"].class_name == "LlamaForSequenceClassification"
 
 
 def test_register_with_vllm_registers_names_lazily_and_imports_no_model_module():

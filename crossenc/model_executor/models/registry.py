@@ -173,7 +173,9 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
         specs[seq_cls] = ArchSpec(
             seq_cls,
             ADAPTERS_MODULE,
-            seq_cls,
+            # The class's own name: where vLLM serves several architectures with one class
+            # (InternLM3ForCausalLM is LlamaForCausalLM), they share its classifier.
+            pooling_class_name(base_ref.rpartition(":")[2]),
             ("classify", "token_classify"),
             head="seq_cls",
             default_pooling="LAST",
@@ -182,17 +184,13 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
     return specs
 
 
-def base_ref_for(class_name: str) -> str | None:
-    """The CausalLM behind a named classifier of the adapters module: by the architecture it is
-    registered as, or by the name the factory gives it (`pooling_class_name` of the base), which
-    differ where vLLM serves several architectures with one class (InternLM3 -> Llama)."""
+def base_ref_for(name: str) -> str | None:
+    """The CausalLM behind a named classifier of the adapters module, by the class's name or
+    by an architecture registered for it."""
     specs = causal_seq_cls_specs()
-    if class_name in specs:
-        return specs[class_name].base_ref
-    for spec in specs.values():
-        if pooling_class_name(spec.base_ref.rpartition(":")[2]) == class_name:
-            return spec.base_ref
-    return None
+    if name in specs:
+        return specs[name].base_ref
+    return next((s.base_ref for s in specs.values() if s.class_name == name), None)
 
 
 def all_specs() -> dict[str, ArchSpec]:
