@@ -55,6 +55,11 @@ def online(request, causal_lm_dir):
 
 def test_online_conversion_scores_equal_the_causal_lm(online):
     family, preset, src, llm = online
+    from vllm.model_executor.model_loader import get_model_cls
+
+    # Served by crossenc's named classifier, whose weight loading does the conversion.
+    served = get_model_cls(llm.model_config)
+    assert (served.__module__, served.__name__) == ("crossenc.model_executor.models.adapters", SEQ_CLS[family])
     expected = reference_scores(src, preset, PAIRS)
     _close(_scores(llm.score([q for q, _ in PAIRS], [d for _, d in PAIRS])), expected)
     # 1 -> N: the query against every document.
