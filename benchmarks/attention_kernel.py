@@ -1,9 +1,9 @@
-"""Attention op alone on one GPU: the Triton kernel's tile configurations and position-term modes.
+"""Attention op alone on one GPU: the Triton kernel's tile configurations.
 
-For each workload of shared/benchmarks.md (v3 attention: 12 or 16 heads of 64, 256 log buckets)
-times `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages) with position terms
-formed in-kernel ("gather") or read from precomputed [H, T, 2S] tables ("tables"), and the same
-kernel with no position terms (a plain varlen FlashAttention: the floor for the fused kernel).
+For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log buckets) times
+`triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages), and the same kernel with
+no position terms ("no-position": a plain varlen FlashAttention, the floor for the fused kernel);
+"full-window" turns off the small window for tiles far from the diagonal.
 Each variant is first checked against the fp32 torch reference on the same inputs.
 
     python benchmarks/attention_kernel.py --out kernel.json
@@ -25,8 +25,15 @@ from crossenc.kernels.disentangled_attention import (
 from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
 WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
-CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (128, 64, 8, 2),
-           (64, 64, 8, 2), (128, 32, 8, 2), (32, 32, 4, 2), (128, 128, 8, 2)]
+# (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
+VARIANTS = {
+    64: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 2, 3), (16, 32, 2, 2), (32, 16, 2, 2),
+                                 (32, 64, 4, 2), (64, 64, 4, 2)]]
+    + [("full-window", c) for c in [(32, 32, 2, 2)]]
+    + [("no-position", c) for c in [(64, 64, 4, 3), (128, 64, 8, 2)]],
+    32: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
+    128: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
+}
 
 
 def inputs(workload: str, heads: int, dim: int, dtype: torch.dtype, seed: int = 0):
@@ -47,22 +54,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--dims", nargs="+", type=int, default=[64])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     args = parser.parse_args()
     rows = []
     for dim in args.dims:
         heads = 768 // dim
-        for workload in WORKLOADS:
+        for workload in args.workloads:
             op_args, lengths = inputs(workload, heads, dim, torch.float16)
             ref = disentangled_attention_ref(*op_args).float()
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
-            variants = [("gather", c) for c in CONFIGS] + [("tables", c) for c in CONFIGS[:5]]
-            variants += [("no-position", c) for c in CONFIGS[:3]]
-            for mode, config in variants:
+            for mode, config in VARIANTS[dim]:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
 
                 def fn():
-                    return triton_disentangled_attention(*call_args, config=config, tables=mode == "tables")
+                    return triton_disentangled_attention(*call_args, config=config,
+                                                         far_window=mode != "full-window")
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
                 try:
@@ -83,8 +90,8 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
     print("\nbest per workload/mode:")
     for dim in args.dims:
-        for workload in WORKLOADS:
-            for mode in ("gather", "tables", "no-position"):
+        for workload in args.workloads:
+            for mode in ("gather", "full-window", "no-position"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:
