@@ -55,6 +55,8 @@ def describe(res: Resolution) -> str:
     ]
     if res.conversion:
         lines.append(f"conversion     {res.conversion} (lm_head rows become the score head)")
+    if res.preset:
+        lines.append(f"preset         {res.preset}: /score and /rerank put each pair in its prompt template")
     if res.runner == "pooling":
         lines += [
             f"pooling tasks  {', '.join(res.pooling_tasks)} (main: {res.pooling_task})",

@@ -48,6 +48,7 @@ class Resolution:
     score_type: str  # vLLM's ModelConfig.score_type
     num_labels: int | None
     conversion: str | None  # e.g. "from_2_way_softmax over ['no', 'yes']"
+    preset: str | None  # an LLM reranker preset: its prompt template formats /score pairs
     score_route: ScoreRoute
     score_reason: str
 
@@ -193,10 +194,10 @@ def _apply_overrides(hf_config: Any, hf_overrides: dict[str, Any] | None) -> Any
     return config
 
 
-def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) -> None:
+def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) -> Any:
     """What vLLM's and crossenc's config hooks add before validation: a preset asked for by
     name supplies tokens and method; vLLM's Qwen3ForSequenceClassification hook gives the
-    original Qwen3-Reranker layout its method."""
+    original Qwen3-Reranker layout its method. Returns the checkpoint's preset, if any."""
     from crossenc import presets
     from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
 
@@ -210,11 +211,11 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
                 setattr(config, key, value)
     if arch == "Qwen3ForSequenceClassification" and getattr(config, "is_original_qwen3_reranker", False):
         config.get_text_config().method = "from_2_way_softmax"
+    return preset
 
 
-def _conversion(config: Any, hf_overrides: dict[str, Any], tokenizer: Any) -> Any:
+def _conversion(config: Any, hf_overrides: dict[str, Any], preset: Any, tokenizer: Any) -> Any:
     """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
-    from crossenc import presets
     from crossenc.config import overrides
     from crossenc.model_executor.models.conversion import TOKENS_KEY, SeqClsConversion, _get
 
@@ -225,9 +226,7 @@ def _conversion(config: Any, hf_overrides: dict[str, Any], tokenizer: Any) -> An
         raise ResolutionError(f'{TOKENS_KEY} must be a list of strings, e.g. ["no", "yes"]; got {tokens!r}')
     try:
         if tokenizer is not None:
-            return overrides.validate_conversion(
-                config, tokenizer, hf_overrides, presets.for_config(config)
-            )
+            return overrides.validate_conversion(config, tokenizer, hf_overrides, preset)
         # Without a tokenizer: everything but the tokens' ids.
         overrides.check_convertible(config)
         conversion = SeqClsConversion.from_hf_config(config)
@@ -309,8 +308,8 @@ def resolve(
         tasks = info.pooling_tasks
 
     num_labels = getattr(config, "num_labels", None)
-    _apply_config_hooks(config, arch, hf_overrides or {})
-    conversion = _conversion(config, hf_overrides or {}, tokenizer)
+    preset = _apply_config_hooks(config, arch, hf_overrides or {})
+    conversion = _conversion(config, hf_overrides or {}, preset, tokenizer)
     if conversion is not None:
         if runner_type != "pooling" or convert_type == "embed":
             raise ResolutionError(
@@ -338,6 +337,7 @@ def resolve(
             if conversion is None
             else f"{conversion.method.name} over tokens {list(conversion.tokens)}"
         ),
+        preset=None if preset is None else preset.name,
         score_route=route,
         score_reason=reason,
     )

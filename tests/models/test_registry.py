@@ -199,6 +199,14 @@ def test_conversion_makes_a_single_score_and_needs_a_pooling_runner():
         resolve(config, hf_overrides={"classifier_from_token": GOOD_TOKENS, "method": "from_2_way_softmax"})
     with pytest.raises(ResolutionError, match="exactly 2 tokens"):
         resolve(config, hf_overrides={**named, "classifier_from_token": ["cat"]})
+    # A preset named in the overrides supplies tokens and method, as crossenc's hook does.
+    preset = resolve(config, hf_overrides={"architectures": ["Qwen3ForSequenceClassification"],
+                                           "crossenc_preset": "qwen3-reranker"})
+    assert (preset.preset, preset.num_labels, preset.score_route) == ("qwen3-reranker", 1, "cross-encoder")
+    assert preset.conversion == "from_2_way_softmax over tokens ['no', 'yes']"
+    with pytest.raises(ResolutionError, match="preset bge-reranker-v2-gemma is for gemma"):
+        resolve(config, hf_overrides={"architectures": ["Qwen3ForSequenceClassification"],
+                                      "crossenc_preset": "bge-reranker-v2-gemma"})
 
 
 def test_resolve_imports_no_model_module():
