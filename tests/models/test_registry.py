@@ -242,8 +242,10 @@ def serving_cases(draw):
                     "num_labels": draw(st.integers(1, 3))}
     tokens = draw(st.one_of(st.none(), st.sampled_from([
         ("from_2_way_softmax", GOOD_TOKENS), ("no_post_processing", ["cat"]),
-        ("from_2_way_softmax", BAD_TOKENS)])))
-    if tokens is not None:
+        ("from_2_way_softmax", BAD_TOKENS), ("preset", "qwen3-reranker")])))
+    if tokens is not None and tokens[0] == "preset":
+        hf_overrides["crossenc_preset"] = tokens[1]
+    elif tokens is not None:
         hf_overrides.update(method=tokens[0], classifier_from_token=tokens[1])
         if draw(st.booleans()):
             del hf_overrides["num_labels"]
