@@ -162,13 +162,10 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
     native, drafts = vllm_archs(), _speculative_drafts()
     specs = {}
     for arch, base_ref in sorted(native.items()):
-        seq_cls = arch[: -len(_CAUSAL_LM)] + _SEQ_CLS
-        if (
-            not arch.endswith(_CAUSAL_LM)
-            or arch in drafts
-            or base_ref.startswith(_TRANSFORMERS_BACKEND_MODULE)
-            or seq_cls in native
-        ):
+        if not arch.endswith(_CAUSAL_LM) or arch in drafts:
+            continue
+        seq_cls = arch.removesuffix(_CAUSAL_LM) + _SEQ_CLS
+        if seq_cls in native or base_ref.startswith(_TRANSFORMERS_BACKEND_MODULE):
             continue
         specs[seq_cls] = ArchSpec(
             seq_cls,
