@@ -149,3 +149,17 @@ def test_head_mismatch_is_named():
     base = HFModel(deberta_config("v3"))
     with pytest.raises(ValueError, match=r"missing \['classifier.bias', 'classifier.weight', 'projector"):
         model.load_weights((f"deberta.{k}", v) for k, v in base.state_dict().items())
+
+
+def test_long_sequences_with_published_v3_buckets():
+    """position_buckets=256 over 512 positions: the log-bucket region the shrunk configs reach less."""
+    torch.manual_seed(6)
+    hf = _perturbed(HFModel(deberta_config("v3", position_buckets=256, num_hidden_layers=1)))
+    ours = _ours(DebertaV2Model, hf)
+    g = torch.Generator().manual_seed(6)
+    seqs = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (512, 300, 2)]
+    ids, mask = pad_batch(seqs)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        got = ours(*pack_batch(seqs))
+    assert (got - expected).abs().max() <= ATOL
