@@ -116,6 +116,17 @@ def test_preset_alone_supplies_tokens_and_method(no_weights_dir):
     assert hf_config.num_labels == 1
 
 
+def test_vllms_original_qwen3_reranker_flag_is_validated_too(no_weights_dir):
+    """vLLM's own spelling for Qwen3-Reranker (`is_original_qwen3_reranker`, which sets the
+    method) goes through the same checks."""
+    flag = {"architectures": [SEQ_CLS], "is_original_qwen3_reranker": True}
+    config = engine_config(no_weights_dir, {**flag, "classifier_from_token": ["no", "yes"]})
+    assert config.model_config.hf_config.method == "from_2_way_softmax"
+    assert len(config.model_config.hf_config.classifier_from_token_ids) == 2
+    with pytest.raises(Exception, match=r"classifier token 'Yes ' must tokenize to exactly one id.*near misses: 'Yes'"):
+        engine_config(no_weights_dir, {**flag, "classifier_from_token": ["no", "Yes "]})
+
+
 # Checks that need configs other than the tiny Qwen3's, on transformers objects directly.
 def _with(config, **keys):
     for key, value in keys.items():

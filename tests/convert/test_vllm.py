@@ -120,9 +120,11 @@ def _server(model, hf_overrides):
     return VllmServer(ServerSettings(model, max_model_len=512, extra_args=args))
 
 
-def test_vllm_serve_reranks_with_the_preset(causal_lm_dir):
-    """`vllm serve` with the overrides: the hook runs in the serving process and /rerank takes a
-    plain query and documents."""
+def test_vllm_serve_reranks_with_the_preset(causal_lm_dir, monkeypatch):
+    """`vllm serve` with the overrides: the hook runs in the serving process, the engine in its
+    own process (vLLM's default) loads the validated conversion, and /rerank takes a plain query
+    and documents."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     src = causal_lm_dir("qwen2")
     preset = presets.get("mxbai-rerank-v2")
     expected = reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS])

@@ -90,7 +90,8 @@ def make_causal_lm(path, family: str, seed: int = 0):
     # differ visibly between pairs.
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(4.0) if p.dim() > 1 else None
+            if p.dim() > 1:
+                p.mul_(4.0)
     model.save_pretrained(path)
     return model, tokenizer
 
