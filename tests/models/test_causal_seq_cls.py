@@ -4,7 +4,7 @@ Tiny random Qwen3 and Llama checkpoints saved by transformers as `*ForSequenceCl
 are served through crossenc's named classes (runner=pooling, convert=none, cross-encoder score,
 read from the class), and their scores equal transformers' (last non-pad token, fp32). The
 same Qwen3 checkpoint served by vLLM without crossenc (its implicit conversion) gives the same
-scores. Each engine runs in its own process so the plugin is loaded, or not, from scratch.
+scores. The engines run in fresh processes, one with crossenc's plugin and one without it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from transformers import (  # noqa: E402
 
 from crossenc.config.resolve import resolve  # noqa: E402
 from crossenc.model_executor.models.registry import ADAPTERS_MODULE  # noqa: E402
-from tests.utils import DOCUMENTS, QUERY, save_tokenizer  # noqa: E402
+from tests.utils import DOCUMENTS, QUERY, save_deberta, save_tokenizer  # noqa: E402
 
 ATOL = 1e-4
 PAIRS_DOCS = [d for d in DOCUMENTS if d]
@@ -58,49 +58,53 @@ def checkpoints(tmp_path_factory):
     return {
         "qwen3": _save(root / "qwen3", Qwen3Config, Qwen3ForSequenceClassification, 1, seed=0),
         "llama": _save(root / "llama", LlamaConfig, LlamaForSequenceClassification, 3, seed=1),
+        # crossenc's own encoder classifier, for the registry table's static information.
+        "deberta": str(save_deberta(root / "deberta", "seq_cls", "v3", num_labels=1)),
     }
 
 
 _ENGINE = """
-import json, sys
+import gc, json, sys
 import vllm
 args = json.loads(sys.argv[1])
-llm = vllm.LLM(args["model"], dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
-mc = llm.model_config
-out = {
-    "runner": mc.runner_type, "convert": mc.convert_type, "score_type": mc.score_type,
-    "tasks": sorted(llm.supported_tasks),
-    "class": llm.apply_model(lambda m: f"{type(m).__module__}:{type(m).__qualname__}")[0],
-    "classify": [o.outputs.probs for o in llm.classify(args["texts"])],
-}
-try:
-    out["score"] = [o.outputs.score for o in llm.score(args["query"], args["documents"])]
-except ValueError as e:
-    out["score_error"] = str(e)
-print("RESULT " + json.dumps(out))
+for model in args["models"]:
+    llm = vllm.LLM(model, dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
+    mc = llm.model_config
+    out = {
+        "runner": mc.runner_type, "convert": mc.convert_type, "score_type": mc.score_type,
+        "tasks": sorted(llm.supported_tasks),
+        "class": llm.apply_model(lambda m: f"{type(m).__module__}:{type(m).__qualname__}")[0],
+        "classify": [o.outputs.probs for o in llm.classify(args["texts"])],
+    }
+    try:
+        out["score"] = [o.outputs.score for o in llm.score(args["query"], args["documents"])]
+    except ValueError as e:
+        out["score_error"] = str(e)
+    print("RESULT " + json.dumps(out), flush=True)
+    del llm
+    gc.collect()
 """
 
 
-def _serve(model_dir: str, plugin: bool) -> dict:
+def _serve(model_dirs: list[str], plugin: bool) -> list[dict]:
     """Score and classify in a fresh vLLM process, with crossenc's plugin or without it."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
            # A list naming only other plugins keeps crossenc out.
            "VLLM_PLUGINS": "crossenc" if plugin else "none"}
-    args = {"model": model_dir, "texts": TEXTS, "query": QUERY, "documents": PAIRS_DOCS}
+    args = {"models": model_dirs, "texts": TEXTS, "query": QUERY, "documents": PAIRS_DOCS}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_ENGINE), json.dumps(args)],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return [json.loads(ln.removeprefix("RESULT ")) for ln in lines]
 
 
 @pytest.fixture(scope="module")
 def served(checkpoints):
-    return {
-        ("qwen3", True): _serve(checkpoints["qwen3"], plugin=True),
-        ("qwen3", False): _serve(checkpoints["qwen3"], plugin=False),
-        ("llama", True): _serve(checkpoints["llama"], plugin=True),
-    }
+    families = ["qwen3", "llama", "deberta"]
+    with_plugin = _serve([checkpoints[f] for f in families], plugin=True)
+    (without_plugin,) = _serve([checkpoints["qwen3"]], plugin=False)
+    return {**{(f, True): out for f, out in zip(families, with_plugin)}, ("qwen3", False): without_plugin}
 
 
 def _hf_logits(model_dir: str, encodings: list[list[int]]) -> torch.Tensor:
@@ -113,13 +117,16 @@ def _hf_logits(model_dir: str, encodings: list[list[int]]) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=(ids != pad).long()).logits
 
 
-@pytest.mark.parametrize("family, arch", [("qwen3", "Qwen3ForSequenceClassification"),
-                                          ("llama", "LlamaForSequenceClassification")])
-def test_served_through_the_named_class(served, checkpoints, family, arch):
+@pytest.mark.parametrize("family, class_ref", [
+    ("qwen3", f"{ADAPTERS_MODULE}:Qwen3ForSequenceClassification"),
+    ("llama", f"{ADAPTERS_MODULE}:LlamaForSequenceClassification"),
+    ("deberta", "crossenc.model_executor.models.deberta_v2:DebertaV2ForSequenceClassification"),
+])
+def test_served_through_the_named_class(served, checkpoints, family, class_ref):
     out = served[(family, True)]
-    assert out["class"] == f"{ADAPTERS_MODULE}:{arch}"
+    assert out["class"] == class_ref
     assert (out["runner"], out["convert"], out["score_type"]) == ("pooling", "none", "cross-encoder")
-    # resolve, from the config alone, says what the engine did.
+    # resolve, from the config alone, says what the engine did (supported tasks included).
     from transformers import AutoConfig
 
     res = resolve(AutoConfig.from_pretrained(checkpoints[family]))
