@@ -201,8 +201,12 @@ def load_seq_cls_weights(
     conversion = SeqClsConversion.from_hf_config(hf_config)
     if conversion is None:
         raise ValueError(f"the config has no {TOKENS_KEY}/{METHOD_KEY}: nothing to convert")
-    token_ids = conversion.token_ids or _token_ids_from_tokenizer(conversion.tokens)
-    collector = ScoreRowCollector(token_ids, tied=is_tied(hf_config))
+    if conversion.token_ids is None:
+        raise ValueError(
+            f"{TOKEN_IDS_KEY} is missing: crossenc's config hook validates {TOKENS_KEY} and records "
+            "their ids when vLLM builds its config; is the crossenc plugin loaded (VLLM_PLUGINS)?"
+        )
+    collector = ScoreRowCollector(conversion.token_ids, tied=is_tied(hf_config))
 
     if load_backbone is None:
         # vLLM's pooling adapter loads through the family's own load_weights (its name mapper,
@@ -225,24 +229,3 @@ def load_seq_cls_weights(
     loaded.add("score.weight")
     loaded.discard(LM_HEAD)
     return loaded
-
-
-def _token_ids_from_tokenizer(tokens: tuple[str, ...]) -> tuple[int, ...]:
-    """Ids for a config that skipped crossenc's validation hook: validate now, at load time."""
-    from vllm.config import get_current_vllm_config_or_none
-
-    from crossenc.config.overrides import token_ids_or_raise
-
-    vllm_config = get_current_vllm_config_or_none()
-    if vllm_config is None:
-        raise ValueError(f"{TOKEN_IDS_KEY} is missing and no tokenizer is known to resolve {tokens}")
-    from vllm.tokenizers import get_tokenizer
-
-    model_config = vllm_config.model_config
-    tokenizer = get_tokenizer(
-        model_config.tokenizer,
-        revision=model_config.tokenizer_revision,
-        tokenizer_mode=model_config.tokenizer_mode,
-        trust_remote_code=model_config.trust_remote_code,
-    )
-    return token_ids_or_raise(tokenizer, tokens, vocab_size=model_config.get_vocab_size())
