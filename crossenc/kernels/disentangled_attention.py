@@ -74,8 +74,12 @@ def disentangled_attention_ref(
     scores = qp @ kp.transpose(-1, -2)  # [B, H, L, L]
     shape = scores.shape
     if pos_key is not None or pos_query is not None:
-        # rel[i, j] = row of the position tables for distance i - j
-        rel = rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1]
+        # rel[i, j] = row of the position tables for distance i - j. rel_index is monotonic, so the
+        # rows this batch can reach are one slice: score only those (2L - 1 of the 2k rows at most).
+        lo, hi = int(rel_index[0]), int(rel_index[-1])
+        rel = rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1] - lo
+        pos_key = pos_key[lo: hi + 1] if pos_key is not None else None
+        pos_query = pos_query[lo: hi + 1] if pos_query is not None else None
     if pos_key is not None:  # c2p: q_i . pos_key[rel[i, j]]
         c2p = torch.einsum("bhid,rhd->bhir", qp, pos_key.float())
         scores = scores + torch.gather(c2p, -1, rel.expand(shape))
