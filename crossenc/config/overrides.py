@@ -185,8 +185,9 @@ def verify_and_update_model_config(model_config: Any) -> None:
     hf_config = model_config.hf_config
     hf_overrides = model_config.hf_overrides if isinstance(model_config.hf_overrides, dict) else {}
     preset = presets.for_config(hf_config, model_config.model)
-    if preset is not None and presets.PRESET_KEY in hf_overrides:
-        # The preset was asked for by name: it supplies what the overrides leave out.
+    if preset is not None and (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
+        # Asked for by name, or a recognised CausalLM served as another architecture (a
+        # converted checkpoint needs no override): the preset supplies what the overrides omit.
         for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
             if getattr(hf_config, key, None) is None:
                 setattr(hf_config, key, value)

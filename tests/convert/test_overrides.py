@@ -116,6 +116,19 @@ def test_preset_alone_supplies_tokens_and_method(no_weights_dir):
     assert hf_config.num_labels == 1
 
 
+def test_recognised_checkpoint_needs_only_the_architecture(no_weights_dir, tmp_path):
+    named = tmp_path / "Qwen3-Reranker-tiny"
+    shutil.copytree(no_weights_dir, named)
+    config = engine_config(str(named), {"architectures": [SEQ_CLS]})
+    hf_config = config.model_config.hf_config
+    assert (hf_config.classifier_from_token, hf_config.method) == (["no", "yes"], "from_2_way_softmax")
+    assert hf_config.crossenc_preset == "qwen3-reranker"
+    # Without overrides it is the CausalLM it is, with the template ready for scoring.
+    config = engine_config(str(named), {})
+    assert config.model_config.runner_type == "generate"
+    assert getattr(config.model_config.hf_config, "classifier_from_token", None) is None
+
+
 def test_vllms_original_qwen3_reranker_flag_is_validated_too(no_weights_dir):
     """vLLM's own spelling for Qwen3-Reranker (`is_original_qwen3_reranker`, which sets the
     method) goes through the same checks."""
