@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from crossenc import presets
 from crossenc.config.overrides import token_ids_or_raise
 
-from tests.convert.tiny import encode, bge_gemma_reference, mxbai_v2_reference, qwen3_reranker_reference
+from tests.convert.tiny import REFERENCE_PROMPTS, encode
 
 LONG_DOCUMENT = " ".join(["Gravity is a force that attracts two bodies towards each other."] * 40)
 
@@ -18,28 +18,28 @@ def tokenizer(causal_lm_dir):
     return AutoTokenizer.from_pretrained(causal_lm_dir("qwen3"))
 
 
-@pytest.mark.parametrize("instruction", [None, "Find the passage that answers the question"])
-def test_qwen3_reranker_prompt_matches_model_card(tokenizer, instruction):
-    template = presets.get("qwen3-reranker").template
+@pytest.mark.parametrize(
+    "name, instruction",
+    [
+        ("qwen3-reranker", None),
+        ("qwen3-reranker", "Find the passage that answers the question"),
+        ("bge-reranker-v2-gemma", None),
+        ("mxbai-rerank-v2", None),
+        ("mxbai-rerank-v2", "Rank passages about physics"),
+    ],
+)
+def test_prompt_matches_the_rerankers_own_code(tokenizer, name, instruction):
+    template = presets.get(name).template
     query, doc = "What is the capital of China?", "The capital of China is Beijing."
-    got = template.token_ids(tokenizer, query, doc, instruction=instruction)
-    assert got == qwen3_reranker_reference(tokenizer, query, doc, instruction)
+    extra = {} if instruction is None else {"instruction": instruction}
+    expected = REFERENCE_PROMPTS[name](tokenizer, query, doc, **extra)
+    assert template.token_ids(tokenizer, query, doc, instruction=instruction) == expected
 
 
-def test_bge_reranker_v2_gemma_prompt_matches_flagembedding(tokenizer):
+def test_bge_reranker_v2_gemma_prompt_takes_no_instruction(tokenizer):
     template = presets.get("bge-reranker-v2-gemma").template
-    query, doc = "what is panda?", "The giant panda is a bear species endemic to China."
-    assert template.token_ids(tokenizer, query, doc) == bge_gemma_reference(tokenizer, query, doc)
     with pytest.raises(ValueError, match="takes no instruction"):
-        template.token_ids(tokenizer, query, doc, instruction="anything")
-
-
-@pytest.mark.parametrize("instruction", [None, "Rank passages about physics"])
-def test_mxbai_rerank_v2_prompt_matches_package(tokenizer, instruction):
-    template = presets.get("mxbai-rerank-v2").template
-    query, doc = "Explain gravity", "Gravity is a force that attracts two bodies."
-    got = template.token_ids(tokenizer, query, doc, instruction=instruction)
-    assert got == mxbai_v2_reference(tokenizer, query, doc, instruction)
+        template.token_ids(tokenizer, "what is panda?", "A bear.", instruction="anything")
 
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))
