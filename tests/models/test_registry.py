@@ -110,6 +110,19 @@ def test_register_with_vllm_registers_names_lazily_and_imports_no_model_module()
     assert out["models"] == []
 
 
+def test_named_classifiers_keep_their_family_engine_config_hook(vllm_with_crossenc):
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    inherited = 0
+    for arch in causal_seq_cls_specs():
+        family = MODELS_CONFIG_MAP.get(arch.removesuffix("ForSequenceClassification") + "ForCausalLM")
+        if family is not None and arch != "Qwen3ForSequenceClassification":  # vLLM has its own
+            ours, theirs = MODELS_CONFIG_MAP[arch].verify_and_update_config, family.verify_and_update_config
+            assert getattr(ours, "__func__", ours) is getattr(theirs, "__func__", theirs)
+            inherited += 1
+    assert inherited >= 5  # GPT-OSS, Mamba, NemotronH, Qwen3.5, Gemma4, ...
+
+
 # --- resolve: properties ------------------------------------------------------------------
 
 known_archs = st.sampled_from(sorted({a for _, archs in FAMILIES.values() for a in archs}))

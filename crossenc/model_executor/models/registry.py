@@ -201,3 +201,27 @@ def register_with_vllm() -> None:
 
     for spec in all_specs().values():
         ModelRegistry.register_model(spec.arch, spec.class_ref)
+    _inherit_family_config_hooks()
+
+
+def _inherit_family_config_hooks() -> None:
+    """A named classifier gets its CausalLM family's engine-config hook.
+
+    vLLM finds a `<Family>ForSequenceClassification` it converts implicitly under the
+    CausalLM's name when it looks up `MODELS_CONFIG_MAP` for the engine config (e.g. GPT-OSS,
+    Mamba, Qwen3.5 hooks); a registered name is looked up as itself, so it is entered under
+    it. Only the engine-config hook: vLLM does not run the CausalLM's model-config hook for
+    its implicit classifier either.
+    """
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    for arch, spec in causal_seq_cls_specs().items():
+        causal = arch.removesuffix(_SEQ_CLS) + _CAUSAL_LM
+        family_hook = MODELS_CONFIG_MAP.get(causal)
+        if family_hook is None or arch in MODELS_CONFIG_MAP:
+            continue
+        MODELS_CONFIG_MAP[arch] = type(
+            f"{arch}Config",
+            (VerifyAndUpdateConfig,),
+            {"verify_and_update_config": staticmethod(family_hook.verify_and_update_config)},
+        )
