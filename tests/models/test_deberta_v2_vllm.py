@@ -115,3 +115,14 @@ def test_embed_and_cosine_score_equal_sentence_transformers(checkpoints):
     _release(llm)
     assert torch.allclose(got, expected, atol=ATOL)
     assert torch.allclose(torch.tensor(scores), expected[1:] @ expected[0], atol=ATOL)
+
+
+def test_unservable_config_fails_at_load_naming_the_field(tmp_path):
+    import json
+
+    path = save_deberta(tmp_path / "bad", "seq_cls", "v3", num_labels=1)
+    config = json.loads((path / "config.json").read_text())
+    config["pos_att_type"] = ["c2p", "p2p"]  # transformers builds it; its p2p term is silently unused
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match=r"pos_att_type=\['c2p', 'p2p'\]"):
+        _engine(path)
