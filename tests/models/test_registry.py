@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from transformers import AutoConfig, AutoTokenizer, DebertaV2Config, LlamaConfig, Qwen3Config
+from transformers import AutoConfig, AutoTokenizer, LlamaConfig, Qwen3Config
 
 from crossenc.config import explain
 from crossenc.config.resolve import (
@@ -28,7 +28,6 @@ from crossenc.config.resolve import (
 )
 from crossenc.model_executor.models.registry import (
     ADAPTERS_MODULE,
-    CROSSENC_ARCHS,
     all_specs,
     causal_seq_cls_specs,
     pooling_class_name,
