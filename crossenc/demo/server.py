@@ -50,7 +50,7 @@ class VllmServer:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.settings.model,
+        return [sys.executable, "-m", "crossenc.entrypoints.serve", self.settings.model,
                 "--host", HOST, "--port", str(self.port),
                 "--max-model-len", str(self.settings.max_model_len), *self.settings.extra_args]
 
