@@ -18,6 +18,7 @@ from crossenc.model_executor.models.conversion import (
     TOKEN_IDS_KEY,
     TOKENS_KEY,
     SeqClsConversion,
+    config_value,
 )
 
 # Config fields that make logits a non-linear (or rescaled) function of the lm_head rows:
@@ -134,7 +135,7 @@ def validate_conversion(
     preset: presets.Preset | None = None,
 ) -> SeqClsConversion:
     """Check what the config asks for and return it with the tokens' ids."""
-    method_name, tokens = getattr(hf_config, METHOD_KEY, None), getattr(hf_config, TOKENS_KEY, None)
+    method_name, tokens = config_value(hf_config, METHOD_KEY), config_value(hf_config, TOKENS_KEY)
     if method_name is None or tokens is None:
         given, missing = (TOKENS_KEY, METHOD_KEY) if method_name is None else (METHOD_KEY, TOKENS_KEY)
         raise OverrideError(f"{given} is set but {missing} is not: give both")

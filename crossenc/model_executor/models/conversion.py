@@ -89,7 +89,7 @@ def served_scores(logits: torch.Tensor) -> torch.Tensor:
     return logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
 
 
-def _get(hf_config: Any, key: str) -> Any:
+def config_value(hf_config: Any, key: str) -> Any:
     """A conversion key from the config, or from its text config for composite models."""
     value = getattr(hf_config, key, None)
     if value is None and hasattr(hf_config, "get_text_config"):
@@ -117,20 +117,20 @@ class SeqClsConversion:
 
     @staticmethod
     def requested(hf_config: Any) -> bool:
-        return _get(hf_config, TOKENS_KEY) is not None or _get(hf_config, METHOD_KEY) is not None
+        return any(config_value(hf_config, key) is not None for key in (TOKENS_KEY, METHOD_KEY))
 
     @classmethod
     def from_hf_config(cls, hf_config: Any) -> SeqClsConversion | None:
         """The conversion a config asks for (None if none), as validated by crossenc.config.overrides."""
         if not cls.requested(hf_config):
             return None
-        method, tokens = _get(hf_config, METHOD_KEY), _get(hf_config, TOKENS_KEY)
+        method, tokens = config_value(hf_config, METHOD_KEY), config_value(hf_config, TOKENS_KEY)
         if method not in METHODS or not tokens:
             raise ValueError(
                 f"{METHOD_KEY}={method!r} with {TOKENS_KEY}={tokens!r} was not validated; "
                 "crossenc.config.overrides.validate_conversion explains what is wrong"
             )
-        ids = _get(hf_config, TOKEN_IDS_KEY)
+        ids = config_value(hf_config, TOKEN_IDS_KEY)
         return cls(METHODS[method], tuple(tokens), tuple(ids) if ids is not None else None)
 
     def score_weight(self, rows: torch.Tensor) -> torch.Tensor:
