@@ -217,11 +217,11 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
 def _conversion(config: Any, hf_overrides: dict[str, Any], preset: Any, tokenizer: Any) -> Any:
     """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
     from crossenc.config import overrides
-    from crossenc.model_executor.models.conversion import TOKENS_KEY, SeqClsConversion, _get
+    from crossenc.model_executor.models.conversion import TOKENS_KEY, SeqClsConversion, config_value
 
     if not SeqClsConversion.requested(config):
         return None
-    tokens = _get(config, TOKENS_KEY)
+    tokens = config_value(config, TOKENS_KEY)
     if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
         raise ResolutionError(f'{TOKENS_KEY} must be a list of strings, e.g. ["no", "yes"]; got {tokens!r}')
     try:
@@ -308,16 +308,18 @@ def resolve(
         tasks = info.pooling_tasks
 
     num_labels = getattr(config, "num_labels", None)
+    from crossenc.model_executor.models.conversion import SeqClsConversion
+
     preset = _apply_config_hooks(config, arch, hf_overrides or {})
+    if SeqClsConversion.requested(config) and (runner_type != "pooling" or convert_type == "embed"):
+        raise ResolutionError(
+            "classifier_from_token/method turn the model into a classifier, but it would be "
+            f"served with runner={runner_type}, convert={convert_type}; name a classifier "
+            'architecture in --hf-overrides ("architectures": '
+            '["<Family>ForSequenceClassification"]) or use runner=pooling, convert=classify'
+        )
     conversion = _conversion(config, hf_overrides or {}, preset, tokenizer)
     if conversion is not None:
-        if runner_type != "pooling" or convert_type == "embed":
-            raise ResolutionError(
-                "classifier_from_token/method turn the model into a classifier, but it would be "
-                f"served with runner={runner_type}, convert={convert_type}; name a classifier "
-                'architecture in --hf-overrides ("architectures": '
-                '["<Family>ForSequenceClassification"]) or use runner=pooling, convert=classify'
-            )
         num_labels = conversion.num_labels
 
     pooling_task = _pooling_task(tasks, archs)
