@@ -2,8 +2,7 @@
 
 For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log buckets) times
 `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages), and the same kernel with
-no position terms ("no-position": a plain varlen FlashAttention, the floor for the fused kernel);
-"full-window" turns off the small window for tiles far from the diagonal.
+no position terms ("no-position": a plain varlen FlashAttention, the floor for the fused kernel).
 Each variant is first checked against the fp32 torch reference on the same inputs.
 
     python benchmarks/attention_kernel.py --out kernel.json
@@ -27,10 +26,8 @@ from crossenc.kernels.triton_disentangled_attention import triton_disentangled_a
 WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
 # (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
 VARIANTS = {
-    64: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 2, 3), (16, 32, 2, 2), (32, 16, 2, 2),
-                                 (32, 64, 4, 2), (64, 64, 4, 2)]]
-    + [("full-window", c) for c in [(32, 32, 2, 2)]]
-    + [("no-position", c) for c in [(64, 64, 4, 3), (128, 64, 8, 2)]],
+    64: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)]]
+    + [("no-position", c) for c in [(128, 64, 8, 2)]],
     32: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
     128: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
 }
@@ -68,8 +65,7 @@ def main() -> None:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
 
                 def fn():
-                    return triton_disentangled_attention(*call_args, config=config,
-                                                         far_window=mode != "full-window")
+                    return triton_disentangled_attention(*call_args, config=config)
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
                 try:
@@ -91,7 +87,7 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("gather", "full-window", "no-position"):
+            for mode in ("gather", "no-position"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:

@@ -14,9 +14,6 @@ on the tensor cores (q @ window^T is [BM, WIN]; window @ k^T is [WIN, BN]) and p
 pair's entry with ``tl.gather`` at column/row i-j+BN-1. That costs two extra tile products
 per step, against writing and re-reading two [T, H, 2S] tables through device memory (measured
 on an H100: 0.95 ms against 1.18 ms for the table variant on v3-base rerank-short, one layer).
-
-Far from the diagonal, log buckets (and the clamp at the table's edge) send a tile's distances
-to only a few rows; there a FAR_WIN-row window, indexed through rel_index, replaces the full one.
 """
 
 from __future__ import annotations
@@ -33,12 +30,11 @@ def _disentangled_attention_fwd(
     Q, K, V, O, PK, PQ, REL, CU,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_heads, max_seqlen, qk_scale_log2, use_far,
+    num_heads, max_seqlen, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     WIN: tl.constexpr,
-    FAR_WIN: tl.constexpr,
     HAS_C2P: tl.constexpr,
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -81,42 +77,20 @@ def _disentangled_attention_fwd(
         )
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if HAS_C2P or HAS_P2C:
-            # Distances outside +-(max_seqlen-1) only occur for masked pairs: clamp them to
-            # stay inside rel_index.
-            d_lo = tl.maximum(m0 - n0 - (BLOCK_N - 1), 1 - max_seqlen)
-            d_hi = tl.minimum(m0 - n0 + (BLOCK_M - 1), max_seqlen - 1)
-            r_lo = tl.load(REL + (d_lo + max_seqlen - 1))
-            r_hi = tl.load(REL + (d_hi + max_seqlen - 1))
-            if (r_hi - r_lo < FAR_WIN) & (use_far != 0):
-                # Far from the diagonal, log buckets (or the clamp at the table's edge) map the
-                # tile's BM+BN-1 distances to fewer than FAR_WIN rows (rel_index is monotonic):
-                # a FAR_WIN-row window, indexed through rel_index itself.
-                rel_far = tl.minimum(r_lo + tl.arange(0, FAR_WIN), r_hi)
-                dist_far = rows_q[:, None] - rows_k[None, :]
-                dist_far = tl.minimum(tl.maximum(dist_far, 1 - max_seqlen), max_seqlen - 1)
-                far_pick = tl.load(REL + (dist_far + max_seqlen - 1)) - r_lo
-                if HAS_C2P:
-                    pk_far = tl.load(PK + rel_far[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-                    c2p_far = tl.dot(q, tl.trans(pk_far), input_precision=PRECISION)  # [BLOCK_M, FAR_WIN]
-                    s += tl.gather(c2p_far, far_pick, axis=1)
-                if HAS_P2C:
-                    pq_far = tl.load(PQ + rel_far[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-                    p2c_far = tl.dot(pq_far, tl.trans(k), input_precision=PRECISION)  # [FAR_WIN, BLOCK_N]
-                    s += tl.gather(p2c_far, far_pick, axis=0)
-            else:
-                # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
-                # row i - j + BLOCK_N - 1.
-                dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
-                dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-                rel = tl.load(REL + (dist + max_seqlen - 1))
-                if HAS_C2P:
-                    pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-                    c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-                    s += tl.gather(c2p, pick, axis=1)
-                if HAS_P2C:
-                    pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-                    p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
-                    s += tl.gather(p2c, pick, axis=0)
+            # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
+            # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
+            # pairs: clamp them to stay inside rel_index.
+            dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
+            dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+            rel = tl.load(REL + (dist + max_seqlen - 1))
+            if HAS_C2P:
+                pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+                c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
+                s += tl.gather(c2p, pick, axis=1)
+            if HAS_P2C:
+                pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+                p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
+                s += tl.gather(p2c, pick, axis=0)
         s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -160,8 +134,8 @@ def _check_pos(name: str, x: torch.Tensor | None, q: torch.Tensor) -> torch.Tens
 def default_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages), from benchmarks/attention_kernel.py on an H100.
 
-    Small tiles win: the two gathers cost per element and grow with the window (BM+BN-1),
-    so 32x32 tiles beat 64x64 ones by 2x on v3 workloads (docs/benchmarks.md).
+    Small tiles win: the window products and gathers grow with BM+BN-1 per tile, so 32x32
+    tiles with two warps beat 64x64 ones by 2x on v3 workloads (docs/benchmarks.md).
     """
     if dtype == torch.float32:
         return 32, 32, 4, 1
@@ -182,14 +156,12 @@ def triton_disentangled_attention(
     scale: float,
     *,
     config: tuple[int, int, int, int] | None = None,
-    far_window: bool = True,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
 
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
     ``rel_index`` int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
-    max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages);
-    ``far_window=False`` turns off the small window for tiles far from the diagonal (for timing).
+    max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages).
     """
     if q.ndim != 3:
         raise ValueError(f"q must have shape [T, H, D], got {tuple(q.shape)}")
@@ -228,8 +200,8 @@ def triton_disentangled_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-        heads, max_seqlen, float(scale) * _LOG2E, int(far_window),
-        HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win, FAR_WIN=16,
+        heads, max_seqlen, float(scale) * _LOG2E,
+        HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
