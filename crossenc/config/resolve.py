@@ -195,8 +195,9 @@ def _apply_overrides(hf_config: Any, hf_overrides: dict[str, Any] | None) -> Any
 
 
 def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) -> Any:
-    """What vLLM's and crossenc's config hooks add before validation: a preset asked for by
-    name supplies tokens and method; vLLM's Qwen3ForSequenceClassification hook gives the
+    """What vLLM's and crossenc's config hooks add before validation: a preset (asked for by
+    name, or recognised on a checkpoint served as another architecture) supplies tokens and
+    method; vLLM's Qwen3ForSequenceClassification hook gives the
     original Qwen3-Reranker layout its method. Returns the checkpoint's preset, if any."""
     from crossenc import presets
     from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
@@ -205,7 +206,8 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
         preset = presets.for_config(config)
     except (ValueError, TypeError) as e:  # an unknown preset, or one for another model_type
         raise ResolutionError(f"{presets.PRESET_KEY}: {e}") from e
-    if preset is not None and presets.PRESET_KEY in hf_overrides:
+    # crossenc.config.overrides.verify_and_update_model_config's rule, before validation.
+    if preset is not None and (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
         for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
             if getattr(config, key, None) is None:
                 setattr(config, key, value)

@@ -216,6 +216,10 @@ def test_conversion_makes_a_single_score_and_needs_a_pooling_runner():
                                            "crossenc_preset": "qwen3-reranker"})
     assert (preset.preset, preset.num_labels, preset.score_route) == ("qwen3-reranker", 1, "cross-encoder")
     assert preset.conversion == "from_2_way_softmax over tokens ['no', 'yes']"
+    # A recognised checkpoint served as a classifier: its preset applies without being named.
+    config._name_or_path = "/models/Qwen3-Reranker-0.6B"
+    recognised = resolve(config, hf_overrides={"architectures": ["Qwen3ForSequenceClassification"]})
+    assert (recognised.preset, recognised.num_labels) == ("qwen3-reranker", 1)
     with pytest.raises(ResolutionError, match="preset bge-reranker-v2-gemma is for gemma"):
         resolve(config, hf_overrides={"architectures": ["Qwen3ForSequenceClassification"],
                                       "crossenc_preset": "bge-reranker-v2-gemma"})
