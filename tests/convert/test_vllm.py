@@ -16,7 +16,7 @@ vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402
 from crossenc.cli import main as cli  # noqa: E402
-from tests.convert.tiny import DOCUMENTS, FAMILIES, QUERIES, reference_scores  # noqa: E402
+from tests.convert.tiny import DOCUMENTS, FAMILIES, QUERIES, causal_scores, reference_scores  # noqa: E402
 
 ATOL = 1e-5
 SEQ_CLS = {
@@ -25,7 +25,7 @@ SEQ_CLS = {
     "gemma": "GemmaForSequenceClassification",
 }
 PAIRS = [(q, d) for q in QUERIES for d in DOCUMENTS]
-LONG_DOCUMENT = " ".join(DOCUMENTS * 30)
+LONG_DOCUMENT = " ".join(DOCUMENTS * 30)  # well over 512 tokens
 
 
 def _engine(model, **kwargs):
@@ -78,25 +78,27 @@ def test_instruction_goes_into_the_template(online):
     assert got != _scores(llm.score(QUERIES[1], DOCUMENTS))  # the instruction changed the prompt
 
 
+def truncated_reference(src, preset, query, document, budget):
+    """The CausalLM's score of the preset's prompt cut to `budget` tokens (document only)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    prompt = preset.template.token_ids(tokenizer, query, document, budget=budget)
+    return causal_scores(src, preset, [prompt])
+
+
 def test_too_long_pairs_lose_the_end_of_the_document_only(online):
     """truncate_prompt_tokens cuts the document; the template's suffix is still scored."""
     family, preset, src, llm = online
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    budget = len(preset.template.token_ids(tokenizer, QUERIES[1], "")) + 20
-    prompt = preset.template.token_ids(tokenizer, QUERIES[1], LONG_DOCUMENT, budget=budget)
-    causal = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in preset.tokens]
-    with torch.no_grad():
-        logits = causal(torch.tensor([prompt])).logits[0, -1, ids]
-    expected = logits.softmax(-1)[1] if len(ids) == 2 else logits[0].sigmoid()
+    budget = len(preset.template.token_ids(AutoTokenizer.from_pretrained(src), QUERIES[1], "")) + 20
     kwargs = {"truncate_prompt_tokens": budget}
     got = _scores(llm.score(QUERIES[1], [LONG_DOCUMENT], tokenization_kwargs=kwargs))
-    _close(got, [expected.item()])
+    _close(got, truncated_reference(src, preset, QUERIES[1], LONG_DOCUMENT, budget))
     # Longer than max_model_len without truncate_prompt_tokens: the document is cut to fit.
-    assert len(_scores(llm.score(QUERIES[1], [LONG_DOCUMENT * 4]))) == 1
+    got = _scores(llm.score(QUERIES[1], [LONG_DOCUMENT]))
+    _close(got, truncated_reference(src, preset, QUERIES[1], LONG_DOCUMENT, 512))
 
 
 def test_converted_checkpoint_serves_without_overrides(causal_lm_dir, tmp_path_factory):
@@ -134,9 +136,14 @@ def test_vllm_serve_reranks_with_the_preset(causal_lm_dir, monkeypatch):
             "model": src, "query": QUERIES[1], "documents": DOCUMENTS,
             "instruction": "Find passages about physics",
         })["results"]
+        score = server.post("/score", {"model": src, "queries": QUERIES[1], "documents": DOCUMENTS})
+        too_long = server.rerank(QUERIES[1], [LONG_DOCUMENT])
     assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
     _close([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])], expected)
     assert [r["index"] for r in results] == sorted(range(len(expected)), key=lambda i: -expected[i])
+    _close([d["score"] for d in sorted(score["data"], key=lambda d: d["index"])], expected)
+    # A document over max_model_len is cut, the template's suffix kept.
+    _close([too_long[0]["relevance_score"]], truncated_reference(src, preset, QUERIES[1], LONG_DOCUMENT, 512))
     instruction = "Find passages about physics"
     _close(
         [r["relevance_score"] for r in sorted(instructed, key=lambda r: r["index"])],

@@ -166,21 +166,26 @@ REFERENCE_PROMPTS = {
 }
 
 
-def reference_scores(model_dir: str, preset: presets.Preset, pairs, instruction: str | None = None):
-    """The CausalLM's own scores: the classifier tokens' logits at the last position of the
-    prompt the reranker's own code builds, through the method (softmax over [false, true], or
-    sigmoid of the single token's logit)."""
+def causal_scores(model_dir: str, preset: presets.Preset, prompts: list[list[int]]) -> list[float]:
+    """The CausalLM's own scores of token-id prompts: the classifier tokens' logits at the last
+    position, through the method (softmax over [false, true], or sigmoid of the one token's)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = [tokenizer.convert_tokens_to_ids(t) for t in preset.tokens]
     scores = []
     with torch.no_grad():
-        for query, document in pairs:
-            extra = {} if instruction is None else {"instruction": instruction}
-            prompt = REFERENCE_PROMPTS[preset.name](tokenizer, query, document, **extra)
+        for prompt in prompts:
             logits = model(torch.tensor([prompt])).logits[0, -1, ids]
             if preset.method == "from_2_way_softmax":
                 scores.append(torch.softmax(logits, -1)[1].item())
             else:
                 scores.append(torch.sigmoid(logits[0]).item())
     return scores
+
+
+def reference_scores(model_dir: str, preset: presets.Preset, pairs, instruction: str | None = None):
+    """The CausalLM's scores on the prompts the reranker's own code builds."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    extra = {} if instruction is None else {"instruction": instruction}
+    build = REFERENCE_PROMPTS[preset.name]
+    return causal_scores(model_dir, preset, [build(tokenizer, q, d, **extra) for q, d in pairs])
