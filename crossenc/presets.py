@@ -96,12 +96,18 @@ class Preset:
     template: ScoreTemplate
     pattern: str  # regex that recognises the checkpoint in its name or path
 
-    def overrides(self, architecture: str) -> dict[str, Any]:
+    def overrides(self) -> dict[str, Any]:
         """The `--hf-overrides` that serve the CausalLM checkpoint as this reranker."""
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SEQ_CLS_NAMES,
+        )
+
+        from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
+
         return {
-            "architectures": [architecture],
-            "classifier_from_token": list(self.tokens),
-            "method": self.method,
+            "architectures": [SEQ_CLS_NAMES[self.model_type]],
+            TOKENS_KEY: list(self.tokens),
+            METHOD_KEY: self.method,
             PRESET_KEY: self.name,
         }
 

@@ -47,7 +47,7 @@ def online(request, causal_lm_dir):
     family = request.param
     preset = presets.get(FAMILIES[family][1])
     src = causal_lm_dir(family)
-    llm = _engine(src, hf_overrides=preset.overrides(SEQ_CLS[family]))
+    llm = _engine(src, hf_overrides=preset.overrides())
     yield family, preset, src, llm
     del llm
     gc.collect()
@@ -130,7 +130,7 @@ def test_vllm_serve_reranks_with_the_preset(causal_lm_dir, monkeypatch):
     src = causal_lm_dir("qwen2")
     preset = presets.get("mxbai-rerank-v2")
     expected = reference_scores(src, preset, [(QUERIES[1], d) for d in DOCUMENTS])
-    with _server(src, preset.overrides(SEQ_CLS["qwen2"])) as server:
+    with _server(src, preset.overrides()) as server:
         results = server.rerank(QUERIES[1], DOCUMENTS)
         instructed = server.post("/rerank", {
             "model": src, "query": QUERIES[1], "documents": DOCUMENTS,
