@@ -255,7 +255,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"crossenc convert: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(f"wrote {out}; serve it with: vllm serve {out}")
     if args.verify and not verify(p, out, args.atol):
         return 1
     return 0
