@@ -38,13 +38,14 @@ def checkpoints(tmp_path_factory):
 
 
 def _save_sentence_transformer(path):
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     save_deberta(path / "backbone", "model", "v3")
     st = SentenceTransformer(modules=[
-        models.Transformer(str(path / "backbone")),
-        models.Pooling(32, pooling_mode="mean"),
-        models.Normalize(),
+        Transformer(str(path / "backbone")),
+        Pooling(32, pooling_mode="mean"),
+        Normalize(),
     ], device="cpu")
     st.save(str(path / "st"))
     return path / "st"
