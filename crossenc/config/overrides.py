@@ -8,6 +8,7 @@ per-architecture config hook (`install_config_hooks`), when the ModelConfig is b
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -66,12 +67,6 @@ def _near_misses(tokenizer: Any, token: str) -> list[str]:
 
 def token_ids_or_raise(tokenizer: Any, tokens, vocab_size: int | None = None) -> tuple[int, ...]:
     """The single vocabulary id of each classifier token, or an error naming the bad token."""
-    if isinstance(tokens, str) or not all(isinstance(t, str) for t in tokens):
-        raise OverrideError(
-            f"{TOKENS_KEY} must be a list of strings, e.g. [\"no\", \"yes\"]; got {tokens!r}"
-        )
-    if len(set(tokens)) != len(tokens):
-        raise OverrideError(f"{TOKENS_KEY}={list(tokens)} repeats a token")
     ids = []
     for token in tokens:
         id_, problem = _problem(tokenizer, token)
@@ -128,13 +123,10 @@ def _declared_num_labels(hf_config: Any, hf_overrides: dict[str, Any]) -> int | 
     return None
 
 
-def validate_conversion(
-    hf_config: Any,
-    tokenizer: Any,
-    hf_overrides: dict[str, Any] | None = None,
-    preset: presets.Preset | None = None,
-) -> SeqClsConversion:
-    """Check what the config asks for and return it with the tokens' ids."""
+def requested_conversion(hf_config: Any, preset: presets.Preset | None = None) -> SeqClsConversion:
+    """What the config asks for, checked without a tokenizer: both keys given, the method
+    known, the number of tokens right for it, the family convertible, the preset agreeing.
+    The result has no token ids (`validate_conversion` adds them)."""
     method_name, tokens = config_value(hf_config, METHOD_KEY), config_value(hf_config, TOKENS_KEY)
     if method_name is None or tokens is None:
         given, missing = (TOKENS_KEY, METHOD_KEY) if method_name is None else (METHOD_KEY, TOKENS_KEY)
@@ -143,7 +135,13 @@ def validate_conversion(
         known = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
         raise OverrideError(f"unknown {METHOD_KEY} {method_name!r}; known methods: {known}")
     method = METHODS[method_name]
-    n = len(tokens) if isinstance(tokens, (list, tuple)) else 0
+    if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+        raise OverrideError(
+            f"{TOKENS_KEY} must be a list of strings, e.g. [\"no\", \"yes\"]; got {tokens!r}"
+        )
+    if len(set(tokens)) != len(tokens):
+        raise OverrideError(f"{TOKENS_KEY}={list(tokens)} repeats a token")
+    n = len(tokens)
     if n < method.min_tokens or (method.max_tokens is not None and n > method.max_tokens):
         raise OverrideError(
             f"{method.name} needs {method.expects()} in {TOKENS_KEY}, got {tokens!r}"
@@ -158,15 +156,35 @@ def validate_conversion(
             f'"{presets.PRESET_KEY}": "{presets.NO_PRESET}" in --hf-overrides (crossenc convert: '
             f"--preset {presets.NO_PRESET}) to score it your own way"
         )
-    ids = token_ids_or_raise(tokenizer, tokens, hf_config.get_text_config().vocab_size)
-    conversion = SeqClsConversion(method, tuple(tokens), ids)
+    return SeqClsConversion(method, tuple(tokens))
+
+
+def validate_conversion(
+    hf_config: Any,
+    tokenizer: Any,
+    hf_overrides: dict[str, Any] | None = None,
+    preset: presets.Preset | None = None,
+) -> SeqClsConversion:
+    """`requested_conversion`, then each token's single id and num_labels' consistency."""
+    conversion = requested_conversion(hf_config, preset)
+    ids = token_ids_or_raise(tokenizer, conversion.tokens, hf_config.get_text_config().vocab_size)
     declared = _declared_num_labels(hf_config, hf_overrides or {})
     if declared is not None and declared != conversion.num_labels:
         raise OverrideError(
-            f"num_labels={declared} contradicts {method.name} over {len(tokens)} tokens, which "
-            f"gives {conversion.num_labels} output(s)"
+            f"num_labels={declared} contradicts {conversion.method.name} over "
+            f"{len(conversion.tokens)} tokens, which gives {conversion.num_labels} output(s)"
         )
-    return conversion
+    return dataclasses.replace(conversion, token_ids=ids)
+
+
+def fill_from_preset(hf_config: Any, hf_overrides: dict[str, Any], preset: presets.Preset | None) -> None:
+    """A preset asked for by name, or recognised on a checkpoint served as another architecture
+    (a converted checkpoint needs no override), supplies the tokens and method not given."""
+    if preset is None or not (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
+        return
+    for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
+        if config_value(hf_config, key) is None:
+            setattr(hf_config, key, value)
 
 
 def apply(hf_config: Any, conversion: SeqClsConversion) -> None:
@@ -186,12 +204,7 @@ def verify_and_update_model_config(model_config: Any) -> None:
     hf_config = model_config.hf_config
     hf_overrides = model_config.hf_overrides if isinstance(model_config.hf_overrides, dict) else {}
     preset = presets.for_config(hf_config, model_config.model)
-    if preset is not None and (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
-        # Asked for by name, or a recognised CausalLM served as another architecture (a
-        # converted checkpoint needs no override): the preset supplies what the overrides omit.
-        for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
-            if getattr(hf_config, key, None) is None:
-                setattr(hf_config, key, value)
+    fill_from_preset(hf_config, hf_overrides, preset)
     if SeqClsConversion.requested(hf_config):
         if model_config.runner_type != "pooling" or model_config.convert_type == "embed":
             from transformers.models.auto.modeling_auto import (
