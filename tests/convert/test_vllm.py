@@ -101,10 +101,11 @@ def test_too_long_pairs_lose_the_end_of_the_document_only(online):
     _close(got, truncated_reference(src, preset, QUERIES[1], LONG_DOCUMENT, 512))
 
 
-def test_converted_checkpoint_serves_without_overrides(causal_lm_dir, tmp_path_factory):
-    src = causal_lm_dir("qwen3")
-    preset = presets.get("qwen3-reranker")
-    out = tmp_path_factory.mktemp("qwen3-converted")
+@pytest.mark.parametrize("family", ["qwen3", "gemma"])  # untied two-token; tied one-token
+def test_converted_checkpoint_serves_without_overrides(family, causal_lm_dir, tmp_path_factory):
+    src = causal_lm_dir(family)
+    preset = presets.get(FAMILIES[family][1])
+    out = tmp_path_factory.mktemp(f"{family}-converted")
     assert cli(["convert", src, "-o", str(out), "--preset", preset.name]) == 0
     llm = _engine(str(out))
     try:
