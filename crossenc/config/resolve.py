@@ -200,17 +200,13 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
     method; vLLM's Qwen3ForSequenceClassification hook gives the
     original Qwen3-Reranker layout its method. Returns the checkpoint's preset, if any."""
     from crossenc import presets
-    from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
+    from crossenc.config.overrides import fill_from_preset
 
     try:
         preset = presets.for_config(config)
     except (ValueError, TypeError) as e:  # an unknown preset, or one for another model_type
         raise ResolutionError(f"{presets.PRESET_KEY}: {e}") from e
-    # crossenc.config.overrides.verify_and_update_model_config's rule, before validation.
-    if preset is not None and (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
-        for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
-            if getattr(config, key, None) is None:
-                setattr(config, key, value)
+    fill_from_preset(config, hf_overrides, preset)
     if arch == "Qwen3ForSequenceClassification" and getattr(config, "is_original_qwen3_reranker", False):
         config.get_text_config().method = "from_2_way_softmax"
     return preset
@@ -219,26 +215,17 @@ def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) ->
 def _conversion(config: Any, hf_overrides: dict[str, Any], preset: Any, tokenizer: Any) -> Any:
     """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
     from crossenc.config import overrides
-    from crossenc.model_executor.models.conversion import TOKENS_KEY, SeqClsConversion, config_value
+    from crossenc.model_executor.models.conversion import SeqClsConversion
 
     if not SeqClsConversion.requested(config):
         return None
-    tokens = config_value(config, TOKENS_KEY)
-    if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
-        raise ResolutionError(f'{TOKENS_KEY} must be a list of strings, e.g. ["no", "yes"]; got {tokens!r}')
     try:
         if tokenizer is not None:
             return overrides.validate_conversion(config, tokenizer, hf_overrides, preset)
-        # Without a tokenizer: everything but the tokens' ids.
-        overrides.check_convertible(config)
-        conversion = SeqClsConversion.from_hf_config(config)
+        # Without a tokenizer: every check but the tokens' ids.
+        return overrides.requested_conversion(config, preset)
     except ValueError as e:
         raise ResolutionError(str(e)) from e
-    n = len(conversion.tokens)
-    method = conversion.method
-    if n < method.min_tokens or (method.max_tokens is not None and n > method.max_tokens):
-        raise ResolutionError(f"{method.name} needs {method.expects()}, got {list(conversion.tokens)}")
-    return conversion
 
 
 def _pooling_task(tasks: tuple[str, ...], archs: list[str]) -> str | None:
