@@ -282,7 +282,8 @@ class DebertaV2SelfAttention(nn.Module):
     def forward(self, x, layout: PackedLayout, rel_embeddings, rel_index) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).view(x.shape[0], 3, self.num_heads, self.head_size).unbind(1)
         pos_key, pos_query = self.position_tables(rel_embeddings)
-        out = disentangled_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout.cu_seqlens,
+        # Strided views of the stacked projection: the op takes any token and head stride.
+        out = disentangled_attention(q, k, v, layout.cu_seqlens,
                                      layout.max_seqlen, pos_key, pos_query, rel_index, self.scale)
         return out.reshape(x.shape[0], self.q_size)
 
