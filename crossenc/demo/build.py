@@ -2,10 +2,14 @@
 
 The student reads `[CLS] query [SEP] passage [SEP]` and learns to output the teacher's cosine
 similarity of the two texts (as a logit, `scale * (cosine - shift)`), pointwise and, over each
-query's candidates, listwise. Candidates are the query's own passage, passages the teacher finds
-similar (hard negatives) and random ones. Word embeddings start from, and stay at, a PCA of the
-teacher's, so words unseen in training still carry meaning. Everything is seeded; the result is
-cached (see `cache.py`) under a key made of the settings and the versions that shape it.
+query's candidates, listwise. Candidates are the query's own passage, a passage the teacher finds
+similar (a hard negative) and random ones.
+
+The student starts as the teacher's first layers: a BERT layer is a DeBERTa layer without the
+relative-position terms, which start near zero and are learnt. A student trained from random
+weights learnt nothing useful in the few hundred steps two CPU cores allow; this one does.
+Everything is seeded; the result is cached (see `cache.py`) under a key made of the settings and
+the versions that shape it.
 """
 
 from __future__ import annotations
@@ -22,32 +26,26 @@ from pathlib import Path
 import torch
 
 from crossenc.demo.corpus import Pair, split, stdlib_pairs
-from crossenc.demo.teacher import Teacher, load_tokenizer
+from crossenc.demo.teacher import Teacher, load_tokenizer, teacher_version
 
 # Bump when the recipe changes in a way the settings do not show, so old caches are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 BUILD_INFO = "crossenc_demo_build.json"
 
 
 @dataclass(frozen=True)
 class BuildSettings:
     seed: int = 0
-    init: str = "teacher"  # "teacher": the teacher's first layers; "pca": PCA word embeddings only
-    hidden_size: int = 128  # "pca" only; "teacher" takes the teacher's width
-    num_layers: int = 4
-    num_heads: int = 4  # "pca" only
+    num_layers: int = 3  # the teacher's first layers; width and heads are the teacher's
     position_buckets: int = 64
-    max_length: int = 96  # tokens of the whole pair, specials included
-    steps: int = 400
-    queries_per_step: int = 16
-    candidates: int = 4  # per query: its passage, hard negatives, the rest random
-    hard_negatives: int = 1
-    hard_negative_pool: int = 8  # hard negatives are drawn from the teacher's top passages
-    lr: float = 5e-4
-    head_lr: float = 5e-4  # the pooler and classifier, which start random
-    dropout: float = 0.0
-    bf16: bool = False
-    warmup_steps: int = 40
+    max_length: int = 64  # training pairs' tokens, specials included
+    steps: int = 800
+    queries_per_step: int = 4
+    candidates: int = 4  # per query: its passage, one hard negative, the rest random
+    hard_negative_pool: int = 8  # the hard negative is drawn from the teacher's top passages
+    lr: float = 2e-4
+    head_lr: float = 1e-3  # the pooler and classifier, which start random
+    warmup_steps: int = 50
     logit_scale: float = 10.0
     logit_shift: float = 0.35
     held_out_percent: int = 20
@@ -56,13 +54,10 @@ class BuildSettings:
     @classmethod
     def quick(cls, seed: int = 0) -> "BuildSettings":
         """A build in seconds, for tests of the recipe itself (it does not rank well)."""
-        return cls(seed=seed, hidden_size=32, num_layers=1, num_heads=2, steps=3, warmup_steps=1,
-                   queries_per_step=4, max_train_pairs=32, max_length=64)
+        return cls(seed=seed, num_layers=1, steps=3, warmup_steps=1, max_train_pairs=32)
 
     def cache_key(self) -> str:
         import transformers
-
-        from crossenc.demo.teacher import teacher_version
 
         blob = json.dumps(
             {"settings": dataclasses.asdict(self), "recipe": RECIPE_VERSION,
@@ -73,21 +68,33 @@ class BuildSettings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def student_config(settings: BuildSettings, vocab_size: int, pad_token_id: int, teacher_config=None):
+@dataclass(frozen=True)
+class TeacherSignals:
+    """What the student learns from: unit query/passage embeddings and the teacher's own weights."""
+
+    queries: torch.Tensor  # [N, D], row i for pair i's query
+    passages: torch.Tensor  # [N, D]
+    weights: dict[str, torch.Tensor]  # the teacher's BertModel state dict
+    config: object  # its BertConfig
+
+    @classmethod
+    def compute(cls, pairs: list[Pair]) -> "TeacherSignals":
+        teacher = Teacher()
+        return cls(teacher.embed([p.query for p in pairs]), teacher.embed([p.passage for p in pairs]),
+                   teacher.weights(), teacher.config())
+
+
+def student_config(settings: BuildSettings, teacher_config, vocab_size: int, pad_token_id: int):
     from transformers import DebertaV2Config
 
-    width = {} if teacher_config is None else dict(
-        hidden_size=teacher_config.hidden_size, num_attention_heads=teacher_config.num_attention_heads,
-        intermediate_size=teacher_config.intermediate_size, hidden_act=teacher_config.hidden_act,
-        layer_norm_eps=teacher_config.layer_norm_eps)
-    return DebertaV2Config(**{
-        "hidden_size": settings.hidden_size,
-        "num_attention_heads": settings.num_heads,
-        "intermediate_size": 4 * settings.hidden_size,
-        **width,
-    },
+    return DebertaV2Config(
         vocab_size=vocab_size,
+        hidden_size=teacher_config.hidden_size,
         num_hidden_layers=settings.num_layers,
+        num_attention_heads=teacher_config.num_attention_heads,
+        intermediate_size=teacher_config.intermediate_size,
+        hidden_act=teacher_config.hidden_act,
+        layer_norm_eps=teacher_config.layer_norm_eps,
         max_position_embeddings=512,
         # DeBERTa-v3's attention: relative positions in log buckets, shared key projections.
         relative_attention=True,
@@ -99,93 +106,65 @@ def student_config(settings: BuildSettings, vocab_size: int, pad_token_id: int, 
         position_biased_input=False,
         type_vocab_size=0,
         pad_token_id=pad_token_id,
-        hidden_dropout_prob=settings.dropout,
-        attention_probs_dropout_prob=settings.dropout,
+        # Few steps from a pretrained start: dropout only slows them down.
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         num_labels=1,
         architectures=["DebertaV2ForSequenceClassification"],
     )
 
 
-@dataclass(frozen=True)
-class TeacherSignals:
-    """What the student learns from: unit query/passage embeddings and the teacher's word embeddings."""
-
-    queries: torch.Tensor  # [N, D], row i for pair i's query
-    passages: torch.Tensor  # [N, D]
-    weights: dict[str, torch.Tensor]  # the teacher's BertModel state dict
-    config: object  # its BertConfig
-
-    @property
-    def words(self) -> torch.Tensor:
-        return self.weights["embeddings.word_embeddings.weight"]
-
-    @classmethod
-    def compute(cls, pairs: list[Pair]) -> "TeacherSignals":
-        teacher = Teacher()
-        return cls(teacher.embed([p.query for p in pairs]), teacher.embed([p.passage for p in pairs]),
-                   teacher.weights(), teacher.config())
-
-
-def _pca_embeddings(teacher_embeddings: torch.Tensor, dim: int) -> torch.Tensor:
-    centered = teacher_embeddings.double() - teacher_embeddings.double().mean(0)
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-    # SVD fixes each direction only up to its sign: make the largest coordinate positive.
-    vh = vh[:dim]
-    vh = vh * vh.gather(1, vh.abs().argmax(1, keepdim=True)).sign()
-    reduced = centered @ vh.T
-    return (reduced / reduced.std()).float()
-
-
 def _init_from_teacher(model, signals: TeacherSignals, max_length: int) -> None:
-    """Start the student as the teacher's first layers: BERT and DeBERTa layers differ only in
-    DeBERTa's relative-position terms, which start near zero here and are learnt."""
+    """Copy the teacher's embeddings and first layers into the student."""
     t = signals.weights
     cfg = model.config
-    scale_factor = 1 + len(cfg.pos_att_type)
-    emb = t["embeddings.word_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]
-    # No absolute positions in DeBERTa-v3: their average keeps the embedding LayerNorm's input as it was.
-    emb = emb + t["embeddings.position_embeddings.weight"][:max_length].mean(0)
+    # Token types are always 0 for the teacher, and DeBERTa-v3 has no absolute positions: fold
+    # both into the word embeddings (positions as their average), so the embedding LayerNorm
+    # sees inputs like the teacher's.
+    words = (t["embeddings.word_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]
+             + t["embeddings.position_embeddings.weight"][:max_length].mean(0))
     state = {
-        "deberta.embeddings.word_embeddings.weight": emb,
+        "deberta.embeddings.word_embeddings.weight": words,
         "deberta.embeddings.LayerNorm.weight": t["embeddings.LayerNorm.weight"],
         "deberta.embeddings.LayerNorm.bias": t["embeddings.LayerNorm.bias"],
         # Relative embeddings pass this LayerNorm: a small gain makes c2p/p2c start near zero.
         "deberta.encoder.LayerNorm.weight": torch.full((cfg.hidden_size,), 0.05),
     }
+    # DeBERTa divides scores by sqrt(head_dim * (1 + len(pos_att_type))), BERT by sqrt(head_dim).
+    query_gain = (1 + len(cfg.pos_att_type)) ** 0.5
+    names = (("attention.self.query_proj", "attention.self.query"),
+             ("attention.self.key_proj", "attention.self.key"),
+             ("attention.self.value_proj", "attention.self.value"),
+             ("attention.output.dense", "attention.output.dense"),
+             ("attention.output.LayerNorm", "attention.output.LayerNorm"),
+             ("intermediate.dense", "intermediate.dense"),
+             ("output.dense", "output.dense"),
+             ("output.LayerNorm", "output.LayerNorm"))
     for i in range(cfg.num_hidden_layers):
-        bert, deb = f"encoder.layer.{i}.", f"deberta.encoder.layer.{i}."
-        for ours, theirs, gain in (("attention.self.query_proj", "attention.self.query", scale_factor ** 0.5),
-                                   ("attention.self.key_proj", "attention.self.key", 1.0),
-                                   ("attention.self.value_proj", "attention.self.value", 1.0),
-                                   ("attention.output.dense", "attention.output.dense", 1.0),
-                                   ("attention.output.LayerNorm", "attention.output.LayerNorm", 1.0),
-                                   ("intermediate.dense", "intermediate.dense", 1.0),
-                                   ("output.dense", "output.dense", 1.0),
-                                   ("output.LayerNorm", "output.LayerNorm", 1.0)):
-            # DeBERTa divides scores by sqrt(d * scale_factor), BERT by sqrt(d): scale queries to match.
+        for ours, theirs in names:
+            gain = query_gain if ours.endswith("query_proj") else 1.0
             for kind in ("weight", "bias"):
-                state[deb + ours + "." + kind] = t[bert + theirs + "." + kind] * gain
-    missing = set(state) - set(model.state_dict())
-    if missing:
-        raise RuntimeError(f"student has no tensors named {sorted(missing)}")
+                state[f"deberta.encoder.layer.{i}.{ours}.{kind}"] = t[f"encoder.layer.{i}.{theirs}.{kind}"] * gain
+    unknown = set(state) - set(model.state_dict())
+    if unknown:
+        raise RuntimeError(f"the student has no tensors named {sorted(unknown)}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
 def score_pairs(model, tokenizer, queries: list[str], passages: list[str], max_length: int,
                 batch_size: int = 64) -> torch.Tensor:
     """The student's logits for each (query, passage), tokenized as a pair the way vLLM does."""
-    device = next(model.parameters()).device
     scores = []
     for start in range(0, len(queries), batch_size):
         enc = tokenizer(queries[start:start + batch_size], passages[start:start + batch_size],
                         truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         enc.pop("token_type_ids", None)  # type_vocab_size=0: the model has no segment embeddings
-        scores.append(model(**enc.to(device)).logits[:, 0])
+        scores.append(model(**enc).logits[:, 0])
     return torch.cat(scores)
 
 
 class _Candidates:
-    """Per query, the training candidates: its passage first, then hard and random negatives."""
+    """Per query, the training candidates: its passage first, then a hard and random negatives."""
 
     def __init__(self, signals: TeacherSignals, settings: BuildSettings, rng: random.Random) -> None:
         self.sim = signals.queries @ signals.passages.T
@@ -197,8 +176,7 @@ class _Candidates:
         self.settings, self.rng, self.n = settings, rng, len(own)
 
     def __call__(self, query: int) -> list[int]:
-        hard = self.rng.sample(self.hard[query], min(self.settings.hard_negatives, len(self.hard[query])))
-        chosen = [query, *hard]
+        chosen = [query, self.rng.choice(self.hard[query])]
         while len(chosen) < min(self.settings.candidates, self.n):
             c = self.rng.randrange(self.n)
             if c not in chosen:
@@ -206,28 +184,20 @@ class _Candidates:
         return chosen
 
 
-def train_student(settings: BuildSettings, tokenizer, train: list[Pair], signals: TeacherSignals,
-                  log=print, device: str = "cpu"):
+def train_student(settings: BuildSettings, tokenizer, train: list[Pair], signals: TeacherSignals, log=print):
     """A seeded DebertaV2ForSequenceClassification trained to reproduce the teacher's similarities."""
     from transformers import DebertaV2ForSequenceClassification
 
     start = time.time()
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
-    from_teacher = settings.init == "teacher"
-    model = DebertaV2ForSequenceClassification(student_config(
-        settings, len(tokenizer), tokenizer.pad_token_id, signals.config if from_teacher else None))
-    words = model.get_input_embeddings()
-    if from_teacher:
-        _init_from_teacher(model, signals, settings.max_length)
-    else:
-        words.weight.data.copy_(_pca_embeddings(signals.words.float(), settings.hidden_size))
-    words.weight.requires_grad_(False)
-    model.to(device)
+    model = DebertaV2ForSequenceClassification(
+        student_config(settings, signals.config, len(tokenizer), tokenizer.pad_token_id))
+    _init_from_teacher(model, signals, settings.max_length)
+    words = model.get_input_embeddings().weight
+    words.requires_grad_(False)  # the teacher's vocabulary stays as it is, also for unseen words
 
     candidates = _Candidates(signals, settings, rng)
-    sim = candidates.sim.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
     head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("deberta.")]
     body = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("deberta.")]
     opt = torch.optim.AdamW([{"params": body, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}],
@@ -243,32 +213,31 @@ def train_student(settings: BuildSettings, tokenizer, train: list[Pair], signals
         queries, order = order[: settings.queries_per_step], order[settings.queries_per_step:]
         cands = [candidates(q) for q in queries]
         target = settings.logit_scale * (
-            torch.stack([sim[q, c] for q, c in zip(queries, cands)]) - settings.logit_shift)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=settings.bf16):
-            logits = score_pairs(
-                model, tokenizer,
-                [train[q].query for q, c in zip(queries, cands) for _ in c],
-                [train[i].passage for c in cands for i in c],
-                settings.max_length, batch_size=target.numel(),
-            ).view_as(target).float()
+            torch.stack([candidates.sim[q, c] for q, c in zip(queries, cands)]) - settings.logit_shift)
+        logits = score_pairs(
+            model, tokenizer,
+            [train[q].query for q, c in zip(queries, cands) for _ in c],
+            [train[i].passage for c in cands for i in c],
+            settings.max_length, batch_size=target.numel(),
+        ).view_as(target)
         pointwise = torch.nn.functional.mse_loss(logits, target)
         listwise = torch.nn.functional.kl_div(
             logits.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
         loss = pointwise + listwise
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(body + head, 1.0)
         opt.step()
         sched.step()
-        if (step + 1) % 50 == 0 or step + 1 == settings.steps:
+        if (step + 1) % 100 == 0 or step + 1 == settings.steps:
             log(f"step {step + 1}/{settings.steps}: pointwise {pointwise.item():.3f} "
                 f"listwise {listwise.item():.3f} ({time.time() - start:.0f}s)")
-    words.weight.requires_grad_(True)
-    return model.eval().cpu()
+    words.requires_grad_(True)
+    return model.eval()
 
 
 def build(settings: BuildSettings, out_dir: Path, log=print) -> None:
-    """Train the student from scratch and save it (with the tokenizer) to `out_dir`."""
+    """Train the student and save it (with the teacher's tokenizer) to `out_dir`."""
     start = time.time()
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))  # the machine is assumed shared: two cores at most

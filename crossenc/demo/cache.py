@@ -34,7 +34,7 @@ def ensure_demo_model(settings: BuildSettings = BuildSettings(), log=print) -> P
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
         build(settings, tmp, log=log)
-        quality = evaluate(tmp, held_out_pairs(settings), max_length=settings.max_length)
+        quality = evaluate(tmp, held_out_pairs(settings))
         (tmp / QUALITY_FILE).write_text(json.dumps(quality.as_dict(), indent=2) + "\n")
         try:
             tmp.rename(path)

@@ -19,7 +19,8 @@ from pathlib import Path
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "__pycache__"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"(])")
 _MIN_QUERY_WORDS, _MAX_QUERY_WORDS = 3, 30
-_MIN_PASSAGE_WORDS, _MAX_PASSAGE_WORDS = 10, 64
+# Passages are cut to a few sentences' length: short pairs keep the build within minutes.
+_MIN_PASSAGE_WORDS, _MAX_PASSAGE_WORDS = 10, 24
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,20 @@ def candidate_lists(n: int, distractors: int, seed: int = 0) -> list[list[int]]:
 
 
 def measure(model, tokenizer, pairs: list[Pair], signals: TeacherSignals, distractors: int = 7,
-            seed: int = 0, max_length: int = 128) -> Quality:
+            seed: int = 0, max_length: int = 512) -> Quality:
     """Score every (query, candidate) with the student and compare with the teacher."""
     cands = candidate_lists(len(pairs), distractors, seed)
     teacher_scores = torch.stack([signals.passages[c] @ signals.queries[i] for i, c in enumerate(cands)])
+    queries = [pairs[i].query for i, c in enumerate(cands) for _ in c]
+    passages = [pairs[j].passage for c in cands for j in c]
+    # Batches of similar lengths waste less on padding; scores go back to their pairs' order.
+    order = sorted(range(len(queries)), key=lambda k: len(queries[k]) + len(passages[k]))
     with torch.inference_mode():
-        scores = score_pairs(model, tokenizer, [pairs[i].query for i, c in enumerate(cands) for _ in c],
-                             [pairs[j].passage for c in cands for j in c], max_length)
-    scores = scores.view_as(teacher_scores).float().cpu()
+        sorted_scores = score_pairs(model, tokenizer, [queries[k] for k in order],
+                                    [passages[k] for k in order], max_length)
+    scores = torch.empty_like(sorted_scores)
+    scores[torch.tensor(order)] = sorted_scores
+    scores = scores.view_as(teacher_scores).float()
     n = distractors + 1
     return Quality(
         queries=len(pairs),
@@ -69,7 +75,7 @@ def measure(model, tokenizer, pairs: list[Pair], signals: TeacherSignals, distra
 
 
 def evaluate(model_dir: Path, pairs: list[Pair], distractors: int = 7, seed: int = 0,
-             max_length: int = 128) -> Quality:
+             max_length: int = 512) -> Quality:
     """`measure` for a saved checkpoint, loaded with transformers."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
