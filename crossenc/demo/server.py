@@ -90,8 +90,9 @@ class VllmServer:
         raise TimeoutError(f"vllm serve was not healthy within {self.settings.startup_timeout_s:.0f}s; "
                            f"the end of its log ({self._log.name}):\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM lets vLLM shut its engine down cleanly; SIGKILL only if it does not."""
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM lets vLLM shut its engine down cleanly (seconds once it serves); SIGKILL if it
+        does not, e.g. while it is still loading the model."""
         if self._proc is None or self._proc.poll() is not None:
             return None if self._proc is None else self._proc.returncode
         os.killpg(self._proc.pid, signal.SIGTERM)
