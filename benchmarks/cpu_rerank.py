@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
+    # vLLM's CPU worker otherwise drops torch to one thread for serving; both systems get the same.
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
     import vllm
     from sentence_transformers import CrossEncoder
@@ -100,12 +102,14 @@ def main() -> None:
 
         systems = {"sentence-transformers CrossEncoder (HF eager)": run_st, "crossenc in vLLM CPU": run_vllm}
         times: dict[str, list[float]] = {name: [] for name in systems}
+        threads: dict[str, set[int]] = {name: set() for name in systems}
         scores = {}
         for name, fn in systems.items():
             for _ in range(args.warmup):
                 scores[name] = fn()
         for _ in range(args.iters):  # alternate, so background load hits both systems alike
             for name, fn in systems.items():
+                threads[name].add(torch.get_num_threads())
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -127,7 +131,8 @@ def main() -> None:
     for name in names:
         med = statistics.median(times[name])
         result["systems"][name] = {"median_s": med, "min_s": min(times[name]), "max_s": max(times[name]),
-                                   "pairs_per_s": args.pairs / med, "tokens_per_s": tokens / med}
+                                   "pairs_per_s": args.pairs / med, "tokens_per_s": tokens / med,
+                                   "torch_threads_seen": sorted(threads[name])}
     result["speedup_vllm_over_cross_encoder"] = (result["systems"][names[0]]["median_s"]
                                                  / result["systems"][names[1]]["median_s"])
     with open(args.out, "w") as f:
