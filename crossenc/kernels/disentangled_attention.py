@@ -46,7 +46,8 @@ def relative_position_index(
     rel = torch.arange(-(max_seqlen - 1), max_seqlen, dtype=torch.long, device=device)
     if position_buckets > 0 and max_relative_positions > 0:
         rel = log_bucket_position(rel, position_buckets, max_relative_positions)
-    return torch.clamp(rel + att_span, 0, 2 * att_span - 1)
+    # int32, as the CUDA kernel loads it; built once per forward.
+    return torch.clamp(rel + att_span, 0, 2 * att_span - 1).to(torch.int32)
 
 
 def disentangled_attention_ref(
@@ -77,7 +78,7 @@ def disentangled_attention_ref(
         # rel[i, j] = row of the position tables for distance i - j. rel_index is monotonic, so the
         # rows this batch can reach are one slice: score only those (2L - 1 of the 2k rows at most).
         lo, hi = int(rel_index[0]), int(rel_index[-1])
-        rel = rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1] - lo
+        rel = (rel_index[steps[:, None] - steps[None, :] + max_seqlen - 1] - lo).long()
         pos_key = pos_key[lo: hi + 1] if pos_key is not None else None
         pos_query = pos_query[lo: hi + 1] if pos_query is not None else None
     if pos_key is not None:  # c2p: q_i . pos_key[rel[i, j]]
@@ -118,7 +119,7 @@ def disentangled_attention(
 
 @disentangled_attention.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
 
 
 def attention_scale(head_size: int, scale_factor: int) -> float:

@@ -160,7 +160,7 @@ def triton_disentangled_attention(
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
 
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
-    ``rel_index`` int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
+    ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
     max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages).
     """
     if q.ndim != 3:
