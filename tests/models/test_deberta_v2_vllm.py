@@ -29,6 +29,9 @@ def checkpoints(tmp_path_factory):
     return {
         "score": save_deberta(root / "score", "seq_cls", "v3", num_labels=1),
         "score-types": save_deberta(root / "score-types", "seq_cls", "token-types", num_labels=1),
+        # A CrossEncoder saved with an identity activation: scores are the raw logits.
+        "score-identity": save_deberta(root / "score-identity", "seq_cls", "v3", num_labels=1,
+                                       sentence_transformers={"activation_fn": "torch.nn.modules.linear.Identity"}),
         "classify": save_deberta(root / "classify", "seq_cls", "token-types", num_labels=3,
                                  id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
                                  label2id={"entailment": 0, "neutral": 1, "contradiction": 2}),
@@ -56,9 +59,10 @@ def _release(llm):
     gc.collect()
 
 
-@pytest.mark.parametrize("kind", ["score", "score-types"])
+@pytest.mark.parametrize("kind", ["score", "score-types", "score-identity"])
 def test_score_equals_cross_encoder(checkpoints, kind):
-    """v3 (no token types) and a checkpoint whose second segment has token type 1."""
+    """v3 (no token types), a checkpoint whose second segment has token type 1, and one whose
+    CrossEncoder activation is the identity."""
     from sentence_transformers import CrossEncoder
 
     path = checkpoints[kind]
