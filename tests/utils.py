@@ -25,7 +25,6 @@ QUERY = "how do I compress a file"
 DOCUMENTS = [
     "the gzip module can compress and read compressed files",
     "a random number",
-    "",
     "paris is the capital of france and the river seine runs through the city " * 3,
 ]
 
@@ -105,14 +104,22 @@ def save_deberta(path: str | os.PathLike, head: str = "seq_cls", variant: str = 
     cls = {"seq_cls": DebertaV2ForSequenceClassification, "token_cls": DebertaV2ForTokenClassification,
            "model": DebertaV2Model}[head]
     torch.manual_seed(seed)
-    model = cls(config).eval()
-    # Random init leaves biases and LayerNorms at 0/1; perturb them so every tensor matters.
+    model = spread(cls(config))
+    model.save_pretrained(path)
+    return path
+
+
+def spread(model: torch.nn.Module) -> torch.nn.Module:
+    """Random init leaves biases and LayerNorms at 0/1 and logits within ~1e-4 of each other
+    across inputs; perturb the former and scale the heads so every tensor matters and different
+    inputs get clearly different scores (tests compare at 1e-4)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(path)
-    return path
+            elif name.startswith(("pooler.dense.", "classifier.")) and name.endswith("weight"):
+                p.mul_(25.0)
+    return model.eval()
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,7 +82,7 @@ def test_embeddings_pooling_and_cosine_score_equal_sentence_transformers(servers
     from sentence_transformers import SentenceTransformer
 
     server = servers["embed"]
-    texts = [QUERY, *[d for d in DOCUMENTS if d]]
+    texts = [QUERY, *DOCUMENTS]
     expected = torch.tensor(SentenceTransformer(server.settings.model, device="cpu").encode(texts))
     data = _post(server, "/v1/embeddings", {"input": texts})["data"]
     assert torch.allclose(torch.tensor([d["embedding"] for d in data]), expected, atol=ATOL)
@@ -102,14 +102,30 @@ def test_too_long_pair_is_a_clear_400_and_truncation_works(servers):
     assert all(0.0 <= r["relevance_score"] <= 1.0 for r in results)
 
 
+def _transformers_pair_scores(path, pairs):
+    """sigmoid of transformers' logit for each pair tokenized alone, as vLLM tokenizes it.
+
+    transformers' tokenizer treats an empty `text_pair` as no pair (one [SEP]); a batched call,
+    as sentence-transformers' CrossEncoder makes, keeps the second [SEP]. Served scores follow the
+    single-pair tokenization.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    with torch.no_grad():
+        return torch.cat([model(**tok(a, b, return_tensors="pt")).logits[0].sigmoid() for a, b in pairs])
+
+
 def test_empty_inputs_are_handled_and_the_server_keeps_serving(servers):
     server = servers["cross"]
     empty = requests.post(server.url + "/rerank", json={"model": server.settings.model, "query": QUERY,
                                                         "documents": []}, timeout=60)
     assert empty.status_code == 200 and empty.json()["results"] == [] or 400 <= empty.status_code < 500, empty.text
-    expected = _cross_encoder_scores(server.settings.model, [("", ""), ("", QUERY)])
-    got = _post(server, "/score", {"queries": "", "documents": ["", QUERY]})["data"]
-    assert torch.allclose(torch.tensor([d["score"] for d in got]), expected, atol=ATOL)
+    pairs = [("", ""), ("", QUERY), (QUERY, "")]
+    expected = _transformers_pair_scores(server.settings.model, pairs)
+    got = [_post(server, "/score", {"queries": a, "documents": [b]})["data"][0]["score"] for a, b in pairs]
+    assert torch.allclose(torch.tensor(got), expected, atol=ATOL)
     # Concurrent requests after the errors above are all answered.
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: _post(server, "/rerank", {"query": QUERY, "documents": DOCUMENTS}),

@@ -34,7 +34,7 @@ from crossenc.model_executor.models.registry import ADAPTERS_MODULE  # noqa: E40
 from tests.utils import DOCUMENTS, QUERY, save_deberta, save_tokenizer  # noqa: E402
 
 ATOL = 1e-4
-PAIRS_DOCS = [d for d in DOCUMENTS if d]
+PAIRS_DOCS = DOCUMENTS
 TEXTS = [QUERY, *PAIRS_DOCS, "the cat sat on the mat"]
 # vLLM's CPU attention needs a supported head size (32).
 _DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,

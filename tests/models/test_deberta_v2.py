@@ -15,7 +15,7 @@ from crossenc.model_executor.models.deberta_v2 import (
     DebertaV2Model,
     UnsupportedConfigError,
 )
-from tests.utils import VARIANTS, deberta_config, pack_batch, pad_batch
+from tests.utils import VARIANTS, deberta_config, pack_batch, pad_batch, spread
 
 ATOL = 1e-4
 # Mixed lengths, including a single token and one longer than the v3 bucket window.
@@ -27,14 +27,6 @@ def _batch(vocab: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in LENGTHS]
 
 
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
-
-
 def _ours(cls, hf_model):
     model = cls(config=hf_model.config).eval()
     model.load_weights(hf_model.state_dict().items())
@@ -44,7 +36,7 @@ def _ours(cls, hf_model):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hidden_states_equal_transformers(variant):
     torch.manual_seed(0)
-    hf = _perturbed(HFModel(deberta_config(variant)))
+    hf = spread(HFModel(deberta_config(variant)))
     ours = _ours(DebertaV2Model, hf)
     seqs = _batch(hf.config.vocab_size)
     ids, mask = pad_batch(seqs)
@@ -62,7 +54,7 @@ def test_hidden_states_equal_transformers(variant):
 @pytest.mark.parametrize("num_labels", [1, 3])
 def test_sequence_logits_equal_transformers(variant, num_labels):
     torch.manual_seed(1)
-    hf = _perturbed(HFSeqCls(deberta_config(variant, num_labels=num_labels)))
+    hf = spread(HFSeqCls(deberta_config(variant, num_labels=num_labels)))
     ours = _ours(DebertaV2ForSequenceClassification, hf)
     seqs = _batch(hf.config.vocab_size, seed=1)
     ids, mask = pad_batch(seqs)
@@ -77,7 +69,7 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
 @pytest.mark.parametrize("variant", ["v3", "v2-conv"])
 def test_token_logits_equal_transformers(variant):
     torch.manual_seed(2)
-    hf = _perturbed(HFTokenCls(deberta_config(variant, num_labels=5)))
+    hf = spread(HFTokenCls(deberta_config(variant, num_labels=5)))
     ours = _ours(DebertaV2ForTokenClassification, hf)
     seqs = _batch(hf.config.vocab_size, seed=2)
     ids, mask = pad_batch(seqs)
@@ -90,7 +82,7 @@ def test_token_logits_equal_transformers(variant):
 
 def test_sequences_do_not_attend_across_the_batch():
     torch.manual_seed(3)
-    hf = _perturbed(HFModel(deberta_config("v2-conv")))
+    hf = spread(HFModel(deberta_config("v2-conv")))
     ours = _ours(DebertaV2Model, hf)
     seqs = _batch(hf.config.vocab_size, seed=3)
     with torch.no_grad():
@@ -154,7 +146,7 @@ def test_head_mismatch_is_named():
 def test_long_sequences_with_published_v3_buckets():
     """position_buckets=256 over 512 positions: the log-bucket region the shrunk configs reach less."""
     torch.manual_seed(6)
-    hf = _perturbed(HFModel(deberta_config("v3", position_buckets=256, num_hidden_layers=1)))
+    hf = spread(HFModel(deberta_config("v3", position_buckets=256, num_hidden_layers=1)))
     ours = _ours(DebertaV2Model, hf)
     g = torch.Generator().manual_seed(6)
     seqs = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (512, 300, 2)]

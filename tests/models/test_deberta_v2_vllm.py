@@ -16,7 +16,7 @@ vllm = pytest.importorskip("vllm")
 from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
 
 ATOL = 1e-4
-TEXTS = [QUERY, *[d for d in DOCUMENTS if d]]
+TEXTS = [QUERY, *DOCUMENTS]
 
 
 def _engine(path, **kwargs):
