@@ -209,9 +209,6 @@ class PackedLayout:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         return cls(cu_seqlens, max_seqlen, torch.cumsum(starts, 0) - 1)
 
-    def first_tokens(self) -> torch.Tensor:
-        return self.cu_seqlens[:-1].long()
-
 
 def _current_padding_mask() -> torch.Tensor | None:
     from vllm.forward_context import get_forward_context, is_forward_context_available
