@@ -31,11 +31,11 @@ def _tokenizer_or_none(model_dir: str):
 
 
 def _has_sentence_transformers_pooling(model_dir: str) -> bool:
-    try:
-        from vllm.transformers_utils.config import get_pooling_config
-    except ImportError:
+    from crossenc import compat
+
+    if not compat.vllm_installed():
         return False
-    return get_pooling_config(model_dir, revision=None) is not None
+    return compat.get_pooling_config(model_dir, revision=None) is not None
 
 
 def describe(res: Resolution) -> str:

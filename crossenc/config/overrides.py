@@ -218,14 +218,9 @@ def verify_and_update_model_config(model_config: Any) -> None:
                 f"convert={model_config.convert_type!r}; add \"architectures\": [\"{arch}\"] to "
                 "--hf-overrides (or pass --runner pooling --convert classify)"
             )
-        from vllm.tokenizers import get_tokenizer
+        from crossenc import compat
 
-        tokenizer = get_tokenizer(
-            model_config.tokenizer,
-            revision=model_config.tokenizer_revision,
-            tokenizer_mode=model_config.tokenizer_mode,
-            trust_remote_code=model_config.trust_remote_code,
-        )
+        tokenizer = compat.get_tokenizer(model_config)
         apply(hf_config, validate_conversion(hf_config, tokenizer, hf_overrides, preset))
     if preset is not None:
         setattr(hf_config, presets.PRESET_KEY, preset.name)
@@ -235,29 +230,14 @@ def verify_and_update_model_config(model_config: Any) -> None:
 
 
 def install_config_hooks() -> None:
-    """Run `verify_and_update_model_config` for every architecture vLLM knows (idempotent).
+    """Run `verify_and_update_model_config` for every architecture vLLM knows (idempotent), after
+    vLLM's own model-config hook for it, when vLLM builds a ModelConfig.
 
-    vLLM calls `MODELS_CONFIG_MAP[arch].verify_and_update_model_config` when it builds a
-    ModelConfig. Each entry becomes a subclass of the existing one (or of vLLM's no-op base)
-    whose model-config hook runs the existing hook, then crossenc's. Only registered names and
-    names that already have an entry get one: a registered name resolves to itself, so vLLM's
-    fallback lookup for unregistered names is unaffected. Call it after crossenc registers its
-    architectures.
+    Only registered names and names that already have a hook get one: a registered name
+    resolves to itself, so vLLM's fallback lookup for unregistered names is unaffected. Call it
+    after crossenc registers its architectures.
     """
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+    from crossenc import compat
 
-    for arch in {*ModelRegistry.get_supported_archs(), *MODELS_CONFIG_MAP}:
-        base = MODELS_CONFIG_MAP.get(arch, VerifyAndUpdateConfig)
-        if getattr(base, "_crossenc_hook", False):
-            continue
-
-        def hook(model_config, _base=base):
-            _base.verify_and_update_model_config(model_config)
-            verify_and_update_model_config(model_config)
-
-        MODELS_CONFIG_MAP[arch] = type(
-            f"Crossenc{base.__name__}",
-            (base,),
-            {"verify_and_update_model_config": staticmethod(hook), "_crossenc_hook": True},
-        )
+    for arch in {*compat.supported_archs(), *compat.config_hook_archs()}:
+        compat.add_model_config_hook(arch, verify_and_update_model_config, "_crossenc_hook")

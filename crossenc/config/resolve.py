@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from crossenc import compat
 from crossenc.model_executor.models.registry import (
     ArchSpec,
     ScoreRoute,
@@ -28,8 +29,6 @@ CONVERT_OPTIONS = ("auto", "none", "embed", "classify")
 
 _SEQ_CLS_TASKS = ("classify", "token_classify")
 _EMBED_TASKS = ("embed", "token_embed")
-# vLLM's order for the main pooling task (ModelConfig.get_pooling_task).
-_TASK_PRIORITY = ("embed&token_classify", "embed", "classify", "token_embed", "token_classify")
 
 
 class ResolutionError(ValueError):
@@ -89,12 +88,8 @@ def _registered(arch: str) -> bool:
 @functools.cache
 def _suffix_defaults() -> tuple[tuple[str, Runner, Convert], ...]:
     """vLLM's architecture-name defaults (suffix -> runner, convert), which vLLM itself falls
-    back to for names that are not registered. First match wins. None without vLLM."""
-    try:
-        from vllm.config.model import iter_architecture_defaults
-    except ImportError:
-        return ()
-    return tuple((suffix, runner, convert) for suffix, (runner, convert) in iter_architecture_defaults())
+    back to for names that are not registered. First match wins. Empty without vLLM."""
+    return compat.architecture_defaults()  # type: ignore[return-value]
 
 
 def _suffix_default(arch: str, runner: str | None = None, convert: str | None = None):
@@ -228,13 +223,6 @@ def _conversion(config: Any, hf_overrides: dict[str, Any], preset: Any, tokenize
         raise ResolutionError(str(e)) from e
 
 
-def _pooling_task(tasks: tuple[str, ...], archs: list[str]) -> str | None:
-    # vLLM's ModelConfig.get_pooling_task without a user-set task.
-    if "token_classify" in tasks and any("ForTokenClassification" in a for a in archs):
-        return "token_classify"
-    return next((t for t in _TASK_PRIORITY if t in tasks), None)
-
-
 def resolve(
     hf_config: Any,
     runner: str = "auto",
@@ -311,7 +299,7 @@ def resolve(
     if conversion is not None:
         num_labels = conversion.num_labels
 
-    pooling_task = _pooling_task(tasks, archs)
+    pooling_task = compat.main_pooling_task(tasks, archs)
     route, reason = score_route(pooling_task, num_labels)
     return Resolution(
         architecture=arch,

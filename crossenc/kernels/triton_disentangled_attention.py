@@ -14,6 +14,12 @@ on the tensor cores (q @ window^T is [BM, WIN]; window @ k^T is [WIN, BN]) and p
 pair's entry with ``tl.gather`` at column/row i-j+BN-1. That costs two extra tile products
 per step, against writing and re-reading two [T, H, 2S] tables through device memory (measured
 on an H100: 0.95 ms against 1.18 ms for the table variant on v3-base rerank-short, one layer).
+
+Programs are laid out over query tiles, not over (sequence, tile) pairs: ``TILES`` holds each
+sequence's first tile (a prefix sum of ceil(length / BLOCK_M), made on the device), and a
+program finds its sequence by binary search. The grid, cdiv(T, BLOCK_M) + B tiles, is known
+from shapes alone, so the launch needs no host copy of the lengths: vLLM can capture it in a
+CUDA graph, and an over-sized ``cu_seqlens`` (empty sequences at its end) costs nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _disentangled_attention_fwd(
-    Q, K, V, O, PK, PQ, REL, CU,
+    Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_heads, max_seqlen, qk_scale_log2,
+    num_seqs, max_seqlen, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -38,16 +44,25 @@ def _disentangled_attention_fwd(
     HAS_C2P: tl.constexpr,
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    seq = pid_bh // num_heads
-    head = pid_bh % num_heads
+    tile = tl.program_id(0)
+    head = tl.program_id(1)
+    if tile >= tl.load(TILES + num_seqs):
+        return
+    # The sequence of this tile: the last seq with TILES[seq] <= tile (empty ones share a value
+    # with the next, so the last is the one that has tiles).
+    lo = tile * 0
+    hi = lo + num_seqs
+    for _ in range(SEARCH_STEPS):
+        mid = (lo + hi) // 2
+        right = tl.load(TILES + mid) <= tile
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    seq = lo
     start = tl.load(CU + seq)
     length = tl.load(CU + seq + 1) - start
-    m0 = pid_m * BLOCK_M
-    if m0 >= length:
-        return
+    m0 = (tile - tl.load(TILES + seq)) * BLOCK_M
 
     offs_i = tl.arange(0, BLOCK_M)  # query rows local to the tile
     offs_j = tl.arange(0, BLOCK_N)  # key rows local to the tile
@@ -194,17 +209,22 @@ def triton_disentangled_attention(
     win = triton.next_power_of_2(block_m + block_n - 1)
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
-    grid = (batch * heads, triton.cdiv(max_seqlen, block_m))
+    # Each sequence's first query tile, on the device: no lengths come back to the host.
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    tiles = torch.zeros(batch + 1, dtype=torch.int32, device=q.device)
+    tiles[1:] = torch.cumsum((lengths + (block_m - 1)) // block_m, 0, dtype=torch.int32)
+    grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](
-        q, k, v, out, pk, pq, rel_index, cu_seqlens,
+        q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-        heads, max_seqlen, float(scale) * _LOG2E,
+        batch, max_seqlen, float(scale) * _LOG2E,
         HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        SEARCH_STEPS=max(1, batch.bit_length()),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

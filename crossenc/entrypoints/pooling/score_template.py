@@ -14,20 +14,11 @@ import dataclasses
 from typing import Any
 
 from vllm import TokensPrompt
-from vllm.entrypoints.pooling.scoring import io_processor as vllm_scoring
-from vllm.entrypoints.pooling.scoring.utils import parse_score_data, truncate_text_to_tokens
 
-from crossenc import presets
+from crossenc import compat, presets
 
 
-def _budget(encode_kwargs: dict[str, Any], max_model_len: int) -> int:
-    # vLLM asks the tokenizer for `truncate_prompt_tokens`, or for max_model_len + 1 tokens so
-    # that its length check fails; either way the prompt must fit in max_model_len.
-    max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
-    return max_model_len if max_length is None else min(max_length, max_model_len)
-
-
-class TemplatedCrossEncoderIOProcessor(vllm_scoring.CrossEncoderIOProcessor):
+class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor):
     name = "cross-encoder"
 
     def __init__(self, *args, **kwargs):
@@ -64,18 +55,19 @@ class TemplatedCrossEncoderIOProcessor(vllm_scoring.CrossEncoderIOProcessor):
                 max_tokens_per_doc=max_tokens_per_doc,
                 chat_template_kwargs=chat_template_kwargs,
             )
-        query, document, mm_data, _ = parse_score_data(data_1, data_2, self.model_config)
+        utils = compat.scoring_utils()
+        query, document, mm_data, _ = utils.parse_score_data(data_1, data_2, self.model_config)
         if mm_data is not None:
             raise ValueError("LLM reranker presets score text only")
         if max_tokens_per_query > 0:
-            query = truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
+            query = utils.truncate_text_to_tokens(query, self.tokenizer, max_tokens_per_query)
         if max_tokens_per_doc > 0:
-            document = truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
+            document = utils.truncate_text_to_tokens(document, self.tokenizer, max_tokens_per_doc)
         ids = self.template.token_ids(
             self.tokenizer,
             query,
             document,
-            budget=_budget(encode_kwargs, self.model_config.max_model_len),
+            budget=compat.truncation_budget(encode_kwargs, self.model_config.max_model_len),
             instruction=(chat_template_kwargs or {}).get("instruction"),
         )
         return self.tokenizer.decode(ids), TokensPrompt(prompt_token_ids=ids)
@@ -87,4 +79,4 @@ def install() -> None:
     vLLM looks the processor up in `ScoringIOProcessors` when it builds a model's pooling
     entrypoints, in the process that serves requests.
     """
-    vllm_scoring.ScoringIOProcessors["cross-encoder"] = TemplatedCrossEncoderIOProcessor
+    compat.install_scoring_io_processor("cross-encoder", TemplatedCrossEncoderIOProcessor)

