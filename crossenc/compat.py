@@ -232,6 +232,19 @@ def parallel_linear_layers() -> dict[str, Any]:
     )
 
 
+# Set to 1 to mark crossenc's encoders for vLLM's torch.compile (`support_torch_compile`); off by
+# default: they run eagerly in both of vLLM's modes (docs/benchmarks.md says what was measured).
+TORCH_COMPILE_ENV = "CROSSENC_TORCH_COMPILE"
+
+
+def maybe_support_torch_compile(**dynamic_arg_dims: int) -> Callable[[type], type]:
+    """vLLM's `support_torch_compile` decorator when CROSSENC_TORCH_COMPILE=1, else the identity."""
+    if os.environ.get(TORCH_COMPILE_ENV) != "1" or not vllm_installed():
+        return lambda cls: cls
+    decorator = _internal("vllm.compilation.decorators", "support_torch_compile")
+    return decorator(dynamic_arg_dims=dynamic_arg_dims)
+
+
 def head_dtype(vllm_config: Any) -> Any:
     """The dtype vLLM runs pooling heads in (`ModelConfig.head_dtype`: float32 for pooling models
     unless `--hf-overrides '{"head_dtype": ...}'` says otherwise); vLLM casts pooled states to it."""

@@ -94,8 +94,10 @@ VARIANTS = ("v3", "v2-conv", "v2-conv-groups", "c2p-only", "p2c-only", "absolute
 
 
 def save_deberta(path: str | os.PathLike, head: str = "seq_cls", variant: str = "v3", seed: int = 0,
-                 **overrides) -> Path:
-    """A random-weight DeBERTa checkpoint with a tokenizer, as transformers saves it."""
+                 dtype: str = "float32", **overrides) -> Path:
+    """A random-weight DeBERTa checkpoint with a tokenizer, as transformers saves it; `dtype`
+    "float16" / "bfloat16" saves half-precision weights (config `dtype` says so, as published
+    half-precision checkpoints do)."""
     from transformers import DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, DebertaV2Model
 
     path = Path(path)
@@ -104,7 +106,7 @@ def save_deberta(path: str | os.PathLike, head: str = "seq_cls", variant: str = 
     cls = {"seq_cls": DebertaV2ForSequenceClassification, "token_cls": DebertaV2ForTokenClassification,
            "model": DebertaV2Model}[head]
     torch.manual_seed(seed)
-    model = spread(cls(config))
+    model = spread(cls(config)).to(getattr(torch, dtype))
     model.save_pretrained(path)
     return path
 

@@ -92,12 +92,15 @@ def disentangled_attention_ref(
     return out.permute(0, 2, 1, 3)[valid].to(q.dtype)
 
 
-def _cuda_kernel():
+def _cuda_kernel(q: torch.Tensor):
+    """The Triton kernel, if it is installed and takes q's head size and dtype."""
+    if q.shape[-1] not in (32, 64, 128) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return None
     try:
-        from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+        from crossenc.kernels import triton_disentangled_attention as triton_kernel
     except ImportError:
         return None
-    return triton_disentangled_attention
+    return triton_kernel.triton_disentangled_attention
 
 
 @torch.library.custom_op("crossenc::disentangled_attention", mutates_args=())
@@ -112,7 +115,7 @@ def disentangled_attention(
     rel_index: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    if q.is_cuda and (kernel := _cuda_kernel()) is not None:
+    if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
         return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
     return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
 

@@ -433,6 +433,7 @@ class DebertaV2ContextPooler(nn.Module):
 IGNORED_CHECKPOINT_PREFIXES = ("lm_predictions.", "mask_predictions.", "cls.")
 
 
+@compat.maybe_support_torch_compile(input_ids=0, positions=0, inputs_embeds=0, token_type_ids=0)
 class DebertaV2Model(nn.Module):
     """The DeBERTa-v2 encoder; served on its own as an embedding model.
 
@@ -457,8 +458,9 @@ class DebertaV2Model(nn.Module):
         self.arch = DebertaV2Arch.from_config(config)
         self.in_vllm = vllm_config is not None
         # On a GPU in vLLM, sequence boundaries are laid out within vLLM's limits (max_num_seqs
-        # requests + one group of padding rows, max_model_len tokens each): no host sync.
-        self.layout_bounds = {} if vllm_config is None else dict(
+        # requests + one group of padding rows, max_model_len tokens each): no host sync. (Head
+        # sizes the Triton kernel does not take run the torch reference, with exact layouts.)
+        self.layout_bounds = {} if vllm_config is None or self.arch.head_size not in (32, 64, 128) else dict(
             max_seqs=vllm_config.scheduler_config.max_num_seqs + 1,
             max_seqlen=vllm_config.model_config.max_model_len)
         layers = get_parallel_layers(vllm_config)

@@ -1,0 +1,150 @@
+"""DeBERTa in a real vLLM engine on a GPU: fp16 and bf16, vLLM's default compilation settings and
+`enforce_eager`, mixed lengths up to 512 tokens, the Triton kernel in use, and `vllm serve`
+answering /rerank. Skipped without CUDA or without vLLM.
+
+The reference is transformers in float32 on the same weights; the bound is the dtype's tolerance
+as in tests/models/test_dtypes_vllm.py (fp16 5e-3, bf16 4e-2), or 1.5x transformers' own error
+in that dtype where that is larger, with decisions equal beyond twice the bound.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.cuda
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+vllm = pytest.importorskip("vllm")
+
+from tests.utils import WORDS, save_deberta  # noqa: E402
+
+TOL = {"float16": 5e-3, "bfloat16": 4e-2}
+# v3-base's attention shape (head size 64, 256 log buckets over 512 positions), fewer layers.
+V3_SHAPE = dict(hidden_size=256, num_attention_heads=4, intermediate_size=512, num_hidden_layers=3,
+                pooler_hidden_size=256, position_buckets=256, max_relative_positions=512)
+
+
+def _texts(n: int, seed: int = 0) -> tuple[str, list[str]]:
+    rng = random.Random(seed)
+    query = " ".join(rng.choices(WORDS, k=6))
+    # 2 to ~480 words: pairs from a few tokens up to the 512-token limit.
+    docs = [" ".join(rng.choices(WORDS, k=rng.choice([2, 8, 30, 120, 250, 480]))) for _ in range(n)]
+    return query, docs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A float16 v3-shaped reranker whose logits on the test pairs spread over about [-4, 4] (std 1.5):
+    scores away from sigmoid's flat ends, where fp16/bf16 errors would be invisible."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = save_deberta(tmp_path_factory.mktemp("cuda") / "v3", "seq_cls", "v3", num_labels=1, **V3_SHAPE)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    query, docs = _texts(48)
+    with torch.no_grad():
+        # Undo tests.utils.spread's x25 on the pooler: a saturated pooler amplifies rounding
+        # (transformers' own bf16 scores then move by 0.17), which would say nothing about us.
+        model.pooler.dense.weight.div_(25.0)
+        batch = tok([query] * len(docs), docs, truncation="only_second", max_length=512, padding=True,
+                    return_tensors="pt")
+        logits = model(**batch).logits[:, 0]
+        scale = 1.5 / logits.std()
+        model.classifier.weight.mul_(scale)
+        model.classifier.bias.copy_((model.classifier.bias - logits.mean()) * scale)
+    model.half().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint):
+    """Transformers' scores in float32, and how far its own fp16 / bf16 runs are from them."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    query, docs = _texts(48)
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+
+    def scores(dtype):
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=dtype).cuda().eval()
+        with torch.no_grad():
+            out = torch.tensor([model(**tok(query, d, truncation="only_second", max_length=512,
+                                            return_tensors="pt").to("cuda")).logits[0, 0].float().sigmoid().item()
+                                for d in docs])
+        del model
+        torch.cuda.empty_cache()
+        return out
+
+    reference = scores(torch.float32)
+    hf_error = {name: (scores(getattr(torch, name)) - reference).abs().max().item() for name in TOL}
+    lengths = [len(tok(query, d, truncation="only_second", max_length=512)["input_ids"]) for d in docs]
+    return query, docs, reference, lengths, hf_error
+
+
+def _bound(dtype, hf_error):
+    """The dtype's tolerance, or 1.5x transformers' own error in that dtype if that is larger
+    (a random-weight model can be badly conditioned in bf16: rounding alone moves its scores)."""
+    return max(TOL[dtype], 1.5 * hf_error[dtype])
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """How often the Triton kernel runs (the engine runs in this process)."""
+    from crossenc.kernels import triton_disentangled_attention as module
+
+    calls = []
+    original = module.triton_disentangled_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "triton_disentangled_attention", counted)
+    return calls
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["default", "eager"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dtype, enforce_eager):
+    query, docs, want, lengths, hf_error = expected
+    assert max(lengths) >= 450 and min(lengths) < 20
+    assert 0.01 < want.min() and want.max() < 0.99 and want.std() > 0.1  # scores not saturated
+    llm = vllm.LLM(str(checkpoint), runner="pooling", dtype=dtype, max_model_len=512, seed=0,
+                   enforce_eager=enforce_eager, gpu_memory_utilization=0.3)
+    assert llm.llm_engine.model_config.head_dtype == torch.float32
+    kernel_calls.clear()
+    got = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert kernel_calls, "the Triton kernel did not run"
+    diff = (got - want).abs().max().item()
+    bound = _bound(dtype, hf_error)
+    print(f"\n{dtype} enforce_eager={enforce_eager}: max |Δscore| {diff:.3g} over {len(want)} pairs "
+          f"(transformers' own {dtype}: {hf_error[dtype]:.3g}; bound {bound:.3g})")
+    assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
+    for i in range(len(want)):
+        for j in range(len(want)):
+            if want[i] - want[j] > 2 * bound:
+                assert got[i] > got[j]
+
+
+def test_server_answers_rerank_on_gpu(checkpoint, expected):
+    requests = pytest.importorskip("requests")
+    from crossenc.demo.server import ServerSettings, VllmServer
+
+    query, docs, want, _, hf_error = expected
+    settings = ServerSettings(str(checkpoint), max_model_len=512,
+                              extra_args=("--gpu-memory-utilization", "0.3"))  # dtype: auto (fp16)
+    with VllmServer(settings) as server:
+        resp = requests.post(server.url + "/rerank", json={"query": query, "documents": docs[:16]}, timeout=120)
+        assert resp.status_code == 200, resp.text
+        results = resp.json()["results"]
+    got = {r["index"]: r["relevance_score"] for r in results}
+    assert sorted(got) == list(range(16))
+    diff = max(abs(got[i] - want[i].item()) for i in got)
+    print(f"\n/rerank (dtype auto: float16): max |Δscore| {diff:.3g} over 16 documents")
+    assert diff <= _bound("float16", hf_error)
