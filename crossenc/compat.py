@@ -290,8 +290,17 @@ def vllm_seq_cls_adapter(base_cls: type) -> type:
 
 
 def load_pooling_backbone(model: Any) -> Callable:
-    """The backbone loader of a class made by vLLM's pooling adapter (lm_head never reaches it)."""
-    return model._load_pooling_model_weights
+    """The backbone loader of a class made by vLLM's pooling adapter (lm_head never reaches it):
+    `_load_pooling_model_weights` (vLLM 0.27+), or the `load_weights` of the adapter's inner
+    `ModelForPooling` class (0.26, found by name as vLLM's own conversion loaders do)."""
+    if hasattr(model, "_load_pooling_model_weights"):
+        return model._load_pooling_model_weights
+    pooling_cls = next((c for c in type(model).__mro__ if c.__name__ == "ModelForPooling"), None)
+    if pooling_cls is None:
+        raise IncompatibleVLLMError(
+            f"vLLM {installed_vllm_version()}'s pooling adapter has neither _load_pooling_model_weights "
+            f"nor a ModelForPooling class; crossenc supports vLLM {SUPPORTED_RANGE}")
+    return lambda weights: pooling_cls.load_weights(model, weights)
 
 
 def weight_loader_for(param: Any) -> Callable:
