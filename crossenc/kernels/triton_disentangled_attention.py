@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES
+
 _LOG2E = 1.4426950408889634
 
 
@@ -183,9 +185,9 @@ def triton_disentangled_attention(
     _check_qkv("k", k, q)
     _check_qkv("v", v, q)
     total, heads, dim = q.shape
-    if dim not in (32, 64, 128):
+    if dim not in KERNEL_HEAD_SIZES:
         raise ValueError(f"head dim must be 32, 64 or 128, got {dim}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
     if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype != torch.int32:
         raise ValueError("cu_seqlens must be a 1-D int32 tensor with B+1 entries")

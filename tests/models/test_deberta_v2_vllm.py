@@ -13,7 +13,7 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
+from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402
 
 ATOL = 1e-4
 TEXTS = [QUERY, *DOCUMENTS]
@@ -76,20 +76,11 @@ def test_score_equals_cross_encoder(checkpoints, kind):
     assert torch.allclose(torch.tensor(again), torch.tensor(got), atol=1e-6)
 
 
-def _hf_logits(path, cls, texts):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = cls.from_pretrained(path).eval()
-    with torch.no_grad():
-        return [model(**tok(t, return_tensors="pt")).logits[0] for t in texts]
-
-
 def test_classify_equals_transformers_softmax(checkpoints):
     from transformers import AutoModelForSequenceClassification
 
     path = checkpoints["classify"]
-    expected = [x.softmax(-1) for x in _hf_logits(path, AutoModelForSequenceClassification, TEXTS)]
+    expected = [x.softmax(-1) for x in hf_logits(path, AutoModelForSequenceClassification, TEXTS)]
     llm = _engine(path, enforce_eager=True)
     got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
     _release(llm)
@@ -101,7 +92,7 @@ def test_token_classify_equals_transformers(checkpoints):
     from transformers import AutoModelForTokenClassification
 
     path = checkpoints["token"]
-    expected = [x.softmax(-1) for x in _hf_logits(path, AutoModelForTokenClassification, TEXTS)]
+    expected = [x.softmax(-1) for x in hf_logits(path, AutoModelForTokenClassification, TEXTS)]
     llm = _engine(path)
     got = [o.outputs.data for o in llm.encode(TEXTS, pooling_task="token_classify")]
     _release(llm)

@@ -29,7 +29,7 @@ from crossenc import presets  # noqa: E402
 from tests.convert.tiny import DOCUMENTS as LLM_DOCUMENTS  # noqa: E402
 from tests.convert.tiny import QUERIES as LLM_QUERIES  # noqa: E402
 from tests.convert.tiny import reference_scores  # noqa: E402
-from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
+from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402
 
 TEXTS = [QUERY, *DOCUMENTS, "what is the weather in paris", "send an email to the server"]
 PAIRS_DOCS = [*DOCUMENTS, "the zip module can read an archive of files", "how to open a socket"]
@@ -134,10 +134,10 @@ def test_score(checkpoints, mode, head):
 
 @pytest.mark.parametrize("mode,head", MATRIX, ids=[_ids(p) for p in MATRIX])
 def test_classify(checkpoints, mode, head):
+    from transformers import AutoModelForSequenceClassification
+
     path = checkpoints(MODES[mode][1], "classify")
-    tok, model = _hf(path, "AutoModelForSequenceClassification")
-    with torch.no_grad():
-        expected = torch.stack([model(**tok(t, return_tensors="pt")).logits[0].softmax(-1) for t in TEXTS])
+    expected = torch.stack(hf_logits(path, AutoModelForSequenceClassification, TEXTS)).softmax(-1)
     llm = _engine(path, mode, head, enforce_eager=True)
     got = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS)])
     _release(llm)
@@ -147,10 +147,10 @@ def test_classify(checkpoints, mode, head):
 
 @pytest.mark.parametrize("mode,head", MATRIX, ids=[_ids(p) for p in MATRIX])
 def test_token_classify(checkpoints, mode, head):
+    from transformers import AutoModelForTokenClassification
+
     path = checkpoints(MODES[mode][1], "token")
-    tok, model = _hf(path, "AutoModelForTokenClassification")
-    with torch.no_grad():
-        expected = [model(**tok(t, return_tensors="pt")).logits[0].softmax(-1) for t in TEXTS]
+    expected = [x.softmax(-1) for x in hf_logits(path, AutoModelForTokenClassification, TEXTS)]
     llm = _engine(path, mode, head)
     got = [o.outputs.data.float() for o in llm.encode(TEXTS, pooling_task="token_classify")]
     _release(llm)

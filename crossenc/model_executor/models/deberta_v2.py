@@ -24,6 +24,7 @@ from crossenc import compat
 from crossenc.kernels.disentangled_attention import (
     attention_scale,
     disentangled_attention,
+    kernel_supports,
     relative_position_index,
 )
 from crossenc.model_executor.layers import ParallelLayers, default_weight_loader, get_parallel_layers
@@ -460,7 +461,8 @@ class DebertaV2Model(nn.Module):
         # On a GPU in vLLM, sequence boundaries are laid out within vLLM's limits (max_num_seqs
         # requests + one group of padding rows, max_model_len tokens each): no host sync. (Head
         # sizes the Triton kernel does not take run the torch reference, with exact layouts.)
-        self.layout_bounds = {} if vllm_config is None or self.arch.head_size not in (32, 64, 128) else dict(
+        bounded = vllm_config is not None and kernel_supports(self.arch.head_size)
+        self.layout_bounds = {} if not bounded else dict(
             max_seqs=vllm_config.scheduler_config.max_num_seqs + 1,
             max_seqlen=vllm_config.model_config.max_model_len)
         layers = get_parallel_layers(vllm_config)
