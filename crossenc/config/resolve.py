@@ -322,8 +322,18 @@ def resolve(
     )
 
 
+def _embeddings_why(task: str) -> str:
+    if task == "embed":
+        return "one embedding per input"
+    if task in compat.embeddings_endpoint_tasks():
+        return "per-token embeddings, one vector per input token"
+    if task == "token_embed":
+        return f"vLLM {compat.installed_vllm_version()} serves it for embed only (0.33 and later: token_embed too)"
+    return f"the main pooling task is {task}, not embed"
+
+
 # The HTTP endpoints of `vllm serve` for pooling models, and when vLLM registers them
-# (vllm/entrypoints/pooling/factories.py).
+# (vllm/entrypoints/pooling/factories.py), on the installed vLLM.
 def endpoints(res: Resolution) -> list[tuple[str, bool, str]]:
     """(endpoint, works, why) for each pooling endpoint of `vllm serve`."""
     task = res.pooling_task
@@ -345,10 +355,6 @@ def endpoints(res: Resolution) -> list[tuple[str, bool, str]]:
             if task == "classify"
             else f"the main pooling task is {task}, not classify",
         ),
-        (
-            "/v1/embeddings",
-            task == "embed",
-            "one embedding per input" if task == "embed" else f"the main pooling task is {task}, not embed",
-        ),
+        ("/v1/embeddings", task in compat.embeddings_endpoint_tasks(), _embeddings_why(task)),
         ("/pooling", True, f"raw {task} outputs"),
     ]

@@ -12,6 +12,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402

@@ -79,6 +79,7 @@ def test_quality_on_held_out_pairs(demo_model):
     assert quality.spearman >= 0.3
 
 
+@pytest.mark.engine
 def test_vllm_scores_equal_transformers_and_rank_the_demo_sensibly(demo_model):
     vllm = pytest.importorskip("vllm")
 
@@ -93,6 +94,7 @@ def test_vllm_scores_equal_transformers_and_rank_the_demo_sensibly(demo_model):
     assert set(top.tolist()) == set(RELEVANT)
 
 
+@pytest.mark.engine
 def test_main_job_ranks_over_http(demo_model, capsys):
     """`crossenc demo --model DIR`: a real `vllm serve`, /rerank, the ranking printed, the server stopped."""
     pytest.importorskip("vllm")

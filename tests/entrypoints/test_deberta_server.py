@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 pytest.importorskip("vllm")
 requests = pytest.importorskip("requests")
 

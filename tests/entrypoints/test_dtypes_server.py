@@ -11,6 +11,8 @@ import json
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 pytest.importorskip("vllm")
 requests = pytest.importorskip("requests")
 

@@ -18,6 +18,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 pytest.importorskip("vllm")
 
 from transformers import (  # noqa: E402

@@ -11,6 +11,8 @@ import os
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 vllm = pytest.importorskip("vllm")
 
 from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402

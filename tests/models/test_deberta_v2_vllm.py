@@ -11,6 +11,8 @@ import gc
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 vllm = pytest.importorskip("vllm")
 
 from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402

@@ -23,6 +23,8 @@ import shutil
 import pytest
 import torch
 
+pytestmark = pytest.mark.engine  # starts a vLLM engine
+
 vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402

@@ -11,12 +11,14 @@ import json
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, Qwen3Config
 
+from crossenc import compat
 from crossenc.config import explain
 from crossenc.config.resolve import (
     CONVERT_OPTIONS,
@@ -368,3 +370,33 @@ def _run_python(code: str) -> dict:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("tasks,num_labels", [
+    (("embed", "token_embed"), None), (("token_embed",), None), (("embed",), None),
+    (("classify", "token_classify"), 1), (("classify", "token_classify"), 3), (("token_classify",), None),
+])
+def test_endpoints_agree_with_the_routes_vllm_registers(tasks, num_labels):
+    """explain's endpoint table against vLLM's own router registration on the installed release
+    (0.33 serves /v1/embeddings for a token_embed model, earlier releases do not)."""
+    factories = pytest.importorskip("vllm.entrypoints.pooling.factories")
+    from fastapi import FastAPI
+
+    from crossenc.model_executor.models.registry import score_route
+
+    def main_task(supported):
+        return compat.main_pooling_task(tuple(supported), [])
+
+    task = main_task(tasks)
+    app = FastAPI()
+    factories.register_pooling_api_routers(
+        app, tasks, SimpleNamespace(get_pooling_task=main_task, hf_config=SimpleNamespace(num_labels=num_labels)))
+    routes = {r.path: r.endpoint.__module__ for r in app.routes if hasattr(r, "endpoint")}
+    route, reason = score_route(task, num_labels)
+    works = {e: ok for e, ok, _ in endpoints(SimpleNamespace(
+        pooling_task=task, score_route=route, score_reason=reason, num_labels=num_labels))}
+    # vLLM builds the embeddings handler for the main task only: the route's module names it.
+    served = routes.get("/v1/embeddings", "").endswith(f".{task}.api_router")
+    assert works["/v1/embeddings"] == served, routes
+    assert works["/score, /rerank, /v1/rerank"] == all(p in routes for p in ("/score", "/rerank", "/v1/rerank"))
+    assert works["/pooling"] == ("/pooling" in routes)

@@ -134,13 +134,16 @@ def causal_seq_cls_specs() -> dict[str, ArchSpec]:
     whose classifier vLLM itself only resolves by suffix, each a class of the adapters module.
 
     Left out: families vLLM has its own classifier for (GPT2, Jamba, ...), speculative-decoding
-    draft heads (not standalone models) and CausalLMs served by the Transformers modeling
-    backend (one generic class, not a family). Empty without vLLM.
+    draft heads (not standalone models), multimodal models (vision/audio-prefix and
+    encoder-decoder families such as Phi3V or RadioMBartPrefix: crossenc's classifiers, presets
+    and templates score text; vLLM keeps its own handling of those names) and CausalLMs served by
+    the Transformers modeling backend (one generic class, not a family). Empty without vLLM.
     """
-    native, drafts = vllm_archs(), compat.speculative_drafts()
+    native = vllm_archs()
+    excluded = compat.speculative_drafts() | compat.multimodal_archs()
     specs = {}
     for arch, base_ref in sorted(native.items()):
-        if not arch.endswith(_CAUSAL_LM) or arch in drafts:
+        if not arch.endswith(_CAUSAL_LM) or arch in excluded:
             continue
         seq_cls = arch.removesuffix(_CAUSAL_LM) + _SEQ_CLS
         if seq_cls in native or base_ref.startswith(compat.TRANSFORMERS_BACKEND_MODULE):
