@@ -8,6 +8,10 @@ included), median of --iters after --warmup. One system per invocation, appended
 
     python benchmarks/gpu_score.py --system crossenc --out gpu_score.jsonl
     python benchmarks/gpu_score.py --system crossenc --enforce-eager --out gpu_score.jsonl
+    python benchmarks/gpu_score.py --system crossenc --per-pair --out gpu_score.jsonl
+
+`--per-pair` tokenizes pair by pair, as vLLM's own scoring does (crossenc tokenizes the pairs of
+a call at once): the same engine, to measure what the front end costs.
     python benchmarks/gpu_score.py --system cross-encoder --out gpu_score.jsonl
 """
 
@@ -77,6 +81,7 @@ def main() -> None:
     parser.add_argument("--system", choices=["crossenc", "cross-encoder"], required=True)
     parser.add_argument("--shape", choices=list(SHAPES), default="v3-base")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
@@ -93,9 +98,14 @@ def main() -> None:
     if args.system == "crossenc":
         import vllm
 
+        if args.per_pair:
+            from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
+
+            TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
         llm = vllm.LLM(str(path), runner="pooling", max_model_len=512, seed=0,
                        enforce_eager=args.enforce_eager, gpu_memory_utilization=0.5)
-        runs["crossenc LLM.score" + (" (enforce_eager)" if args.enforce_eager else "")] = (
+        name = "crossenc LLM.score" + (" (enforce_eager)" if args.enforce_eager else "")
+        runs[name + (" (per-pair tokenization)" if args.per_pair else "")] = (
             lambda: [o.outputs.score for o in llm.score(query, docs, use_tqdm=False)])
         env = {"vllm": vllm.__version__, "dtype": str(llm.llm_engine.model_config.dtype),
                "compile_env": os.environ.get("CROSSENC_TORCH_COMPILE", "0")}

@@ -10,7 +10,7 @@ export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case $3 in
   tests) timeout 560 python3 -m pytest ${TESTS:-tests/gpu tests/kernels} -q -s -p no:cacheprovider 2>&1 | tee "$4/cuda-tests.log" | grep -E "passed|failed|FAILED|Error|max" ;;
   bench)
-    for args in "--system crossenc" "--system crossenc --enforce-eager" "--system cross-encoder"; do
+    for args in "--system crossenc" "--system crossenc --per-pair" "--system crossenc --enforce-eager" "--system cross-encoder"; do
       timeout 200 python3 benchmarks/gpu_score.py $args --out "$4/gpu_score.jsonl" --iters 5 > "$4/bench-${args// /_}.log" 2>&1
       grep "pairs/s" "$4/bench-${args// /_}.log"
     done

@@ -63,27 +63,45 @@ class ScoreTemplate:
         instruction: str | None = None,
     ) -> list[int]:
         """The templated pair's token ids, at most `budget` long, truncating only the document."""
-        fields = self._fields(query, document, instruction)
+        (ids,) = self.token_ids_batch(tokenizer, [(query, document)], budget, instruction)
+        if isinstance(ids, ValueError):
+            raise ids
+        return ids
 
-        def encode(segment: str, **override: str) -> list[int]:
-            text = segment.format(**{**fields, **override})
-            return list(tokenizer.encode(text, add_special_tokens=False))
-
-        pieces = [encode(segment) for segment in self.segments]
-        bos = [tokenizer.bos_token_id] if self.add_bos else []
-        if budget is not None and len(bos) + sum(map(len, pieces)) > budget:
-            d = self._document_segment
-            room = budget - len(bos) - sum(len(p) for i, p in enumerate(pieces) if i != d)
+    def token_ids_batch(
+        self,
+        tokenizer: Any,
+        pairs: list[tuple[str, str]],
+        budget: int | None = None,
+        instruction: str | None = None,
+    ) -> list[list[int] | ValueError]:
+        """`token_ids` of each pair, from one tokenizer call for all their segments; a pair whose
+        template does not fit the budget gets the ValueError `token_ids` raises."""
+        n = len(self.segments)
+        d = self._document_segment
+        texts = []
+        for query, document in pairs:
+            fields = self._fields(query, document, instruction)
+            texts += [segment.format(**fields) for segment in self.segments]
             # What the document's segment takes with an empty document: never cut into it.
-            fixed = len(encode(self.segments[d], document=""))
-            if room < fixed:
-                raise ValueError(
-                    f"the prompt template with this query takes {budget - room + fixed} tokens "
-                    f"without the document, more than the {budget} allowed; only the document "
-                    "is truncated, so shorten the query (or the instruction)"
-                )
-            pieces[d] = pieces[d][:room]
-        return bos + [i for piece in pieces for i in piece]
+            texts.append(self.segments[d].format(**{**fields, "document": ""}))
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        bos = [tokenizer.bos_token_id] if self.add_bos else []
+        out: list[list[int] | ValueError] = []
+        for k in range(len(pairs)):
+            pieces = [list(ids) for ids in encoded[k * (n + 1): k * (n + 1) + n]]
+            fixed = len(encoded[k * (n + 1) + n])
+            if budget is not None and len(bos) + sum(map(len, pieces)) > budget:
+                room = budget - len(bos) - sum(len(p) for i, p in enumerate(pieces) if i != d)
+                if room < fixed:
+                    out.append(ValueError(
+                        f"the prompt template with this query takes {budget - room + fixed} tokens "
+                        f"without the document, more than the {budget} allowed; only the document "
+                        "is truncated, so shorten the query (or the instruction)"))
+                    continue
+                pieces[d] = pieces[d][:room]
+            out.append(bos + [i for piece in pieces for i in piece])
+        return out
 
 
 @dataclass(frozen=True)

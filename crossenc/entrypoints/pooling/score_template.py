@@ -1,4 +1,13 @@
-"""`/score`, `/rerank` and `LLM.score` for LLM rerankers: the preset's prompt template.
+"""`/score`, `/rerank` and `LLM.score` for cross-encoders: the pairs of a call tokenized at
+once, and the preset's prompt template for LLM rerankers.
+
+vLLM renders every pair on its own: a tokenizer call per pair, the ids decoded back to text, the
+text parsed as prompt content. This processor tokenizes all text pairs of an `LLM.score` call or
+of a `/score` or `/rerank` request in one tokenizer call, with the same arguments, and hands
+each pair's ids (and token types) to vLLM's own rendering, which checks lengths, compresses token
+types and builds the engine input as for any pair. The ids are exactly vLLM's. Pairs that are
+not plain text, or that ask for a chat template, a saved template, per-query or per-document
+token limits or padding, go through vLLM's per-pair code.
 
 vLLM formats a cross-encoder pair in `CrossEncoderIOProcessor.get_score_prompt`; its own hooks
 (`SupportsScoreTemplate`, a classmethod of the model class, and `--chat-template`) see neither
@@ -18,11 +27,17 @@ Models without a preset go through vLLM's code unchanged.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 from vllm import TokensPrompt
 
 from crossenc import compat, presets
+
+
+# Ids a pair was given by `_pretokenize`, from `render` to the `get_score_prompt` it calls.
+_rendering = threading.local()
+_TOKENS_KEY = "crossenc_tokens"
 
 
 class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor):
@@ -43,6 +58,82 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def _formats_pairs(self) -> bool:
         return self.template is not None and self.saved_template is None
 
+    # --- One tokenizer call for the pairs of a call or request --------------------------------
+
+    def get_request_factory_online(self, ctx):
+        requests = super().get_request_factory_online(ctx)
+        self._pretokenize(requests)
+        return requests
+
+    def get_request_factory_offline(self, ctx):
+        factory, num_requests = super().get_request_factory_offline(ctx)
+
+        def pretokenized():
+            requests = list(factory())
+            self._pretokenize(requests)
+            yield from requests
+
+        return pretokenized, num_requests
+
+    def _batch_key(self, render_params) -> tuple | None:
+        """What pairs share to be tokenized in one call, or None for vLLM's per-pair path."""
+        rp = render_params
+        if not (isinstance(rp.get("data_1"), str) and isinstance(rp.get("data_2"), str)):
+            return None
+        if rp["chat_template"] is not None or self.saved_template is not None:
+            return None
+        if rp["max_tokens_per_query"] or rp["max_tokens_per_doc"]:
+            return None
+        if self.template is None and getattr(self, "supports_score_template", False):
+            return None
+        encode_kwargs = rp["tok_params"].get_encode_kwargs()
+        if encode_kwargs.get("padding"):
+            return None
+        instruction = ((rp["prompt_extras"] or {}).get("chat_template_kwargs") or {}).get("instruction")
+        return repr(sorted(encode_kwargs.items())), instruction
+
+    def _pretokenize(self, requests) -> None:
+        groups: dict[tuple, list] = {}
+        for rp in requests:
+            if (key := self._batch_key(rp)) is not None:
+                groups.setdefault(key, []).append(rp)
+        for (_, instruction), group in groups.items():
+            encode_kwargs = group[0]["tok_params"].get_encode_kwargs()
+            pairs = [(rp["data_1"], rp["data_2"]) for rp in group]
+            try:
+                tokens = self._tokenize_pairs(pairs, encode_kwargs, instruction)
+            except ValueError:
+                continue  # each pair raises it again, as vLLM's path does
+            for rp, pair_tokens in zip(group, tokens):
+                if pair_tokens is not None:
+                    rp[_TOKENS_KEY] = pair_tokens
+
+    def _tokenize_pairs(self, pairs, encode_kwargs, instruction):
+        """(ids, token types or None) per pair, as `get_score_prompt` makes them; None for a
+        pair it would refuse."""
+        if self._formats_pairs:
+            budget = compat.truncation_budget(encode_kwargs, self.model_config.max_model_len)
+            ids = self.template.token_ids_batch(self.tokenizer, pairs, budget, instruction)
+            return [None if isinstance(i, ValueError) else (i, None) for i in ids]
+        if not self.use_sep_token:  # an LLM read as one text: query and document without a separator
+            return self._encode([q + d for q, d in pairs], None, encode_kwargs)
+        # transformers encodes a pair whose second text is empty as the first text alone.
+        out = [None] * len(pairs)
+        for has_document in (True, False):
+            index = [i for i, (_, d) in enumerate(pairs) if bool(d) == has_document]
+            if index:
+                encoded = self._encode([pairs[i][0] for i in index],
+                                       [pairs[i][1] for i in index] if has_document else None, encode_kwargs)
+                for i, tokens in zip(index, encoded):
+                    out[i] = tokens
+        return out
+
+    def _encode(self, texts, text_pairs, encode_kwargs):
+        encoded = self.tokenizer(text=texts, text_pair=text_pairs, **encode_kwargs)
+        types = encoded.get("token_type_ids")
+        return [(list(ids), None if types is None else list(types[i]))
+                for i, ids in enumerate(encoded["input_ids"])]
+
     def render(self, render_params):
         # The template decides where to cut (the document's end), so a requested truncation
         # side must not cut the prompt again afterwards.
@@ -50,7 +141,11 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         if self._formats_pairs and tok_params.truncation_side is not None:
             tok_params = dataclasses.replace(tok_params, truncation_side=None)
             render_params = {**render_params, "tok_params": tok_params}
-        return super().render(render_params)
+        _rendering.tokens = render_params.get(_TOKENS_KEY)
+        try:
+            return super().render(render_params)
+        finally:
+            _rendering.tokens = None
 
     def get_score_prompt(
         self,
@@ -62,6 +157,14 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         max_tokens_per_doc: int = 0,
         chat_template_kwargs: dict[str, Any] | None = None,
     ):
+        tokens = getattr(_rendering, "tokens", None)
+        if tokens is not None:  # tokenized with the other pairs of its call (`_pretokenize`)
+            _rendering.tokens = None
+            ids, token_type_ids = tokens
+            prompt = TokensPrompt(prompt_token_ids=ids)
+            if token_type_ids is not None:
+                prompt["token_type_ids"] = token_type_ids
+            return None, prompt
         if self.template is None or chat_template is not None or self.saved_template is not None:
             return super().get_score_prompt(
                 data_1,

@@ -1,0 +1,65 @@
+"""The pairs of a scoring call tokenized at once give exactly the engine inputs of the per-pair
+path (vLLM's own for cross-encoders, the preset's template for LLM rerankers), on the installed
+vLLM, without an engine: token ids, token types, the pooling parameters, and the same error for
+a pair that cannot be served."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from crossenc.cli import main as cli  # noqa: E402
+from crossenc.entrypoints.pooling import score_template  # noqa: E402
+from tests.utils import DOCUMENTS, QUERY, save_deberta, score_render_params, scoring_processor  # noqa: E402
+
+TEXTS = [QUERY, "", " ", "Größe, naïve café — 日本語のテキスト 🙂", "a " * 600, *DOCUMENTS]
+PAIRS = [(q, d) for q in TEXTS[:4] for d in TEXTS] + [(d, QUERY) for d in TEXTS[4:]]
+
+
+@pytest.fixture(scope="module")
+def processors(tmp_path_factory, causal_lm_dir):
+    """One processor per way a pair is formatted."""
+    deberta = tmp_path_factory.mktemp("deberta")
+    types = tmp_path_factory.mktemp("deberta-types")
+    preset = tmp_path_factory.mktemp("qwen3-reranker")
+    save_deberta(deberta, "seq_cls", "v3", num_labels=1)
+    save_deberta(types, "seq_cls", "token-types", num_labels=1)
+    assert cli(["convert", causal_lm_dir("qwen3"), "-o", str(preset), "--preset", "qwen3-reranker"]) == 0
+    return {
+        "deberta": scoring_processor(deberta),
+        "deberta token types": scoring_processor(types),
+        "qwen3-reranker preset": scoring_processor(preset),
+        # A CausalLM classifier without a template: query and document read as one text.
+        "causal lm, no preset": scoring_processor(causal_lm_dir("qwen2"), hf_overrides={
+            "architectures": ["Qwen2ForSequenceClassification"], "num_labels": 1, "crossenc_preset": "none"}),
+    }
+
+
+def _outcome(processor, render_params):
+    try:
+        engine_input = processor.render(render_params)
+    except Exception as e:  # noqa: BLE001 - the same error either way
+        return type(e).__name__, str(e)
+    params = engine_input["params"]
+    return (list(engine_input["prompts"]["prompt_token_ids"]), params.task, params.extra_kwargs)
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
+@pytest.mark.parametrize("truncate", [None, 24, 96, -1])
+def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind, truncate):
+    processor = processors[kind]
+    instruction = "Find the passage about files" if kind == "qwen3-reranker preset" else None
+    requests = [score_render_params(processor, q, d, truncate, instruction) for q, d in PAIRS]
+    per_pair = copy.deepcopy(requests)
+    processor._pretokenize(requests)
+    got = [_outcome(processor, r) for r in requests]
+    expected = [_outcome(processor, r) for r in per_pair]
+    assert got == expected
+    # Every pair that can be served was tokenized with the others.
+    served = [isinstance(o[0], list) for o in expected]
+    assert all(score_template._TOKENS_KEY in r for r, ok in zip(requests, served) if ok)
+    if truncate != 24 or kind != "qwen3-reranker preset":  # 24 tokens hold no Qwen3 prompt
+        assert sum(served) >= len(PAIRS) // 3
