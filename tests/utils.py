@@ -29,8 +29,10 @@ DOCUMENTS = [
 ]
 
 
-def save_tokenizer(path: str | os.PathLike, model_max_length: int = 512) -> int:
-    """A BERT-style WordPiece tokenizer ([CLS] a [SEP] b [SEP], token types); returns its size."""
+def save_tokenizer(path: str | os.PathLike, model_max_length: int = 512, token_types: bool = True) -> int:
+    """A BERT-style WordPiece tokenizer ([CLS] a [SEP] b [SEP]); returns its size. With
+    `token_types` a pair's token types go to the model, as BERT's and DeBERTa's tokenizers send
+    them; without, as decoder LLMs' tokenizers (Qwen, Llama) do not."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -47,8 +49,7 @@ def save_tokenizer(path: str | os.PathLike, model_max_length: int = 512) -> int:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=model_max_length,
-        # As BERT's and DeBERTa's tokenizers: a pair's token types go to the model.
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+        model_input_names=["input_ids", *(["token_type_ids"] if token_types else []), "attention_mask"])
     fast.save_pretrained(path)
     return len(vocab)
 

@@ -45,7 +45,7 @@ _DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_
 
 
 def _save(path, config_cls, model_cls, num_labels: int, seed: int):
-    vocab = save_tokenizer(path)
+    vocab = save_tokenizer(path, token_types=False)  # a decoder LLM's tokenizer sends none
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = config_cls(vocab_size=vocab, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
                         **_DECODER)
