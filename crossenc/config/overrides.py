@@ -131,7 +131,7 @@ def requested_conversion(hf_config: Any, preset: presets.Preset | None = None) -
     if method_name is None or tokens is None:
         given, missing = (TOKENS_KEY, METHOD_KEY) if method_name is None else (METHOD_KEY, TOKENS_KEY)
         raise OverrideError(f"{given} is set but {missing} is not: give both")
-    if method_name not in METHODS:
+    if not isinstance(method_name, str) or method_name not in METHODS:
         known = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
         raise OverrideError(f"unknown {METHOD_KEY} {method_name!r}; known methods: {known}")
     method = METHODS[method_name]

@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoConfig, AutoTokenizer, BertConfig, Gemma2Config
 
 from crossenc import presets
-from crossenc.config.overrides import OverrideError, validate_conversion
+from crossenc.config.overrides import OverrideError, requested_conversion, validate_conversion
 
 SEQ_CLS = "Qwen3ForSequenceClassification"
 
@@ -181,3 +181,12 @@ def test_validation_gives_ids_and_labels(causal_lm_dir):
     conversion = validate_conversion(config, tokenizer, preset=presets.get("bge-reranker-v2-gemma"))
     assert conversion.token_ids == (tokenizer.convert_tokens_to_ids("Yes"),)
     assert (conversion.num_labels, conversion.id2label) == (1, {0: "Yes"})
+
+
+@pytest.mark.parametrize("method", [[], {"name": "from_2_way_softmax"}, 2])
+def test_a_method_that_is_not_a_name_is_a_clear_error(method):
+    from transformers import Qwen3Config
+
+    config = Qwen3Config(vocab_size=64, method=method, classifier_from_token=["no", "yes"])
+    with pytest.raises(OverrideError, match="unknown method"):
+        requested_conversion(config)
