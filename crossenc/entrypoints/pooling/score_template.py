@@ -80,16 +80,17 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         rp = render_params
         if not (isinstance(rp.get("data_1"), str) and isinstance(rp.get("data_2"), str)):
             return None
-        if rp["chat_template"] is not None or self.saved_template is not None:
+        # Keys differ between releases (0.26 has no per-query/per-document limits).
+        if rp.get("chat_template") is not None or self.saved_template is not None:
             return None
-        if rp["max_tokens_per_query"] or rp["max_tokens_per_doc"]:
+        if rp.get("max_tokens_per_query") or rp.get("max_tokens_per_doc"):
             return None
         if self.template is None and getattr(self, "supports_score_template", False):
             return None
         encode_kwargs = rp["tok_params"].get_encode_kwargs()
         if encode_kwargs.get("padding"):
             return None
-        instruction = ((rp["prompt_extras"] or {}).get("chat_template_kwargs") or {}).get("instruction")
+        instruction = ((rp.get("prompt_extras") or {}).get("chat_template_kwargs") or {}).get("instruction")
         return repr(sorted(encode_kwargs.items())), instruction
 
     def _pretokenize(self, requests) -> None:
