@@ -1,32 +1,41 @@
 """Offline reranking on a GPU, end to end: vLLM's `LLM.score` with crossenc against
-sentence-transformers' `CrossEncoder.predict`, the same checkpoint and texts.
+sentence-transformers' `CrossEncoder.predict` and vLLM's own BERT of the same width, the same
+texts and tokenizer.
 
-A DeBERTa-v3-base-shaped reranker (hidden 768, 12 layers, 12 heads, intermediate 3072, vocab
-128100, 256 position buckets; random weights, one logit, saved in float16) scores one query
-against --pairs documents of 64–256 tokens. Timed: one whole scoring call (tokenization
-included), median of --iters after --warmup. One system per invocation, appended to --out:
+A DeBERTa-v3-shaped reranker (random weights, one logit, saved in float16, vocab 128100, 256
+position buckets) with a DeBERTa-v3-shaped tokenizer (benchmarks/workload.py: Unigram, 128k
+pieces, Metaspace) scores one query against each of --pairs documents; pairs are 64–256 tokens.
+Timed: one whole scoring call (tokenization included), median of --iters after --warmup. One
+system (one engine) per invocation, rows appended to --out:
 
     python benchmarks/gpu_score.py --system crossenc --out gpu_score.jsonl
-    python benchmarks/gpu_score.py --system crossenc --enforce-eager --out gpu_score.jsonl
+    python benchmarks/gpu_score.py --system crossenc --max-num-batched-tokens 65536 --out gpu_score.jsonl
     python benchmarks/gpu_score.py --system crossenc --per-pair --out gpu_score.jsonl
-
-`--per-pair` tokenizes pair by pair, as vLLM's own scoring does (crossenc tokenizes the pairs of
-a call at once): the same engine, to measure what the front end costs.
+    python benchmarks/gpu_score.py --system vllm-bert --out gpu_score.jsonl
     python benchmarks/gpu_score.py --system cross-encoder --out gpu_score.jsonl
+
+crossenc and vllm-bert also time "the engine alone": `LLM.classify` of the pairs' token ids.
+`--per-pair` tokenizes pair by pair, as vLLM's own scoring does, on the same engine. vllm-bert
+runs vLLM's BertForSequenceClassification with crossenc not loaded (VLLM_PLUGINS unset to none).
+`--profile FILE` writes a cProfile of one 256-pair call (run the engine in-process,
+VLLM_ENABLE_V1_MULTIPROCESSING=0, to see the engine's side too).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
-import random
+import pstats
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHAPES = {
     "v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -34,55 +43,42 @@ SHAPES = {
 }
 
 
-def build_checkpoint(path: Path, shape: str) -> None:
+def build_checkpoint(path: Path, shape: str, arch: str) -> None:
     import torch
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config,
+                              DebertaV2ForSequenceClassification)
 
-    from tests.utils import save_tokenizer
+    from workload import save_spm_tokenizer
 
     if (path / "config.json").exists():
         return
-    save_tokenizer(path)
-    config = DebertaV2Config(
-        **SHAPES[shape], vocab_size=128100, max_position_embeddings=512, relative_attention=True,
-        position_buckets=256, max_relative_positions=-1, pos_att_type="p2c|c2p", share_att_key=True,
-        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
-        num_labels=1)
+    save_spm_tokenizer(path)
     torch.manual_seed(0)
-    model = DebertaV2ForSequenceClassification(config).eval()
-    with torch.no_grad():
+    if arch == "deberta":
+        config = DebertaV2Config(
+            **SHAPES[shape], vocab_size=128100, max_position_embeddings=512, relative_attention=True,
+            position_buckets=256, max_relative_positions=-1, pos_att_type="p2c|c2p", share_att_key=True,
+            norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+            num_labels=1)
+        model = DebertaV2ForSequenceClassification(config).eval()
+    else:
+        config = BertConfig(**SHAPES[shape], vocab_size=128100, max_position_embeddings=512, type_vocab_size=2,
+                            num_labels=1)
+        model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # spread the scores (random init leaves every logit near 0)
         model.classifier.weight.mul_(50.0)
     model.half().save_pretrained(path)
 
 
-def make_texts(pairs: int, path: Path) -> tuple[str, list[str]]:
-    """One query and documents whose pairs tokenize to 64–256 tokens."""
-    from transformers import AutoTokenizer
-
-    from tests.utils import WORDS
-
-    tok = AutoTokenizer.from_pretrained(path)
-    rng = random.Random(0)
-    query = " ".join(rng.choices(WORDS, k=8))
-    docs = []
-    while len(docs) < pairs:
-        target = rng.randint(64, 256)
-        doc = " ".join(rng.choices(WORDS, k=target))
-        ids = tok(query, doc)["input_ids"]
-        while len(ids) > target:
-            doc = " ".join(doc.split()[:-max(1, (len(ids) - target) // 2)])
-            ids = tok(query, doc)["input_ids"]
-        docs.append(doc)
-    return query, docs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", choices=["crossenc", "cross-encoder"], required=True)
+    parser.add_argument("--system", choices=["crossenc", "vllm-bert", "cross-encoder"], required=True)
     parser.add_argument("--shape", choices=list(SHAPES), default="v3-base")
+    parser.add_argument("--pairs", default="256,2048", help="comma-separated call sizes")
+    parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
-    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--profile", help="write a cProfile of one 256-pair call here")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
@@ -90,53 +86,86 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from transformers import AutoTokenizer
 
-    path = Path(args.checkpoint) / args.shape
-    build_checkpoint(path, args.shape)
-    query, docs = make_texts(args.pairs, path)
-    runs: dict[str, object] = {}
-    if args.system == "crossenc":
+    from workload import rerank_texts
+
+    arch = "bert" if args.system == "vllm-bert" else "deberta"
+    path = Path(args.checkpoint) / f"{arch}-{args.shape}"
+    build_checkpoint(path, args.shape, arch)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    sizes = [int(n) for n in args.pairs.split(",")]
+    query, all_docs = rerank_texts(tokenizer, max(sizes), cache=path / "texts.json")
+    runs: dict[tuple[str, int], object] = {}
+    env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens}
+    if args.system in ("crossenc", "vllm-bert"):
+        if args.system == "vllm-bert":
+            os.environ["VLLM_PLUGINS"] = ""
         import vllm
 
         if args.per_pair:
             from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
 
             TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
-        llm = vllm.LLM(str(path), runner="pooling", max_model_len=512, seed=0,
-                       enforce_eager=args.enforce_eager, gpu_memory_utilization=0.5)
-        name = "crossenc LLM.score" + (" (enforce_eager)" if args.enforce_eager else "")
-        runs[name + (" (per-pair tokenization)" if args.per_pair else "")] = (
-            lambda: [o.outputs.score for o in llm.score(query, docs, use_tqdm=False)])
-        env = {"vllm": vllm.__version__, "dtype": str(llm.llm_engine.model_config.dtype),
-               "compile_env": os.environ.get("CROSSENC_TORCH_COMPILE", "0")}
+        extra = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
+        llm = vllm.LLM(str(path), runner="pooling", max_model_len=512, seed=0, enforce_eager=args.enforce_eager,
+                       gpu_memory_utilization=0.5, **extra)
+        sched = llm.llm_engine.vllm_config.scheduler_config
+        env.update(vllm=vllm.__version__, dtype=str(llm.llm_engine.model_config.dtype),
+                   max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
+                   in_process=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
+        label = {"crossenc": "crossenc", "vllm-bert": "vLLM BERT"}[args.system]
+        label += "".join(f" ({s})" for s, on in (("enforce_eager", args.enforce_eager),
+                                                  ("per-pair tokenization", args.per_pair)) if on)
+        for n in sizes:
+            docs = all_docs[:n]
+            runs[(f"{label} LLM.score", n)] = (
+                lambda docs=docs: [o.outputs.score for o in llm.score(query, docs, use_tqdm=False)])
+            ids = [vllm.TokensPrompt(prompt_token_ids=i) for i in tokenizer([query] * n, docs)["input_ids"]]
+            runs[(f"{label} engine alone (LLM.classify of token ids)", n)] = (
+                lambda ids=ids: [o.outputs.probs[0] for o in llm.classify(ids, use_tqdm=False)])
     else:
         from sentence_transformers import CrossEncoder
 
         model = CrossEncoder(str(path), device="cuda", max_length=512, model_kwargs={"dtype": torch.float16})
-        for batch in (32, 64, 128, 256):
-            runs[f"CrossEncoder.predict batch {batch}"] = (
-                lambda b=batch: [float(x) for x in model.predict([(query, d) for d in docs], batch_size=b)])
-        env = {}
+        for n in sizes:
+            for batch in (32, 64, 128, 256):
+                runs[(f"CrossEncoder.predict batch {batch}", n)] = (
+                    lambda b=batch, n=n: [float(x) for x in model.predict([(query, d) for d in all_docs[:n]],
+                                                                          batch_size=b)])
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results = []
-    for name, fn in runs.items():
+    for (name, n), fn in runs.items():
         for _ in range(args.warmup):
             scores = fn()
         times = []
         for _ in range(args.iters):
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             fn()
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - start)
         med = statistics.median(times)
-        row = {"system": name, "shape": args.shape, "pairs": args.pairs, "median_s": med,
-               "pairs_per_s": args.pairs / med, "device": torch.cuda.get_device_name(), "first_scores": scores[:4],
-               **env}
+        row = {"system": name, "shape": args.shape, "pairs": n, "median_s": med, "pairs_per_s": n / med,
+               "device": device, "tokenizer": "unigram-128k", **env,
+               "scores": [float(s) for s in scores[:256]]}
         results.append(row)
-        print(f"{name:40s} {med * 1e3:8.1f} ms {args.pairs / med:9.0f} pairs/s", flush=True)
+        print(f"{name:60s} {n:5d} pairs {med * 1e3:8.1f} ms {n / med:9.0f} pairs/s", flush=True)
     with open(args.out, "a") as f:
         for row in results:
             f.write(json.dumps(row) + "\n")
+    if args.profile and args.system != "cross-encoder":
+        fn = runs[(f"{label} LLM.score", sizes[0])]
+        profiler = cProfile.Profile()
+        profiler.enable()
+        fn()
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
+        stats.print_stats(45)
+        stats.sort_stats("cumulative").print_stats(45)
+        Path(args.profile).write_text(text.getvalue())
 
 
 if __name__ == "__main__":

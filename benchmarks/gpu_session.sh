@@ -1,18 +1,42 @@
 #!/bin/bash
 # On the GPU machine, from the repository root: vLLM 0.26.0 from its two parts (see
-# ../shared/gpu-vllm/), then the CUDA tests or the end-to-end benchmark.
-#   bash benchmarks/gpu_session.sh PART_A_ZIP PART_B_DIR tests|bench OUT_DIR
+# ../shared/gpu-vllm/), then the CUDA tests or end-to-end benchmark steps, logs and rows in OUT_DIR.
+#   bash benchmarks/gpu_session.sh PART_A_ZIP PART_B_DIR tests|bench OUT_DIR [STEP...]
+# bench steps (default: all, in this order):
+#   crossenc-default    benchmarks/gpu_score.py, crossenc at vLLM's defaults
+#   crossenc-65536      ... with --max-num-batched-tokens 65536
+#   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
+#   cross-encoder       sentence-transformers' CrossEncoder at every batch size
+#   vllm-bert           vLLM's own BERT of the same width
+#   profile             a cProfile of crossenc's LLM.score, engine in-process
+#   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
+#   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
 set -o pipefail
 source "$(dirname "$2")/install.sh" "$1" "$2" /tmp/site || exit 3
-# Imported by vLLM 0.26's API server (model-hosting-container-standards) and not in part-b.
-[ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+out=$4
+S="python3 benchmarks/gpu_score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
+H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.jsonl"
+run_step() {
+  case $1 in
+    crossenc-default) timeout 150 $S --system crossenc ;;
+    crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
+    crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
+    cross-encoder) timeout 100 $S --system cross-encoder --pairs 100,256,2048 ;;
+    vllm-bert) timeout 110 $S --system vllm-bert ;;
+    profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
+      --profile "$out/profile-crossenc-score.txt" ;;
+    http-default) timeout 120 $H ;;
+    http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
+    *) echo "unknown step $1"; return 2 ;;
+  esac
+}
 case $3 in
-  tests) timeout 560 python3 -m pytest ${TESTS:-tests/gpu tests/kernels} -q -s -p no:cacheprovider 2>&1 | tee "$4/cuda-tests.log" | grep -E "passed|failed|FAILED|Error|max" ;;
+  tests) timeout 560 python3 -m pytest ${TESTS:-tests/gpu tests/kernels} -q -s -p no:cacheprovider 2>&1 | tee "$out/cuda-tests.log" | grep -E "passed|failed|FAILED|Error|max" ;;
   bench)
-    for args in "--system crossenc" "--system crossenc --per-pair" "--system crossenc --enforce-eager" "--system cross-encoder"; do
-      timeout 200 python3 benchmarks/gpu_score.py $args --out "$4/gpu_score.jsonl" --iters 5 > "$4/bench-${args// /_}.log" 2>&1
-      grep "pairs/s" "$4/bench-${args// /_}.log"
-    done
-    grep -h -i "captur\|graph\|compil" "$4"/bench-*crossenc.log | grep -v "Initializing" | cut -c1-200 | head -12 ;;
+    shift 4
+    for s in ${@:-crossenc-default crossenc-65536 crossenc-per-pair cross-encoder vllm-bert profile http-default http-tuned}; do
+      run_step "$s" > "$out/$s.log" 2>&1; echo "== $s (rc $?)"
+      grep -E "pairs/s|docs:|Traceback|Error" "$out/$s.log" | tail -12
+    done ;;
 esac

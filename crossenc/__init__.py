@@ -37,9 +37,13 @@ def register() -> None:
 
 def _register_all() -> None:
     from crossenc.config.overrides import install_config_hooks
+    from crossenc.entrypoints.pooling import score_template
     from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
+    # In every process: `vllm serve --api-server-count N` builds the scoring processor in
+    # processes that never run the model-config hook.
+    score_template.install()
     # Last: hooks every architecture registered above (LLM-reranker overrides, presets).
     install_config_hooks()
 

@@ -224,9 +224,6 @@ def verify_and_update_model_config(model_config: Any) -> None:
         apply(hf_config, validate_conversion(hf_config, tokenizer, hf_overrides, preset))
     if preset is not None:
         setattr(hf_config, presets.PRESET_KEY, preset.name)
-        from crossenc.entrypoints.pooling import score_template
-
-        score_template.install()
 
 
 def install_config_hooks() -> None:

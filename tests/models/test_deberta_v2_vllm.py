@@ -70,10 +70,15 @@ def test_score_equals_cross_encoder(checkpoints, kind):
     path = checkpoints[kind]
     expected = CrossEncoder(str(path), device="cpu").predict([(QUERY, d) for d in DOCUMENTS])
     llm = _engine(path)  # vLLM's defaults: compilation mode on
+    # Every call's pairs are tokenized in one tokenizer call by crossenc's scoring processor.
+    processor = llm.pooling_io_processors["cross-encoder"]
+    batches, tokenize = [], processor._tokenize_pairs
+    processor._tokenize_pairs = lambda pairs, *args: batches.append(len(pairs)) or tokenize(pairs, *args)
     got = [o.outputs.score for o in llm.score(QUERY, DOCUMENTS)]
     # The same pairs batched with other work give the same numbers.
     again = [o.outputs.score for o in llm.score([QUERY] * len(DOCUMENTS), DOCUMENTS)]
     _release(llm)
+    assert batches == [len(DOCUMENTS)] * 2
     assert torch.allclose(torch.tensor(got), torch.tensor(expected, dtype=torch.float32), atol=ATOL)
     assert torch.allclose(torch.tensor(again), torch.tensor(got), atol=1e-6)
 

@@ -63,3 +63,26 @@ def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind,
     assert all(score_template._TOKENS_KEY in r for r, ok in zip(requests, served) if ok)
     if truncate != 24 or kind != "qwen3-reranker preset":  # 24 tokens hold no Qwen3 prompt
         assert sum(served) >= len(PAIRS) // 3
+
+
+def test_vllm_uses_the_batching_processor_for_crossencs_models_only(processors, tmp_path):
+    """The processor vLLM builds for scoring is crossenc's (it is installed when crossenc
+    registers), and it batches only the models crossenc serves: vLLM's own BERT keeps vLLM's path."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    from vllm.entrypoints.pooling.scoring.io_processor import ScoringIOProcessors
+
+    from tests.utils import save_tokenizer
+
+    assert ScoringIOProcessors["cross-encoder"] is score_template.TemplatedCrossEncoderIOProcessor
+    assert all(p.batches_pairs for p in processors.values())
+    vocab = save_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        num_labels=1)).save_pretrained(tmp_path)
+    bert = scoring_processor(tmp_path)
+    assert not bert.batches_pairs
+    requests = [score_render_params(bert, QUERY, d) for d in DOCUMENTS]
+    bert._pretokenize(requests)
+    assert not any(score_template._TOKENS_KEY in r for r in requests)

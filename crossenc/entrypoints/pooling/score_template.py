@@ -21,7 +21,8 @@ Which prompt a pair gets, first match wins:
    message inputs; vLLM 0.33 and later read it): vLLM's, so the scores are the ones
    sentence-transformers gives for that checkpoint;
 3. the preset's template: this processor.
-Models without a preset go through vLLM's code unchanged.
+Models crossenc does not serve (vLLM's own architectures without a preset) go through vLLM's
+code unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from vllm import TokensPrompt
 
 from crossenc import compat, presets
+from crossenc.model_executor.models import registry
 
 
 # Ids a pair was given by `_pretokenize`, from `render` to the `get_score_prompt` it calls.
@@ -47,6 +49,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         super().__init__(*args, **kwargs)
         preset = presets.for_config(self.model_config.hf_config)
         self.template = preset.template if preset is not None else None
+        # The models crossenc serves; vLLM's own keep vLLM's scoring path unchanged.
+        self.batches_pairs = preset is not None or self.model_config.architecture in registry.all_specs()
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -94,6 +98,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         return repr(sorted(encode_kwargs.items())), instruction
 
     def _pretokenize(self, requests) -> None:
+        if not self.batches_pairs:
+            return
         groups: dict[tuple, list] = {}
         for rp in requests:
             if (key := self._batch_key(rp)) is not None:
@@ -198,6 +204,6 @@ def install() -> None:
     """Serve cross-encoder scoring through the templated processor (idempotent).
 
     vLLM looks the processor up in `ScoringIOProcessors` when it builds a model's pooling
-    entrypoints, in the process that serves requests.
+    entrypoints, in the process that serves requests; crossenc installs it in every process.
     """
     compat.install_scoring_io_processor("cross-encoder", TemplatedCrossEncoderIOProcessor)

