@@ -97,7 +97,8 @@ def main() -> None:
     sizes = [int(n) for n in args.pairs.split(",")]
     query, all_docs = rerank_texts(tokenizer, max(sizes), cache=path / "texts.json")
     runs: dict[tuple[str, int], object] = {}
-    env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens}
+    env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens,
+                              "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1"}
     if args.system in ("crossenc", "vllm-bert"):
         if args.system == "vllm-bert":
             os.environ["VLLM_PLUGINS"] = ""

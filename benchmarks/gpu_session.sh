@@ -5,21 +5,26 @@
 # bench steps (default: all, in this order):
 #   crossenc-default    benchmarks/gpu_score.py, crossenc at vLLM's defaults
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
+#   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
 #   cross-encoder       sentence-transformers' CrossEncoder at every batch size
 #   vllm-bert           vLLM's own BERT of the same width
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
 #   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
+#   http-servers4       ... with --api-server-count 4 only
+#   http-compile        ... with CROSSENC_TORCH_COMPILE=1, vLLM's defaults otherwise
 set -o pipefail
 source "$(dirname "$2")/install.sh" "$1" "$2" /tmp/site || exit 3
-export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+# A fixed host address: the first engine start on a fresh machine otherwise stalls on a host lookup.
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 VLLM_HOST_IP=127.0.0.1
 out=$4
 S="python3 benchmarks/gpu_score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
 H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.jsonl"
 run_step() {
   case $1 in
-    crossenc-default) timeout 150 $S --system crossenc ;;
+    crossenc-default) timeout 240 $S --system crossenc ;;
+    crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
     cross-encoder) timeout 100 $S --system cross-encoder --pairs 100,256,2048 ;;
@@ -27,7 +32,9 @@ run_step() {
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
       --profile "$out/profile-crossenc-score.txt" ;;
     http-default) timeout 120 $H ;;
+    http-compile) CROSSENC_TORCH_COMPILE=1 timeout 200 $H ;;
     http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
+    http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
 }

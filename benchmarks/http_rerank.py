@@ -120,6 +120,7 @@ def main() -> None:
         with open(args.out, "a") as f:
             for row in rows:
                 f.write(json.dumps({**row, "shape": args.shape, "serve_args": args.serve_args,
+                                    "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
                                     "tokenizer": "unigram-128k"}) + "\n")
     finally:
         server.terminate()

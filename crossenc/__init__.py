@@ -36,7 +36,9 @@ def register() -> None:
 
 
 def _register_all() -> None:
+    from crossenc import compat
     from crossenc.config.overrides import install_config_hooks
+    from crossenc.config.scheduler import apply_encoder_defaults
     from crossenc.entrypoints.pooling import score_template
     from crossenc.model_executor.models.registry import register_with_vllm
 
@@ -44,6 +46,8 @@ def _register_all() -> None:
     # In every process: `vllm serve --api-server-count N` builds the scoring processor in
     # processes that never run the model-config hook.
     score_template.install()
+    # Before the engine config is built: larger engine steps for crossenc's encoders on a GPU.
+    compat.add_batch_defaults_hook(apply_encoder_defaults)
     # Last: hooks every architecture registered above (LLM-reranker overrides, presets).
     install_config_hooks()
 

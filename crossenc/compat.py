@@ -129,6 +129,8 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.entrypoints.pooling.scoring.utils", "parse_score_data"),
     ("vllm.entrypoints.pooling.scoring.utils", "truncate_text_to_tokens"),
     ("vllm.entrypoints.cli.main", "main"),
+    ("vllm.engine.arg_utils", "EngineArgs"),
+    ("vllm.platforms", "current_platform"),
 )
 
 
@@ -266,6 +268,42 @@ def inherit_engine_config_hook(arch: str, family_arch: str) -> None:
         (_internal("vllm.model_executor.models.config", "VerifyAndUpdateConfig"),),
         {"verify_and_update_config": staticmethod(family_hook.verify_and_update_config)},
     )
+
+
+# vLLM's EngineArgs method that fills in `max_num_batched_tokens` and `max_num_seqs` defaults.
+_BATCH_DEFAULTS_METHOD = "_set_default_max_num_seqs_and_batched_tokens_args"
+
+
+def add_batch_defaults_hook(hook: Callable[[Any, Any], None]) -> bool:
+    """Run `hook(engine_args, model_config)` after vLLM fills in its scheduler defaults, when the
+    user left `max_num_batched_tokens` unset (vLLM's EngineArgs; idempotent). A vLLM without
+    that method keeps its own defaults: False, logged once."""
+    engine_args = _internal("vllm.engine.arg_utils", "EngineArgs")
+    base = getattr(engine_args, _BATCH_DEFAULTS_METHOD, None)
+    if base is None:
+        logger.info("crossenc: vLLM %s has no EngineArgs.%s; its scheduler defaults are kept",
+                    installed_vllm_version(), _BATCH_DEFAULTS_METHOD)
+        return False
+    if getattr(base, "_crossenc_hook", False):
+        return True
+
+    def with_hook(self, usage_context, model_config, *args, **kwargs):
+        unset = self.max_num_batched_tokens is None
+        base(self, usage_context, model_config, *args, **kwargs)
+        if unset:
+            try:
+                hook(self, model_config)
+            except Exception:  # noqa: BLE001 - a default must never stop the engine
+                logger.exception("crossenc: choosing scheduler defaults failed; vLLM's are kept")
+
+    with_hook._crossenc_hook = True  # type: ignore[attr-defined]
+    setattr(engine_args, _BATCH_DEFAULTS_METHOD, with_hook)
+    return True
+
+
+def device_type() -> str:
+    """The device vLLM runs on ("cuda", "cpu", ...: `current_platform.device_type`)."""
+    return str(_internal("vllm.platforms", "current_platform").device_type)
 
 
 # --- Rules of vLLM's ModelConfig that crossenc.config.resolve mirrors -----------------------
