@@ -3,7 +3,7 @@
 # ../shared/gpu-vllm/), then the CUDA tests or end-to-end benchmark steps, logs and rows in OUT_DIR.
 #   bash benchmarks/gpu_session.sh PART_A_ZIP PART_B_DIR tests|bench OUT_DIR [STEP...]
 # bench steps (default: all, in this order):
-#   crossenc-default    benchmarks/gpu_score.py, crossenc at vLLM's defaults
+#   crossenc-default    benchmarks/score.py, crossenc at vLLM's defaults
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
@@ -13,17 +13,21 @@
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
 #   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
 #   http-servers4       ... with --api-server-count 4 only
+#   http-servers8       ... with --api-server-count 8 only
 #   http-compile        ... with CROSSENC_TORCH_COMPILE=1, vLLM's defaults otherwise
 set -o pipefail
 source "$(dirname "$2")/install.sh" "$1" "$2" /tmp/site || exit 3
 # A fixed host address: the first engine start on a fresh machine otherwise stalls on a host lookup.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 VLLM_HOST_IP=127.0.0.1
+# STALL_DUMP_S=N: N s into the first step, its engine processes print their Python stacks and
+# stop (faulthandler on SIGABRT), to see where a first start-up on a fresh machine stalls.
+export PYTHONFAULTHANDLER=1
 out=$4
-S="python3 benchmarks/gpu_score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
+S="python3 benchmarks/score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
 H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.jsonl"
 run_step() {
   case $1 in
-    crossenc-default) timeout 240 $S --system crossenc ;;
+    crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc ;;
     crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
@@ -35,6 +39,7 @@ run_step() {
     http-compile) CROSSENC_TORCH_COMPILE=1 timeout 200 $H ;;
     http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
     http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
+    http-servers8) timeout 130 $H --serve-args "--api-server-count 8" ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
 }
@@ -43,7 +48,10 @@ case $3 in
   bench)
     shift 4
     for s in ${@:-crossenc-default crossenc-65536 crossenc-per-pair cross-encoder vllm-bert profile http-default http-tuned}; do
-      run_step "$s" > "$out/$s.log" 2>&1; echo "== $s (rc $?)"
+      dump=
+      if [ -n "${STALL_DUMP_S:-}" ]; then (sleep "$STALL_DUMP_S"; pkill -ABRT -f EngineCore) & dump=$!; STALL_DUMP_S=; fi
+      run_step "$s" > "$out/$s.log" 2>&1; echo "== $s (rc $?) $(date +%T)"
+      [ -n "$dump" ] && kill "$dump" 2>/dev/null
       grep -E "pairs/s|docs:|Traceback|Error" "$out/$s.log" | tail -12
     done ;;
 esac

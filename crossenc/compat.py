@@ -274,10 +274,11 @@ def inherit_engine_config_hook(arch: str, family_arch: str) -> None:
 _BATCH_DEFAULTS_METHOD = "_set_default_max_num_seqs_and_batched_tokens_args"
 
 
-def add_batch_defaults_hook(hook: Callable[[Any, Any], None]) -> bool:
-    """Run `hook(engine_args, model_config)` after vLLM fills in its scheduler defaults, when the
-    user left `max_num_batched_tokens` unset (vLLM's EngineArgs; idempotent). A vLLM without
-    that method keeps its own defaults: False, logged once."""
+def add_batch_defaults_hook(hook: Callable[[Any, Any, bool], None]) -> bool:
+    """Run `hook(engine_args, model_config, batched_tokens_unset)` after vLLM fills in its
+    scheduler defaults, before the engine starts (vLLM's EngineArgs; idempotent);
+    `batched_tokens_unset`: the user left `max_num_batched_tokens` unset. A vLLM without that
+    method keeps its own defaults: False, logged once."""
     engine_args = _internal("vllm.engine.arg_utils", "EngineArgs")
     base = getattr(engine_args, _BATCH_DEFAULTS_METHOD, None)
     if base is None:
@@ -290,15 +291,20 @@ def add_batch_defaults_hook(hook: Callable[[Any, Any], None]) -> bool:
     def with_hook(self, usage_context, model_config, *args, **kwargs):
         unset = self.max_num_batched_tokens is None
         base(self, usage_context, model_config, *args, **kwargs)
-        if unset:
-            try:
-                hook(self, model_config)
-            except Exception:  # noqa: BLE001 - a default must never stop the engine
-                logger.exception("crossenc: choosing scheduler defaults failed; vLLM's are kept")
+        try:
+            hook(self, model_config, unset)
+        except Exception:  # noqa: BLE001 - a default must never stop the engine
+            logger.exception("crossenc: choosing engine defaults failed; vLLM's are kept")
 
     with_hook._crossenc_hook = True  # type: ignore[attr-defined]
     setattr(engine_args, _BATCH_DEFAULTS_METHOD, with_hook)
     return True
+
+
+# vLLM's CPU build: the cores it leaves to its own processes (`VLLM_CPU_NUM_OF_RESERVED_CPU`),
+# and the thread binding ("auto": one OpenMP thread per core of the engine's NUMA node, less those).
+CPU_RESERVED_CORES_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+CPU_THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
 def device_type() -> str:

@@ -155,3 +155,24 @@ def test_long_sequences_with_published_v3_buckets():
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         got = ours(*pack_batch(seqs))
     assert (got - expected).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("chunk_scores", [1, 4 * 40 * 40, 1 << 30])
+@pytest.mark.parametrize("variant", ["v3", "v2-conv-groups", "p2c-only"])
+def test_sequences_scored_in_chunks_equal_transformers(monkeypatch, variant, chunk_scores):
+    """The CPU reference scores a chunk of sequences at a time, each padded to its own longest:
+    one sequence per chunk, a few, or the whole batch give transformers' hidden states."""
+    from crossenc.kernels import disentangled_attention
+
+    monkeypatch.setattr(disentangled_attention, "REF_CHUNK_SCORES", chunk_scores)
+    torch.manual_seed(7)
+    hf = spread(HFModel(deberta_config(variant)))
+    ours = _ours(DebertaV2Model, hf)
+    g = torch.Generator().manual_seed(7)
+    seqs = [torch.randint(1, hf.config.vocab_size, (n,), generator=g).tolist() for n in (90, 3, 40, 41, 1, 128, 2)]
+    ids, mask = pad_batch(seqs)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        got = ours(*pack_batch(seqs))
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= ATOL

@@ -1,4 +1,5 @@
-"""Scheduler defaults for crossenc's encoders: the rule itself (hypothesis), and vLLM's own engine
+"""Engine defaults for crossenc's encoders (tokens per engine step on a GPU, every core for the
+model's threads on the CPU build): the rules themselves (hypothesis), and vLLM's own engine
 configuration built from its EngineArgs with crossenc loaded, for crossenc's DeBERTa and vLLM's BERT,
 with and without a user's choice."""
 
@@ -8,7 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossenc.config.scheduler import ENCODER_MAX_NUM_BATCHED_TOKENS, encoder_max_num_batched_tokens
+from crossenc import compat
+from crossenc.config import scheduler
+from crossenc.config.scheduler import (ENCODER_MAX_NUM_BATCHED_TOKENS, cpu_reserved_cores,
+                                       encoder_max_num_batched_tokens)
 from crossenc.model_executor.models.registry import CROSSENC_ARCHS
 
 ARCHS = st.sampled_from([*CROSSENC_ARCHS, "BertForSequenceClassification", "Qwen3ForSequenceClassification", None])
@@ -27,7 +31,30 @@ def test_encoder_default_only_raises_the_step_for_crossencs_encoders_on_a_gpu(
         assert got == vllm_default
 
 
+@given(arch=ARCHS, runner=st.sampled_from(["pooling", "generate"]), device=st.sampled_from(["cuda", "cpu", "xpu"]),
+       world_size=st.integers(1, 4), reserve=st.sampled_from([None, "0", "1", "3"]),
+       bind=st.sampled_from([None, "auto", "nobind", "0-1", "0-3|4-7"]))
+def test_cpu_default_gives_crossencs_encoders_every_core_unless_the_user_chose(
+        arch, runner, device, world_size, reserve, bind):
+    environ = {k: v for k, v in ((compat.CPU_RESERVED_CORES_ENV, reserve), (compat.CPU_THREADS_BIND_ENV, bind))
+               if v is not None}
+    got = cpu_reserved_cores(arch, runner, device, world_size, environ)
+    chose = reserve is not None or bind not in (None, "auto")
+    if arch in CROSSENC_ARCHS and runner == "pooling" and device == "cpu" and world_size == 1 and not chose:
+        assert got == "0"
+    else:
+        assert got is None
+
+
 pytest.importorskip("vllm")
+
+
+@pytest.fixture(autouse=True)
+def _own_environment(monkeypatch):
+    """The CPU reserve crossenc sets while a test builds engine configs ends with the test."""
+    monkeypatch.delenv(compat.CPU_RESERVED_CORES_ENV, raising=False)
+    monkeypatch.delenv(compat.CPU_THREADS_BIND_ENV, raising=False)
+    monkeypatch.setattr(scheduler, "_own_reserve", None)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +101,28 @@ def test_vllm_engine_config_gets_the_encoder_default(checkpoints, monkeypatch, d
     vllm_8 = _scheduler(checkpoints["bert"], max_num_seqs=8).max_num_batched_tokens
     assert _scheduler(checkpoints["deberta"], max_num_seqs=8).max_num_batched_tokens == (
         max(vllm_8, 8 * 512) if device == "cuda" else vllm_8)
+
+
+def test_vllm_engine_config_on_the_cpu_gives_crossencs_encoders_every_core(checkpoints, monkeypatch):
+    """The reserve reaches the processes vLLM starts after the config (through the environment);
+    vLLM's own models, a user's reserve or binding, and more than one worker keep vLLM's."""
+    import os
+
+    key = compat.CPU_RESERVED_CORES_ENV
+    monkeypatch.setattr(compat, "device_type", lambda: "cpu")
+
+    _scheduler(checkpoints["deberta"])
+    assert os.environ[key] == "0"
+    _scheduler(checkpoints["bert"])  # crossenc's own setting does not outlive its engine
+    assert key not in os.environ
+    _scheduler(checkpoints["deberta"], max_num_batched_tokens=3072)  # independent of the step default
+    assert os.environ[key] == "0"
+    monkeypatch.setenv(key, "1")  # the user's
+    _scheduler(checkpoints["deberta"])
+    assert os.environ[key] == "1"
+    _scheduler(checkpoints["bert"])
+    assert os.environ[key] == "1"
+    monkeypatch.delenv(key)
+    monkeypatch.setenv(compat.CPU_THREADS_BIND_ENV, "0")
+    _scheduler(checkpoints["deberta"])
+    assert key not in os.environ

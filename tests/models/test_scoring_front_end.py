@@ -1,7 +1,7 @@
 """The pairs of a scoring call tokenized at once give exactly the engine inputs of the per-pair
 path (vLLM's own for cross-encoders, the preset's template for LLM rerankers), on the installed
-vLLM, without an engine: token ids, token types, the pooling parameters, and the same error for
-a pair that cannot be served."""
+vLLM, without an engine: token ids, token types (where the model reads them), the pooling
+parameters, and the same error for a pair that cannot be served."""
 
 from __future__ import annotations
 
@@ -38,13 +38,19 @@ def processors(tmp_path_factory, causal_lm_dir):
     }
 
 
-def _outcome(processor, render_params):
+def _outcome(processor, render_params, batched: bool):
     try:
         engine_input = processor.render(render_params)
     except Exception as e:  # noqa: BLE001 - the same error either way
         return type(e).__name__, str(e)
     params = engine_input["params"]
-    return (list(engine_input["prompts"]["prompt_token_ids"]), params.task, params.extra_kwargs)
+    extra = dict(params.extra_kwargs or {})
+    if not processor.reads_token_types:
+        # A model without a token-type embedding never reads token types: the batched path does
+        # not send them, vLLM's per-pair path does.
+        types = extra.pop("compressed_token_type_ids", None)
+        assert types is None or not batched
+    return list(engine_input["prompts"]["prompt_token_ids"]), params.task, extra
 
 
 @pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
@@ -55,9 +61,12 @@ def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind,
     requests = [score_render_params(processor, q, d, truncate, instruction) for q, d in PAIRS]
     per_pair = copy.deepcopy(requests)
     processor._pretokenize(requests)
-    got = [_outcome(processor, r) for r in requests]
-    expected = [_outcome(processor, r) for r in per_pair]
+    got = [_outcome(processor, r, batched=True) for r in requests]
+    expected = [_outcome(processor, r, batched=False) for r in per_pair]
     assert got == expected
+    assert processor.reads_token_types == (kind == "deberta token types")
+    if kind == "deberta token types":
+        assert all("compressed_token_type_ids" in o[2] for o in got if isinstance(o[0], list))
     # Every pair that can be served was tokenized with the others.
     served = [isinstance(o[0], list) for o in expected]
     assert all(score_template._TOKENS_KEY in r for r, ok in zip(requests, served) if ok)
@@ -86,3 +95,47 @@ def test_vllm_uses_the_batching_processor_for_crossencs_models_only(processors, 
     requests = [score_render_params(bert, QUERY, d) for d in DOCUMENTS]
     bert._pretokenize(requests)
     assert not any(score_template._TOKENS_KEY in r for r in requests)
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset"])
+def test_an_online_request_is_rendered_in_one_hop_with_the_per_pair_engine_inputs(processors, kind):
+    """`vllm serve` awaits `render_async` for each pair of a /score or /rerank request; crossenc
+    tokenizes and renders the whole request in one hop to vLLM's renderer thread, with the same
+    engine inputs, and a pair that cannot be served fails the request with vLLM's error."""
+    import asyncio
+
+    processor = processors[kind]
+    if processor._render_pair_async is None:
+        pytest.skip("this vLLM renders a request's pairs in one hop itself (no per-pair render_async)")
+    assert processor.renders_requests
+    servable = [(q, d) for q, d in PAIRS if len(q) + len(d) < 1000]
+    requests = [score_render_params(processor, q, d) for q, d in servable]
+    expected = [_outcome(processor, r, batched=False) for r in copy.deepcopy(requests)]
+    rendering = score_template._RequestRendering(processor, requests)
+    for rp in requests:
+        rp[score_template._REQUEST_KEY] = rendering
+
+    async def serve(rps):
+        return await asyncio.gather(*(processor.render_async(rp) for rp in rps))
+
+    inputs = asyncio.run(serve(requests))
+    assert rendering.future is not None and all(score_template._TOKENS_KEY in rp for rp in requests)
+    got = []
+    for engine_input in inputs:
+        params = engine_input["params"]
+        extra = dict(params.extra_kwargs or {})
+        assert processor.reads_token_types or "compressed_token_type_ids" not in extra
+        got.append((list(engine_input["prompts"]["prompt_token_ids"]), params.task, extra))
+    assert got == expected
+
+    if kind == "qwen3-reranker preset":
+        return  # the template cuts a long document to fit
+    too_long = [score_render_params(processor, QUERY, d) for d in (DOCUMENTS[0], "a " * 600)]
+    with pytest.raises(Exception) as per_pair:
+        processor.render(copy.deepcopy(too_long[1]))
+    rendering = score_template._RequestRendering(processor, too_long)
+    for rp in too_long:
+        rp[score_template._REQUEST_KEY] = rendering
+    with pytest.raises(type(per_pair.value)) as batched:
+        asyncio.run(serve(too_long))
+    assert str(batched.value) == str(per_pair.value)

@@ -2,10 +2,13 @@
 once, and the preset's prompt template for LLM rerankers.
 
 vLLM renders every pair on its own: a tokenizer call per pair, the ids decoded back to text, the
-text parsed as prompt content. This processor tokenizes all text pairs of an `LLM.score` call or
-of a `/score` or `/rerank` request in one tokenizer call, with the same arguments, and hands
-each pair's ids (and token types) to vLLM's own rendering, which checks lengths, compresses token
-types and builds the engine input as for any pair. The ids are exactly vLLM's. Pairs that are
+text parsed as prompt content, and online a hop to the renderer thread per pair. This processor
+tokenizes all text pairs of an `LLM.score` call or of a `/score` or `/rerank` request in one
+tokenizer call, with the same arguments, and hands each pair's ids (and token types, where the
+model has a token-type embedding) to vLLM's own rendering, which checks lengths, compresses
+token types and builds the engine input as for any pair; online, a request's pairs are tokenized
+and rendered in one hop to vLLM's renderer thread, off the event loop. The ids are exactly
+vLLM's. Pairs that are
 not plain text, or that ask for a chat template, a saved template, per-query or per-document
 token limits or padding, go through vLLM's per-pair code.
 
@@ -27,6 +30,7 @@ code unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from typing import Any
@@ -40,6 +44,39 @@ from crossenc.model_executor.models import registry
 # Ids a pair was given by `_pretokenize`, from `render` to the `get_score_prompt` it calls.
 _rendering = threading.local()
 _TOKENS_KEY = "crossenc_tokens"
+# The pairs of one online request, rendered together (`_RequestRendering`).
+_REQUEST_KEY = "crossenc_request"
+
+
+class _RequestRendering:
+    """The pairs of one /score or /rerank request, tokenized and rendered in one hop to vLLM's
+    renderer thread: vLLM awaits each pair's rendering on its own, and the first await starts
+    the whole request's, off the event loop."""
+
+    def __init__(self, processor, requests):
+        self.processor = processor
+        self.requests = requests
+        self.index = {id(rp): i for i, rp in enumerate(requests)}
+        self.future: asyncio.Future | None = None
+
+    def run(self) -> list:
+        self.processor._pretokenize(self.requests)
+        results = []
+        for rp in self.requests:
+            try:
+                results.append(self.processor.render(rp))
+            except Exception as e:  # noqa: BLE001 - raised again by that pair's await
+                results.append(e)
+        return results
+
+    async def result(self, render_params):
+        if self.future is None:
+            self.future = asyncio.get_running_loop().run_in_executor(self.processor._executor, self.run)
+        results = await self.future
+        result = results[self.index[id(render_params)]]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
 
 class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor):
@@ -51,6 +88,17 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         self.template = preset.template if preset is not None else None
         # The models crossenc serves; vLLM's own keep vLLM's scoring path unchanged.
         self.batches_pairs = preset is not None or self.model_config.architecture in registry.all_specs()
+        # Token types reach a model only through a token-type embedding (DeBERTa-v3 and every
+        # CausalLM have none); sent anyway, each pair costs a deep copy of its pooling parameters
+        # and the engine expands them per token, for nothing.
+        self.reads_token_types = (getattr(self.model_config.hf_config, "type_vocab_size", 0) or 0) > 0
+        # vLLM renders each pair of an online request in its own hop to the renderer thread
+        # (`render_async`); crossenc renders a request's pairs in one.
+        self._render_pair_async = getattr(self, "render_async", None)
+        self.renders_requests = (self.batches_pairs and self._render_pair_async is not None
+                                 and hasattr(self, "_executor"))
+        if self.renders_requests:
+            self.render_async = self._render_request_async
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -66,8 +114,19 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 
     def get_request_factory_online(self, ctx):
         requests = super().get_request_factory_online(ctx)
-        self._pretokenize(requests)
+        if self.renders_requests:
+            rendering = _RequestRendering(self, requests)
+            for rp in requests:
+                rp[_REQUEST_KEY] = rendering
+        else:
+            self._pretokenize(requests)
         return requests
+
+    async def _render_request_async(self, render_params):
+        rendering = render_params.get(_REQUEST_KEY)
+        if rendering is None:
+            return await self._render_pair_async(render_params)
+        return await rendering.result(render_params)
 
     def get_request_factory_offline(self, ctx):
         factory, num_requests = super().get_request_factory_offline(ctx)
@@ -137,7 +196,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 
     def _encode(self, texts, text_pairs, encode_kwargs):
         encoded = self.tokenizer(text=texts, text_pair=text_pairs, **encode_kwargs)
-        types = encoded.get("token_type_ids")
+        types = encoded.get("token_type_ids") if self.reads_token_types else None
         return [(list(ids), None if types is None else list(types[i]))
                 for i, ids in enumerate(encoded["input_ids"])]
 

@@ -1,23 +1,30 @@
-"""Offline reranking on a GPU, end to end: vLLM's `LLM.score` with crossenc against
-sentence-transformers' `CrossEncoder.predict` and vLLM's own BERT of the same width, the same
-texts and tokenizer.
+"""Offline reranking end to end, on a GPU or on vLLM's CPU build: vLLM's `LLM.score` with
+crossenc against sentence-transformers' `CrossEncoder.predict` and vLLM's own BERT of the same
+width, the same texts and tokenizer.
 
-A DeBERTa-v3-shaped reranker (random weights, one logit, saved in float16, vocab 128100, 256
-position buckets) with a DeBERTa-v3-shaped tokenizer (benchmarks/workload.py: Unigram, 128k
-pieces, Metaspace) scores one query against each of --pairs documents; pairs are 64–256 tokens.
-Timed: one whole scoring call (tokenization included), median of --iters after --warmup. One
-system (one engine) per invocation, rows appended to --out:
+A DeBERTa-v3-shaped reranker (random weights, one logit, vocab 128100, 256 position buckets;
+saved in float16 for a GPU, float32 for the CPU) with a DeBERTa-v3-shaped tokenizer
+(benchmarks/workload.py: Unigram, 128k pieces, Metaspace) scores one query against each of
+--pairs documents; pairs are 64–256 tokens. Timed: one whole scoring call (tokenization
+included), median of --iters after --warmup. crossenc runs at vLLM's defaults (dtype "auto",
+the scheduler's and the CPU build's thread defaults) unless a flag says otherwise;
+`CrossEncoder.predict` runs at each batch size of --batch-sizes (its best is what to compare
+with), in float16 on a GPU and float32 on the CPU. One system (one engine) per invocation,
+rows appended to --out:
 
-    python benchmarks/gpu_score.py --system crossenc --out gpu_score.jsonl
-    python benchmarks/gpu_score.py --system crossenc --max-num-batched-tokens 65536 --out gpu_score.jsonl
-    python benchmarks/gpu_score.py --system crossenc --per-pair --out gpu_score.jsonl
-    python benchmarks/gpu_score.py --system vllm-bert --out gpu_score.jsonl
-    python benchmarks/gpu_score.py --system cross-encoder --out gpu_score.jsonl
+    python benchmarks/score.py --system crossenc --out score.jsonl
+    python benchmarks/score.py --system crossenc --max-num-batched-tokens 65536 --out score.jsonl
+    python benchmarks/score.py --system crossenc --per-pair --out score.jsonl
+    python benchmarks/score.py --system vllm-bert --out score.jsonl
+    python benchmarks/score.py --system cross-encoder --out score.jsonl
+    # vLLM's CPU build, 2 cores:
+    python benchmarks/score.py --shape v3-xsmall --pairs 64 --system crossenc --out cpu.jsonl
+    python benchmarks/score.py --shape v3-xsmall --pairs 64 --system cross-encoder --batch-sizes 8,16,32,64 --out cpu.jsonl
 
 crossenc and vllm-bert also time "the engine alone": `LLM.classify` of the pairs' token ids.
 `--per-pair` tokenizes pair by pair, as vLLM's own scoring does, on the same engine. vllm-bert
 runs vLLM's BertForSequenceClassification with crossenc not loaded (VLLM_PLUGINS unset to none).
-`--profile FILE` writes a cProfile of one 256-pair call (run the engine in-process,
+`--profile FILE` writes a cProfile of one call (run the engine in-process,
 VLLM_ENABLE_V1_MULTIPROCESSING=0, to see the engine's side too).
 """
 
@@ -38,12 +45,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHAPES = {
+    "v3-xsmall": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "v3-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 
 
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def checkpoint_dir(root: str | Path, shape: str, arch: str = "deberta") -> Path:
+    """Where the benchmark's checkpoint of `shape` is saved (float16 on a GPU, float32 on the CPU)."""
+    return Path(root) / (f"{arch}-{shape}" if on_gpu() else f"{arch}-{shape}-float32")
+
+
 def build_checkpoint(path: Path, shape: str, arch: str) -> None:
+    """Save the benchmark's checkpoint at `path` (once), in a child process: torch's CPU threads
+    started in this process would deadlock the engine process vLLM forks from it (seen as vLLM's
+    GPU model runner hanging in its first `torch.zeros`)."""
+    import multiprocessing
+
+    if (path / "config.json").exists():
+        return
+    child = multiprocessing.get_context("spawn").Process(target=_save_checkpoint, args=(path, shape, arch))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        sys.exit(f"building the checkpoint at {path} failed ({child.exitcode})")
+
+
+def _save_checkpoint(path: Path, shape: str, arch: str) -> None:
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config,
                               DebertaV2ForSequenceClassification)
@@ -67,7 +101,7 @@ def build_checkpoint(path: Path, shape: str, arch: str) -> None:
         model = BertForSequenceClassification(config).eval()
     with torch.no_grad():  # spread the scores (random init leaves every logit near 0)
         model.classifier.weight.mul_(50.0)
-    model.half().save_pretrained(path)
+    (model.half() if on_gpu() else model).save_pretrained(path)
 
 
 def main() -> None:
@@ -75,8 +109,10 @@ def main() -> None:
     parser.add_argument("--system", choices=["crossenc", "vllm-bert", "cross-encoder"], required=True)
     parser.add_argument("--shape", choices=list(SHAPES), default="v3-base")
     parser.add_argument("--pairs", default="256,2048", help="comma-separated call sizes")
+    parser.add_argument("--batch-sizes", default="32,64,128,256", help="CrossEncoder.predict's, comma-separated")
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--dtype", default="auto", help="crossenc's and vllm-bert's (vLLM's --dtype)")
     parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
     parser.add_argument("--profile", help="write a cProfile of one 256-pair call here")
     parser.add_argument("--warmup", type=int, default=3)
@@ -91,13 +127,13 @@ def main() -> None:
     from workload import rerank_texts
 
     arch = "bert" if args.system == "vllm-bert" else "deberta"
-    path = Path(args.checkpoint) / f"{arch}-{args.shape}"
+    path = checkpoint_dir(args.checkpoint, args.shape, arch)
     build_checkpoint(path, args.shape, arch)
     tokenizer = AutoTokenizer.from_pretrained(path)
     sizes = [int(n) for n in args.pairs.split(",")]
     query, all_docs = rerank_texts(tokenizer, max(sizes), cache=path / "texts.json")
     runs: dict[tuple[str, int], object] = {}
-    env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens,
+    env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens, "dtype_arg": args.dtype,
                               "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1"}
     if args.system in ("crossenc", "vllm-bert"):
         if args.system == "vllm-bert":
@@ -109,8 +145,10 @@ def main() -> None:
 
             TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
         extra = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
+        # On the CPU build this is the share of RAM reserved for the KV cache.
         llm = vllm.LLM(str(path), runner="pooling", max_model_len=512, seed=0, enforce_eager=args.enforce_eager,
-                       gpu_memory_utilization=0.5, **extra)
+                       dtype=args.dtype,
+                       gpu_memory_utilization=0.5 if on_gpu() else 0.1, **extra)
         sched = llm.llm_engine.vllm_config.scheduler_config
         env.update(vllm=vllm.__version__, dtype=str(llm.llm_engine.model_config.dtype),
                    max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
@@ -128,14 +166,21 @@ def main() -> None:
     else:
         from sentence_transformers import CrossEncoder
 
-        model = CrossEncoder(str(path), device="cuda", max_length=512, model_kwargs={"dtype": torch.float16})
+        dtype = torch.float16 if on_gpu() else torch.float32
+        model = CrossEncoder(str(path), device="cuda" if on_gpu() else "cpu", max_length=512,
+                             model_kwargs={"dtype": dtype})
+        env.update(dtype=str(dtype), torch_threads=torch.get_num_threads())
         for n in sizes:
-            for batch in (32, 64, 128, 256):
+            for batch in (int(b) for b in args.batch_sizes.split(",")):
                 runs[(f"CrossEncoder.predict batch {batch}", n)] = (
                     lambda b=batch, n=n: [float(x) for x in model.predict([(query, d) for d in all_docs[:n]],
                                                                           batch_size=b)])
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    env.update(load_avg_start=list(os.getloadavg()),
+               env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+                                                "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING")
+                    if k in os.environ})
     results = []
     for (name, n), fn in runs.items():
         for _ in range(args.warmup):
