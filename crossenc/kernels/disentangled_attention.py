@@ -51,9 +51,10 @@ def relative_position_index(
 
 
 # The reference scores a chunk of sequences at a time, each chunk padded to its own longest and
-# holding at most this many scores (heads x L x L per sequence): padding a whole engine step at
-# once costs more memory traffic than compute on a CPU (measured 2x slower at 64 pairs of 64-256
-# tokens on 2 cores).
+# holding at most this many scores (heads x L x L per sequence): one ~150-token sequence of 6
+# heads, or many short ones. Padding a whole engine step at once costs more memory traffic than
+# compute on a CPU: the forward of 64 pairs of 64-256 tokens took 10.1 s that way and 3.3 s in
+# chunks (2 cores, docs/benchmarks.md).
 REF_CHUNK_SCORES = 1 << 17
 
 
@@ -94,13 +95,20 @@ def disentangled_attention_ref(
 def _padded_attention(q, k, v, cu_seqlens, longest, pos_key, pos_query, rel_index, scale):
     """The sequences of `cu_seqlens` (starting at 0), padded to [B, H, longest, D] with one gather."""
     num_tokens = q.shape[0]
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     steps = torch.arange(longest, device=q.device)
-    valid = steps[None, :] < lengths[:, None]  # [B, L]
-    index = torch.where(valid, cu_seqlens[:-1, None] + steps[None, :], 0).clamp_(max=max(num_tokens - 1, 0))
+    single = cu_seqlens.shape[0] == 2  # one sequence: no padding, views instead of a gather
+    if single:
+        valid = None
 
-    def padded(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [B, H, L, D]
-        return x.float()[index].permute(0, 2, 1, 3)
+        def padded(x: torch.Tensor) -> torch.Tensor:  # [L, H, D] -> [1, H, L, D]
+            return x.float().permute(1, 0, 2).unsqueeze(0)
+    else:
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        valid = steps[None, :] < lengths[:, None]  # [B, L]
+        index = torch.where(valid, cu_seqlens[:-1, None] + steps[None, :], 0).clamp_(max=max(num_tokens - 1, 0))
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [B, H, L, D]
+            return x.float()[index].permute(0, 2, 1, 3)
 
     qp, kp, vp = padded(q), padded(k), padded(v)
     scores = qp @ kp.transpose(-1, -2)  # [B, H, L, L]
@@ -120,7 +128,10 @@ def _padded_attention(q, k, v, cu_seqlens, longest, pos_key, pos_query, rel_inde
     if pos_query is not None:  # p2c: k_j . pos_query[rel[i, j]], gathered per key row then transposed
         p2c = torch.einsum("bhjd,rhd->bhjr", kp, pos_query.float())
         scores = scores + torch.gather(p2c, -1, rel.t().expand(shape)).transpose(-1, -2)
-    scores = (scores * scale).masked_fill(~valid[:, None, None, :], float("-inf"))
+    scores = scores * scale
+    if single:
+        return (scores.softmax(-1) @ vp)[0].permute(1, 0, 2).to(q.dtype)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     out = scores.softmax(-1) @ vp  # [B, H, L, D]
     return out.permute(0, 2, 1, 3)[valid].to(q.dtype)
 
