@@ -51,7 +51,8 @@ def bar_panel(title: str, bars: list[tuple[str, float]], x: int, y: int, w: int)
         bw = (w - 310) * value / top
         out.append(f'<text x="{x}" y="{by + 13}" font-size="11">{label[:48]}</text>')
         out.append(f'<rect x="{x + 300}" y="{by}" width="{bw:.1f}" height="16" fill="{COLORS[i % len(COLORS)]}"/>')
-        out.append(f'<text x="{x + 304 + bw:.1f}" y="{by + 13}" font-size="11">{value:,.{0 if value >= 100 else 1}f}</text>')
+        shown = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+        out.append(f'<text x="{x + 304 + bw:.1f}" y="{by + 13}" font-size="11">{shown}</text>')
     return out
 
 

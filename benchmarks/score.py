@@ -19,7 +19,8 @@ rows appended to --out:
     python benchmarks/score.py --system cross-encoder --out score.jsonl
     # vLLM's CPU build, 2 cores:
     python benchmarks/score.py --shape v3-xsmall --pairs 64 --system crossenc --out cpu.jsonl
-    python benchmarks/score.py --shape v3-xsmall --pairs 64 --system cross-encoder --batch-sizes 8,16,32,64 --out cpu.jsonl
+    python benchmarks/score.py --shape v3-xsmall --pairs 64 --system cross-encoder --batch-sizes 1,2,4,8,16 \
+        --out cpu.jsonl
 
 crossenc and vllm-bert also time "the engine alone": `LLM.classify` of the pairs' token ids.
 `--per-pair` tokenizes pair by pair, as vLLM's own scoring does, on the same engine. vllm-bert

@@ -22,6 +22,7 @@ def register() -> None:
     """
     from crossenc import compat
 
+    _configure_logging()
     try:
         version, problems, warning = compat.compatibility()
         if not problems:
@@ -33,6 +34,36 @@ def register() -> None:
         logger.exception("crossenc: registering its models failed")
         version, problems = compat.installed_vllm_version(), [f"registration failed ({type(e).__name__}: {e})"]
     _register_unavailable(compat.unavailable_message(version, problems))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test's capture, a redirected stream)."""
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _configure_logging() -> None:
+    """crossenc's messages next to vLLM's, as vLLM configures its own logger: to stderr at
+    VLLM_LOGGING_LEVEL (default INFO), unless VLLM_CONFIGURE_LOGGING=0 or a handler is already set.
+    Without this only warnings would show, not the defaults crossenc chooses."""
+    import os
+
+    if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") == "0" or logger.handlers:
+        return
+    level = logging.getLevelName(os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper())
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(message)s", "%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level if isinstance(level, int) else logging.INFO)
+    logger.propagate = False
 
 
 def _register_all() -> None:

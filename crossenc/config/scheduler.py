@@ -83,6 +83,11 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
                 "--max-num-batched-tokens to choose another", chosen, architecture,
                 engine_args.max_num_batched_tokens)
             engine_args.max_num_batched_tokens = chosen
+    if device == "cpu" and architecture in CROSSENC_ARCHS:
+        dtype = str(model_config.dtype).removeprefix("torch.")
+        compat.logger.info(
+            "crossenc: %s runs in %s on the CPU (dtype %r; vLLM's \"auto\" serves a float32 checkpoint in "
+            "float16 here; --dtype float32 keeps float32)", architecture, dtype, engine_args.dtype)
     global _own_reserve
     # A reserve crossenc set for an earlier engine of this process is not the user's.
     if _own_reserve is not None and os.environ.get(compat.CPU_RESERVED_CORES_ENV) == _own_reserve:

@@ -126,3 +126,33 @@ def test_vllm_engine_config_on_the_cpu_gives_crossencs_encoders_every_core(check
     monkeypatch.setenv(compat.CPU_THREADS_BIND_ENV, "0")
     _scheduler(checkpoints["deberta"])
     assert key not in os.environ
+
+
+_SAY = r"""
+import sys
+from crossenc import compat
+compat.device_type = lambda: "cpu"
+from vllm.engine.arg_utils import EngineArgs
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+EngineArgs(model=sys.argv[1], runner="pooling", max_model_len=512).create_engine_config()
+"""
+
+
+@pytest.mark.parametrize("configure", ["1", "0"])
+def test_the_default_crossenc_chooses_is_said_in_vllms_log(checkpoints, configure):
+    """crossenc's log lines reach stderr beside vLLM's (vLLM's logging settings apply)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_CONFIGURE_LOGGING": configure, "VLLM_PLUGINS": "crossenc"}
+    env.pop(compat.CPU_RESERVED_CORES_ENV, None)
+    out = subprocess.run([sys.executable, "-c", _SAY, checkpoints["deberta"]], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = "crossenc: the model's threads get every core" in out.stderr
+    assert said == (configure == "1"), out.stderr[-2000:]
+    # The dtype it runs in: this float32 checkpoint at dtype "auto".
+    assert ("crossenc: DebertaV2ForSequenceClassification runs in float16 on the CPU (dtype 'auto'"
+            in out.stderr) == (configure == "1"), out.stderr[-2000:]
