@@ -69,6 +69,32 @@ async def _load(url: str, body_for, clients: int, seconds: float) -> dict:
             "p99_s": quantile(0.99), "errors": errors, "first_error": first_error[0] if first_error else None}
 
 
+def wait_until_serving(server, base: str, seconds: int = 600) -> str:
+    """Wait for `vllm serve` (a Popen) to answer /health at `base`; the id of the model it serves.
+    Exits if the server does."""
+    import httpx
+
+    for _ in range(seconds):
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            sys.exit(f"vllm serve exited with {server.returncode}")
+        time.sleep(1)
+    return httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+
+
+def rerank_bodies(model: str, query: str, docs: list[str], n: int):
+    """body_for(k, n=n): the k-th /rerank request, `n` consecutive documents of `docs`."""
+    def body_for(k: int, n: int = n) -> dict:
+        start = (k * n) % (len(docs) - n)
+        return {"model": model, "query": query, "documents": docs[start:start + n]}
+
+    return body_for
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="v3-base")
@@ -100,20 +126,7 @@ def main() -> None:
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{args.port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                sys.exit(f"vllm serve exited with {server.returncode}")
-            time.sleep(1)
-        model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
-
-        def body_for(k: int, n: int = args.docs) -> dict:
-            start = (k * n) % (len(docs) - n)
-            return {"model": model, "query": query, "documents": docs[start:start + n]}
+        body_for = rerank_bodies(wait_until_serving(server, base), query, docs, args.docs)
 
         asyncio.run(_load(f"{base}/rerank", body_for, 8, 3.0))  # warm-up
         rows = []

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import io
 import os
 import pstats
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,10 +68,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    import httpx
     from transformers import AutoTokenizer
 
-    from http_rerank import _load
+    from http_rerank import _load, rerank_bodies, wait_until_serving
     from workload import rerank_texts
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,20 +83,7 @@ def main() -> None:
                "--gpu-memory-utilization", "0.1"]
         server = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
         base = f"http://127.0.0.1:{args.port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                sys.exit(f"vllm serve exited with {server.returncode}")
-            time.sleep(1)
-        model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
-
-        def body_for(k: int, n: int = 32) -> dict:
-            start = (k * n) % (len(docs) - n)
-            return {"model": model, "query": query, "documents": docs[start:start + n]}
+        body_for = rerank_bodies(wait_until_serving(server, base, 300), query, docs, 32)
 
         asyncio.run(_load(f"{base}/rerank", body_for, 4, 3.0))
         lines = []
@@ -108,7 +94,7 @@ def main() -> None:
             print(lines[-1], flush=True)
         server.send_signal(signal.SIGINT)
         server.wait(120)
-        text = __import__("io").StringIO()
+        text = io.StringIO()
         stats = pstats.Stats(str(profile), stream=text).sort_stats("cumulative")
         stats.print_stats("|".join(p.replace(".", r"\.") for p in REQUEST_PATH), 40)
     Path(args.out).write_text("\n".join(lines) + "\n" + text.getvalue())

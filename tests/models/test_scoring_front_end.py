@@ -43,6 +43,11 @@ def _outcome(processor, render_params, batched: bool):
         engine_input = processor.render(render_params)
     except Exception as e:  # noqa: BLE001 - the same error either way
         return type(e).__name__, str(e)
+    return _described(processor, engine_input, batched)
+
+
+def _described(processor, engine_input, batched: bool):
+    """(token ids, task, extra kwargs) of an engine input, the same whichever path made it."""
     params = engine_input["params"]
     extra = dict(params.extra_kwargs or {})
     if not processor.reads_token_types:
@@ -111,31 +116,21 @@ def test_an_online_request_is_rendered_in_one_hop_with_the_per_pair_engine_input
     servable = [(q, d) for q, d in PAIRS if len(q) + len(d) < 1000]
     requests = [score_render_params(processor, q, d) for q, d in servable]
     expected = [_outcome(processor, r, batched=False) for r in copy.deepcopy(requests)]
-    rendering = score_template._RequestRendering(processor, requests)
-    for rp in requests:
-        rp[score_template._REQUEST_KEY] = rendering
+    rendering = score_template._RequestRendering.attach(processor, requests)
 
     async def serve(rps):
         return await asyncio.gather(*(processor.render_async(rp) for rp in rps))
 
     inputs = asyncio.run(serve(requests))
     assert rendering.future is not None and all(score_template._TOKENS_KEY in rp for rp in requests)
-    got = []
-    for engine_input in inputs:
-        params = engine_input["params"]
-        extra = dict(params.extra_kwargs or {})
-        assert processor.reads_token_types or "compressed_token_type_ids" not in extra
-        got.append((list(engine_input["prompts"]["prompt_token_ids"]), params.task, extra))
-    assert got == expected
+    assert [_described(processor, engine_input, batched=True) for engine_input in inputs] == expected
 
     if kind == "qwen3-reranker preset":
         return  # the template cuts a long document to fit
     too_long = [score_render_params(processor, QUERY, d) for d in (DOCUMENTS[0], "a " * 600)]
     with pytest.raises(Exception) as per_pair:
         processor.render(copy.deepcopy(too_long[1]))
-    rendering = score_template._RequestRendering(processor, too_long)
-    for rp in too_long:
-        rp[score_template._REQUEST_KEY] = rendering
+    score_template._RequestRendering.attach(processor, too_long)
     with pytest.raises(type(per_pair.value)) as batched:
         asyncio.run(serve(too_long))
     assert str(batched.value) == str(per_pair.value)

@@ -59,6 +59,14 @@ class _RequestRendering:
         self.index = {id(rp): i for i, rp in enumerate(requests)}
         self.future: asyncio.Future | None = None
 
+    @classmethod
+    def attach(cls, processor, requests) -> _RequestRendering:
+        """One rendering for `requests` (a request's render params), reachable from each."""
+        rendering = cls(processor, requests)
+        for rp in requests:
+            rp[_REQUEST_KEY] = rendering
+        return rendering
+
     def run(self) -> list:
         self.processor._pretokenize(self.requests)
         results = []
@@ -115,9 +123,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def get_request_factory_online(self, ctx):
         requests = super().get_request_factory_online(ctx)
         if self.renders_requests:
-            rendering = _RequestRendering(self, requests)
-            for rp in requests:
-                rp[_REQUEST_KEY] = rendering
+            _RequestRendering.attach(self, requests)
         else:
             self._pretokenize(requests)
         return requests
