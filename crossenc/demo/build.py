@@ -242,8 +242,11 @@ def build(settings: BuildSettings, out_dir: Path, log=print) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))  # the machine is assumed shared: two cores at most
     try:
+        log("reading the Python standard library's docstrings into query/passage pairs")
         train, _ = split(stdlib_pairs(), settings.held_out_percent)
         train = train[: settings.max_train_pairs]
+        log(f"embedding {len(train)} training pairs with the teacher, all-MiniLM-L6-v2 "
+            f"({time.time() - start:.0f}s)")
         signals = TeacherSignals.compute(train)
         log(f"teacher embedded {len(train)} training pairs ({time.time() - start:.0f}s)")
         model = train_student(settings, load_tokenizer(), train, signals, log=log)

@@ -29,12 +29,14 @@ def ensure_demo_model(settings: BuildSettings = BuildSettings(), log=print) -> P
     path = demo_model_path(settings)
     if (path / QUALITY_FILE).exists():
         return path
-    log(f"building the demo cross-encoder into {path} (once; a few minutes on 2 CPU cores)")
+    log(f"building the demo cross-encoder into {path} (once; 6 to 13 minutes on 2 CPU cores)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
         build(settings, tmp, log=log)
-        quality = evaluate(tmp, held_out_pairs(settings))
+        held_out = held_out_pairs(settings)
+        log(f"measuring its quality on {len(held_out)} held-out pairs (about a minute)")
+        quality = evaluate(tmp, held_out)
         (tmp / QUALITY_FILE).write_text(json.dumps(quality.as_dict(), indent=2) + "\n")
         try:
             tmp.rename(path)

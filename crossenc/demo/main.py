@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace, documents: list[str]) -> int:
     if args.model is None:
         from crossenc.demo.cache import ensure_demo_model, stored_quality
 
-        model = ensure_demo_model()
+        model = ensure_demo_model(log=lambda line: print(line, flush=True))
         quality = stored_quality(model)
         print(f"demo model: {model}")
         if quality is not None:
