@@ -95,9 +95,9 @@ class ScoreTemplate:
                 room = budget - len(bos) - sum(len(p) for i, p in enumerate(pieces) if i != d)
                 if room < fixed:
                     out.append(ValueError(
-                        f"the prompt template with this query takes {budget - room + fixed} tokens "
-                        f"without the document, more than the {budget} allowed; only the document "
-                        "is truncated, so shorten the query (or the instruction)"))
+                        f"the prompt template with this query takes more than the {budget} tokens "
+                        "allowed without the document; only the document is truncated, so shorten "
+                        "the query (or the instruction)"))
                     continue
                 pieces[d] = pieces[d][:room]
             out.append(bos + [i for piece in pieces for i in piece])

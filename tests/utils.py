@@ -175,13 +175,16 @@ def scoring_processor(path, **model_config_kwargs):
     return TemplatedCrossEncoderIOProcessor(vllm_config, renderer_from_config(vllm_config), chat_template_config)
 
 
-def score_render_params(processor, query, document, truncate: int | None = None, instruction: str | None = None):
-    """What vLLM's scoring entry points hand the processor's `render` for one pair."""
+def score_render_params(processor, query, document, truncate: int | None = None, instruction: str | None = None,
+                        side: str | None = None):
+    """What vLLM's scoring entry points hand the processor's `render` for one pair (`side`: a
+    request's truncation_side, vLLM 0.27+)."""
     from vllm import PoolingParams
 
     tok_params = processor.renderer.default_cmpl_tok_params
     if truncate is not None:
-        tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate)
+        tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate,
+                                            **({"truncation_side": side} if side else {}))
     extras = None if instruction is None else {"chat_template_kwargs": {"instruction": instruction}}
     return dict(data_1=query, data_2=document, chat_template=None, max_tokens_per_query=0,
                 max_tokens_per_doc=0, tok_params=tok_params, prompt_extras=extras, skip_mm_cache=False,

@@ -10,6 +10,11 @@ On the CPU build, vLLM reserves `--gpu-memory-utilization` of the machine's RAM 
 machine that runs anything else. When the user chose no memory setting, this picks one that
 starts here (half of the RAM free now, at most 0.5) and says so in one line; with too little free
 RAM it stops at once with one line naming the flags to pass.
+
+It also loads crossenc's serving guard (`crossenc.entrypoints.guard`: `/ready`, in-flight limits,
+clear 404s), takes crossenc's own flags for it (`--max-requests-in-flight N`,
+`--max-pairs-in-flight N`, `--ready-timeout SECONDS`), and exits with status 3 when vLLM's engine
+dies while serving, where vLLM's server alone exits with 0, so that a supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -57,6 +62,37 @@ def cpu_memory_args(argv: Sequence[str], environ: Mapping[str, str], total_bytes
             f"default 0.92; {free}): serving with --gpu-memory-utilization {share:.2f}; pass it to choose")
 
 
+# crossenc's own serve flags, each the environment variable `crossenc.entrypoints.guard` reads
+# (set here, so that every API-server process vLLM starts reads it too).
+GUARD_FLAGS = {
+    "--max-requests-in-flight": "CROSSENC_MAX_REQUESTS_IN_FLIGHT",
+    "--max-pairs-in-flight": "CROSSENC_MAX_PAIRS_IN_FLIGHT",
+    "--ready-timeout": "CROSSENC_READY_TIMEOUT",
+}
+GUARD_MIDDLEWARE = "crossenc.entrypoints.guard.ServingGuard"
+# The exit status when the engine died while serving (vLLM's own server exits with 0).
+ENGINE_DIED_STATUS = 3
+
+
+def guard_args(argv: Sequence[str], environ: dict[str, str]) -> list[str]:
+    """`argv` without crossenc's own flags (moved into `environ`), with crossenc's middleware."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in GUARD_FLAGS:
+            if not eq:
+                value = next(args, None)
+                if value is None:
+                    raise SystemExit(f"crossenc: {flag} needs a value")
+            environ[GUARD_FLAGS[flag]] = value
+        else:
+            out.append(arg)
+    if GUARD_MIDDLEWARE not in out:
+        out += ["--middleware", GUARD_MIDDLEWARE]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if compat.vllm_installed() and compat.device_type() == "cpu":
@@ -67,7 +103,15 @@ def main(argv: list[str] | None = None) -> None:
         if message:
             print(message, file=sys.stderr, flush=True)
         argv += extra
+    if argv and argv[0] not in ("-h", "--help"):
+        argv = guard_args(argv, os.environ)
     compat.run_vllm_cli(["serve", *argv])
+    from crossenc.entrypoints import guard
+
+    if guard.engine_died():
+        print(f"crossenc: vLLM's engine died while serving; exiting with status {ENGINE_DIED_STATUS} "
+              "(vLLM's server alone exits with 0)", file=sys.stderr, flush=True)
+        sys.exit(ENGINE_DIED_STATUS)
 
 
 if __name__ == "__main__":

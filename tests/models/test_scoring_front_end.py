@@ -79,6 +79,41 @@ def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind,
         assert sum(served) >= len(PAIRS) // 3
 
 
+BIG = " ".join(["Read the gzip file, then write it back."] * 8_000)  # 320,000 characters
+MEDIUM = " ".join(["The zlib module compresses data; gzip reads files."] * 60)  # 3,000 characters
+OVERSIZED = [(QUERY, BIG), (BIG, QUERY), ("", BIG), (MEDIUM, MEDIUM), (MEDIUM, DOCUMENTS[0]), (QUERY, MEDIUM)]
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
+@pytest.mark.parametrize("truncate,side", [(None, None), (24, None), (-1, None), (24, "left"), (96, "right"), (-1, "left")])
+def test_oversized_texts_are_cut_first_with_the_per_pair_engine_inputs(processors, kind, truncate, side):
+    """A text far beyond what max_model_len tokens hold is cut to a window before it is tokenized
+    (crossenc.entrypoints.pooling.text_window); the engine inputs, or the error, are still
+    exactly those of tokenizing the whole pair, for every truncation option and side."""
+    processor = processors[kind]
+    if side is not None and not hasattr(processor.renderer.default_cmpl_tok_params, "truncation_side"):
+        pytest.skip("this vLLM has no truncation_side")
+    requests = [score_render_params(processor, q, d, truncate, side=side) for q, d in OVERSIZED]
+    expected = [_outcome(processor, r, batched=False) for r in copy.deepcopy(requests)]
+    tokenized = []
+    real = processor.tokenizer.__class__.__call__
+
+    class Recording(processor.tokenizer.__class__):
+        def __call__(self, text=None, *args, **kwargs):
+            tokenized.extend(t for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
+            return real(self, text, *args, **kwargs)
+
+    original = processor.tokenizer.__class__
+    processor.tokenizer.__class__ = Recording
+    try:
+        processor._pretokenize(requests)
+    finally:
+        processor.tokenizer.__class__ = original
+    assert [_outcome(processor, r, batched=True) for r in requests] == expected
+    # The 320,000-character text was never tokenized whole.
+    assert tokenized and max(map(len, tokenized)) < len(BIG) // 4
+
+
 def test_vllm_uses_the_batching_processor_for_crossencs_models_only(processors, tmp_path):
     """The processor vLLM builds for scoring is crossenc's (it is installed when crossenc
     registers), and it batches only the models crossenc serves: vLLM's own BERT keeps vLLM's path."""

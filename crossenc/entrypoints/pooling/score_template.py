@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import threading
 from typing import Any
 
 from vllm import TokensPrompt
 
 from crossenc import compat, presets
+from crossenc.entrypoints.pooling import text_window
 from crossenc.model_executor.models import registry
 
 
@@ -46,6 +48,22 @@ _rendering = threading.local()
 _TOKENS_KEY = "crossenc_tokens"
 # The pairs of one online request, rendered together (`_RequestRendering`).
 _REQUEST_KEY = "crossenc_request"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text_problem(render_params) -> str | None:
+    """Why a pair cannot be scored whatever the model, in words, or None."""
+    if getattr(render_params["tok_params"], "truncate_prompt_tokens", None) == 0:
+        return ("truncate_prompt_tokens=0 leaves no tokens to score: pass a positive number of "
+                "tokens, or -1 for the model's maximum")
+    for name, text in (("query", render_params.get("data_1")), ("document", render_params.get("data_2"))):
+        if isinstance(text, str) and not text.isascii() and (m := _SURROGATE.search(text)):
+            return (f"the {name} holds a lone UTF-16 surrogate ({m.group()!a} at character {m.start()}), "
+                    "which is not text: send valid Unicode (a JSON \\uXXXX escape of a surrogate "
+                    "must come in a high-low pair)")
+    return None
 
 
 class _RequestRendering:
@@ -149,6 +167,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         rp = render_params
         if not (isinstance(rp.get("data_1"), str) and isinstance(rp.get("data_2"), str)):
             return None
+        if _text_problem(rp) is not None:
+            return None  # `render` refuses it
         # Keys differ between releases (0.26 has no per-query/per-document limits).
         if rp.get("chat_template") is not None or self.saved_template is not None:
             return None
@@ -156,7 +176,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             return None
         if self.template is None and getattr(self, "supports_score_template", False):
             return None
-        encode_kwargs = rp["tok_params"].get_encode_kwargs()
+        encode_kwargs = self._tok_params(rp).get_encode_kwargs()
         if encode_kwargs.get("padding"):
             return None
         instruction = ((rp.get("prompt_extras") or {}).get("chat_template_kwargs") or {}).get("instruction")
@@ -170,15 +190,47 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             if (key := self._batch_key(rp)) is not None:
                 groups.setdefault(key, []).append(rp)
         for (_, instruction), group in groups.items():
-            encode_kwargs = group[0]["tok_params"].get_encode_kwargs()
+            tok_params = self._tok_params(group[0])
+            encode_kwargs = tok_params.get_encode_kwargs()
             pairs = [(rp["data_1"], rp["data_2"]) for rp in group]
             try:
+                pairs = self._bounded(pairs, tok_params, encode_kwargs)
                 tokens = self._tokenize_pairs(pairs, encode_kwargs, instruction)
             except ValueError:
                 continue  # each pair raises it again, as vLLM's path does
             for rp, pair_tokens in zip(group, tokens):
                 if pair_tokens is not None:
                     rp[_TOKENS_KEY] = pair_tokens
+
+    def _bounded(self, pairs, tok_params, encode_kwargs):
+        """The pairs with each oversized text cut to the part whose tokens can reach the engine
+        (`text_window`): the same ids, at the cost of a maximum-length text."""
+        if self._formats_pairs:  # the template keeps the document's first tokens within the budget
+            budget = compat.truncation_budget(encode_kwargs, self.model_config.max_model_len)
+            return text_window.pair_windows(self.tokenizer, pairs, budget)
+        keep, side = self._kept_tokens(tok_params, encode_kwargs)
+        if keep is None:
+            return pairs
+        if not self.use_sep_token:  # read as one text
+            return [(text, "") for text in text_window.windows(self.tokenizer, [q + d for q, d in pairs], keep, side)]
+        # The tokenizer's own truncation of a pair depends on which text is longer; when it only
+        # bounds a prompt that is then refused (max_model_len + 1), a cut pair is refused either way.
+        keep_order = bool(encode_kwargs.get("truncation")) and keep <= self.model_config.max_model_len
+        return text_window.pair_windows(self.tokenizer, pairs, keep, side, keep_order)
+
+    def _kept_tokens(self, tok_params, encode_kwargs) -> tuple[int | None, str]:
+        """How many tokens of each text of a pair can reach the engine, from which end: the
+        tokenizer's truncation (`max_length`, vLLM's bound when it refuses a longer prompt), or
+        vLLM's own cut of the tokens to `truncate_prompt_tokens` from the side a request asked."""
+        if encode_kwargs.get("truncation") and encode_kwargs.get("max_length") is not None:
+            return encode_kwargs["max_length"], getattr(self.tokenizer, "truncation_side", "right")
+        keep = getattr(tok_params, "truncate_prompt_tokens", None)
+        side = getattr(tok_params, "truncation_side", None)
+        if keep is None or side is None:
+            return None, "right"
+        if keep < 0:
+            keep = tok_params.max_truncation_tokens
+        return keep, side
 
     def _tokenize_pairs(self, pairs, encode_kwargs, instruction):
         """(ids, token types or None) per pair, as `get_score_prompt` makes them; None for a
@@ -206,12 +258,21 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         return [(list(ids), None if types is None else list(types[i]))
                 for i, ids in enumerate(encoded["input_ids"])]
 
+    def _tok_params(self, render_params):
+        """A pair's tokenization parameters; a template cuts the document itself, so a requested
+        truncation side does not apply to its prompts."""
+        tok_params = render_params["tok_params"]
+        if self._formats_pairs and getattr(tok_params, "truncation_side", None) is not None:
+            return dataclasses.replace(tok_params, truncation_side=None)
+        return tok_params
+
     def render(self, render_params):
         # The template decides where to cut (the document's end), so a requested truncation
         # side must not cut the prompt again afterwards.
-        tok_params = render_params["tok_params"]
-        if self._formats_pairs and tok_params.truncation_side is not None:
-            tok_params = dataclasses.replace(tok_params, truncation_side=None)
+        if self.batches_pairs and (problem := _text_problem(render_params)) is not None:
+            raise ValueError(problem)
+        tok_params = self._tok_params(render_params)
+        if tok_params is not render_params["tok_params"]:
             render_params = {**render_params, "tok_params": tok_params}
         _rendering.tokens = render_params.get(_TOKENS_KEY)
         try:
