@@ -44,6 +44,33 @@ def test_the_choice_is_said_in_one_line_and_too_little_ram_stops_at_once():
         serve.cpu_memory_args(["m"], {}, 24 * GIB, GIB // 10)
 
 
+def test_crossencs_serve_flags_become_the_guards_settings():
+    environ = {}
+    argv = serve.guard_args(["m", "--runner", "pooling", "--max-pairs-in-flight", "64",
+                             "--ready-timeout=5", "--port", "9"], environ)
+    assert argv == ["m", "--runner", "pooling", "--port", "9", "--middleware", serve.GUARD_MIDDLEWARE]
+    assert environ == {"CROSSENC_MAX_PAIRS_IN_FLIGHT": "64", "CROSSENC_READY_TIMEOUT": "5"}
+    # Given once only, even when the user names it.
+    assert serve.guard_args(["m", "--middleware", serve.GUARD_MIDDLEWARE], {}).count(serve.GUARD_MIDDLEWARE) == 1
+    with pytest.raises(SystemExit, match="needs a value"):
+        serve.guard_args(["m", "--max-requests-in-flight"], {})
+
+
+@pytest.mark.parametrize("body,inputs", [
+    (b'{"query": "q", "documents": ["a", "b", "c"]}', 3),
+    (b'{"data_1": "q", "data_2": ["a", "b"]}', 2),
+    (b'{"queries": ["a", "b"], "documents": ["c", "d"]}', 2),
+    (b'{"input": ["a", "b", "c", "d"]}', 4),
+    (b'{"input": "a"}', 1),
+    (b'not json', 1),
+    (b'[1, 2]', 1),
+])
+def test_the_guard_counts_a_requests_inputs(body, inputs):
+    from crossenc.entrypoints import guard
+
+    assert guard.count_inputs(body) == inputs
+
+
 @pytest.mark.engine
 def test_the_readme_cpu_command_serves(tmp_path, monkeypatch):
     pytest.importorskip("vllm")

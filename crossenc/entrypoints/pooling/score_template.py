@@ -55,10 +55,15 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _text_problem(render_params) -> str | None:
     """Why a pair cannot be scored whatever the model, in words, or None."""
-    if getattr(render_params["tok_params"], "truncate_prompt_tokens", None) == 0:
+    return _pair_problem(render_params.get("data_1"), render_params.get("data_2"),
+                         getattr(render_params["tok_params"], "truncate_prompt_tokens", None))
+
+
+def _pair_problem(query, document, truncate: int | None) -> str | None:
+    if truncate == 0:
         return ("truncate_prompt_tokens=0 leaves no tokens to score: pass a positive number of "
                 "tokens, or -1 for the model's maximum")
-    for name, text in (("query", render_params.get("data_1")), ("document", render_params.get("data_2"))):
+    for name, text in (("query", query), ("document", document)):
         if isinstance(text, str) and not text.isascii() and (m := _SURROGATE.search(text)):
             return (f"the {name} holds a lone UTF-16 surrogate ({m.group()!a} at character {m.start()}), "
                     "which is not text: send valid Unicode (a JSON \\uXXXX escape of a surrogate "
@@ -228,8 +233,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         side = getattr(tok_params, "truncation_side", None)
         if keep is None or side is None:
             return None, "right"
-        if keep < 0:
-            keep = tok_params.max_truncation_tokens
+        if keep < 0:  # the model's maximum (`max_truncation_tokens` from vLLM 0.27)
+            keep = getattr(tok_params, "max_truncation_tokens", None) or tok_params.max_input_tokens
         return keep, side
 
     def _tokenize_pairs(self, pairs, encode_kwargs, instruction):
@@ -298,6 +303,12 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             if token_type_ids is not None:
                 prompt["token_type_ids"] = token_type_ids
             return None, prompt
+        if self.batches_pairs and isinstance(data_1, str) and isinstance(data_2, str):
+            # A pair tokenized on its own (vLLM 0.26 renders an online request's pairs one by one).
+            truncate = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
+            if (problem := _pair_problem(data_1, data_2, truncate)) is not None:
+                raise ValueError(problem)
+            (data_1, data_2), = self._bounded([(data_1, data_2)], None, encode_kwargs)
         if self.template is None or chat_template is not None or self.saved_template is not None:
             return super().get_score_prompt(
                 data_1,
