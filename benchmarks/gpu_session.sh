@@ -7,6 +7,7 @@
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
+#   crossenc-unpacked   ... one pair per engine request (CROSSENC_PACK_PAIRS=0), 100/256/2048 pairs
 #   cross-encoder       sentence-transformers' CrossEncoder at every batch size
 #   vllm-bert           vLLM's own BERT of the same width
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
@@ -14,6 +15,7 @@
 #   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
 #   http-servers4       ... with --api-server-count 4 only
 #   http-servers8       ... with --api-server-count 8 only
+#   http-servers8-unpacked  ... and one pair per engine request (CROSSENC_PACK_PAIRS=0)
 #   http-compile        ... with CROSSENC_TORCH_COMPILE=1, vLLM's defaults otherwise
 set -o pipefail
 source "$(dirname "$2")/install.sh" "$1" "$2" /tmp/site || exit 3
@@ -27,10 +29,11 @@ S="python3 benchmarks/score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
 H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.jsonl"
 run_step() {
   case $1 in
-    crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc ;;
+    crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
     crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
+    crossenc-unpacked) CROSSENC_PACK_PAIRS=0 timeout 150 $S --system crossenc --pairs 100,256,2048 ;;
     cross-encoder) timeout 100 $S --system cross-encoder --pairs 100,256,2048 ;;
     vllm-bert) timeout 110 $S --system vllm-bert ;;
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
@@ -40,6 +43,7 @@ run_step() {
     http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
     http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
     http-servers8) timeout 130 $H --serve-args "--api-server-count 8" ;;
+    http-servers8-unpacked) CROSSENC_PACK_PAIRS=0 timeout 130 $H --serve-args "--api-server-count 8" ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
 }

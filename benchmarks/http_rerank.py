@@ -162,6 +162,7 @@ def main() -> None:
             for row in rows:
                 f.write(json.dumps({**row, "shape": args.shape, "serve_args": args.serve_args,
                                     "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
+                                    "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0",
                                     "tokenizer": "unigram-128k"}) + "\n")
     finally:
         server.terminate()

@@ -139,7 +139,8 @@ def main() -> None:
     query, all_docs = rerank_texts(tokenizer, max(sizes), cache=path / "texts.json")
     runs: dict[tuple[str, int], object] = {}
     env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens, "dtype_arg": args.dtype,
-                              "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1"}
+                              "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
+                              "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0"}
     if args.system in ("crossenc", "vllm-bert"):
         if args.system == "vllm-bert":
             os.environ["VLLM_PLUGINS"] = ""
@@ -160,7 +161,9 @@ def main() -> None:
                    in_process=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
         label = {"crossenc": "crossenc", "vllm-bert": "vLLM BERT"}[args.system]
         label += "".join(f" ({s})" for s, on in (("enforce_eager", args.enforce_eager),
-                                                  ("per-pair tokenization", args.per_pair)) if on)
+                                                  ("per-pair tokenization", args.per_pair),
+                                                  ("one pair per engine request",
+                                                   args.system == "crossenc" and not env["pack_pairs"])) if on)
         for n in sizes:
             docs = all_docs[:n]
             runs[(f"{label} LLM.score", n)] = (

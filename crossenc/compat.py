@@ -131,6 +131,9 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.entrypoints.cli.main", "main"),
     ("vllm.engine.arg_utils", "EngineArgs"),
     ("vllm.platforms", "current_platform"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
+    ("vllm.v1.pool.metadata", "PoolingMetadata"),
+    ("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing"),
 )
 
 
@@ -414,6 +417,115 @@ def seq_cls_pooler(vllm_config: Any, projector: Callable, classifier: Any) -> An
     )
     dispatch = _internal("vllm.model_executor.layers.pooler", "DispatchPooler")
     return dispatch.for_seq_cls(pooler_config, pooling=pooling, classifier=classifier)
+
+
+def pooler_over_pairs(pooler: Any, pairs_of: Callable[[Any], list[int] | None]) -> Any:
+    """`pooler` (vLLM's), made to pool every pair of a packed request (`pairs_of(pooling
+    params)`: its pairs' lengths) as a request of its own; a packed request's output is its
+    pairs' outputs stacked. vLLM's own `PoolingMetadata` and cursor describe the pairs."""
+    import numpy as np
+    import torch
+
+    inner = pooler.forward
+
+    def forward(hidden_states, pooling_metadata):
+        lens = [pairs_of(p) for p in pooling_metadata.pooling_params]
+        cursor = pooling_metadata.pooling_cursor
+        if not any(lens) or cursor is None or cursor.is_partial_prefill():
+            return inner(hidden_states, pooling_metadata)
+        counts, seg_lens, params, states = [], [], [], []
+        for i, n in enumerate(pooling_metadata.prompt_lens.tolist()):
+            pairs = lens[i] if lens[i] and sum(lens[i]) == n else None
+            counts.append(len(pairs) if pairs else 0)  # 0: one sequence, output as vLLM's
+            segments = pairs or [n]
+            seg_lens.extend(segments)
+            params.extend([pooling_metadata.pooling_params[i]] * len(segments))
+            states.extend([pooling_metadata.pooling_states[i]] * len(segments))
+        seg = np.asarray(seg_lens, dtype=np.int64)
+        seg_cpu = torch.from_numpy(seg)
+        pairs_metadata = type(pooling_metadata)(
+            prompt_lens=seg_cpu, prompt_token_ids=None, prompt_token_ids_cpu=None,
+            pooling_params=params, pooling_states=states)
+        pairs_metadata.build_pooling_cursor(seg, seg_cpu, device=hidden_states.device)
+        outputs = list(inner(hidden_states, pairs_metadata))
+        grouped, j = [], 0
+        for count in counts:
+            if count:
+                grouped.append(torch.stack(outputs[j:j + count]))
+                j += count
+            else:
+                grouped.append(outputs[j])
+                j += 1
+        return grouped
+
+    pooler.forward = forward
+    return pooler
+
+
+def add_model_kwargs_hook(hook: Callable[[Any, dict[str, Any]], None]) -> bool:
+    """Run `hook(model_runner, model_kwargs)` on the keyword arguments vLLM's model runner
+    passes to a pooling model's forward (`GPUModelRunner._init_model_kwargs`, which the CPU
+    runner inherits; idempotent). A vLLM without that method: False."""
+    runner = _internal("vllm.v1.worker.gpu_model_runner", "GPUModelRunner")
+    base = getattr(runner, "_init_model_kwargs", None)
+    if base is None:
+        return False
+    if getattr(base, "_crossenc_hook", False):
+        return True
+
+    def with_hook(self, *args, **kwargs):
+        model_kwargs = base(self, *args, **kwargs)
+        if self.is_pooling_model and not (args or kwargs.get("num_reqs") == 0):
+            hook(self, model_kwargs)
+        return model_kwargs
+
+    with_hook._crossenc_hook = True  # type: ignore[attr-defined]
+    runner._init_model_kwargs = with_hook
+    return True
+
+
+def step_requests_params(model_runner: Any) -> list[Any]:
+    """The pooling parameters of the requests of a model runner's step, in the order their
+    tokens are laid out."""
+    return list(model_runner.input_batch.get_pooling_params())
+
+
+def step_seq_lens(model_runner: Any) -> list[int]:
+    """The token counts of the requests of a step (what vLLM's own token-type code reads)."""
+    return model_runner.optimistic_seq_lens_cpu[:model_runner.input_batch.num_reqs].tolist()
+
+
+def add_scoring_preprocessing_hook() -> bool:
+    """After vLLM's pooling servers render a request's engine inputs, call the IO processor's
+    `pack_engine_inputs(ctx)` where it has one (`PoolingBaseServing._preprocessing`, sync on
+    vLLM 0.26, async later; idempotent). A vLLM without it: False."""
+    import inspect
+
+    serving = _internal("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing")
+    base = getattr(serving, "_preprocessing", None)
+    if base is None:
+        return False
+    if getattr(base, "_crossenc_hook", False):
+        return True
+
+    def pack(io_processor, ctx):
+        if (packer := getattr(io_processor, "pack_engine_inputs", None)) is not None:
+            packer(ctx)
+
+    if inspect.iscoroutinefunction(base):
+        async def with_hook(self, io_processor, ctx):
+            result = await base(self, io_processor, ctx)
+            pack(io_processor, ctx)
+            return result
+    else:
+        def with_hook(self, io_processor, ctx):
+            result = base(self, io_processor, ctx)
+            pack(io_processor, ctx)
+            return result
+
+    with_hook._crossenc_hook = True  # type: ignore[attr-defined]
+    serving._preprocessing = with_hook
+    return True
 
 
 def token_cls_pooler(vllm_config: Any, classifier: Any) -> Any:

@@ -168,7 +168,7 @@ def scoring_processor(path, **model_config_kwargs):
     load_general_plugins()
     from crossenc.entrypoints.pooling.score_template import TemplatedCrossEncoderIOProcessor
 
-    kwargs = dict(runner="pooling", max_model_len=512, **model_config_kwargs)
+    kwargs = {"runner": "pooling", "max_model_len": 512, **model_config_kwargs}
     vllm_config = VllmConfig(model_config=ModelConfig(model=str(path), **kwargs))
     chat_template_config = SimpleNamespace(chat_template=None, chat_template_content_format="auto",
                                            trust_request_chat_template=False, trust_request_mm_kwargs=False)

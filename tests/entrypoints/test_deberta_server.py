@@ -67,6 +67,27 @@ def test_score_and_rerank_equal_cross_encoder(servers):
     assert [r["index"] for r in top] == [r["index"] for r in results[:2]]
 
 
+def _finished_engine_requests(server) -> float:
+    """vLLM's count of finished engine requests, from its Prometheus metrics."""
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+def test_a_requests_pairs_share_engine_requests_and_score_as_alone(servers):
+    """crossenc packs a request's pairs into few engine requests (`pair_packing`); each pair
+    scores as it does sent on its own."""
+    server = servers["cross"]
+    documents = [f"{d} ({i})" for i, d in enumerate(DOCUMENTS * 6)]
+    alone = [_post(server, "/score", {"queries": QUERY, "documents": [d]})["data"][0]["score"] for d in documents]
+    before = _finished_engine_requests(server)
+    results = _post(server, "/rerank", {"query": QUERY, "documents": documents})["results"]
+    engine_requests = _finished_engine_requests(server) - before
+    assert 1 <= engine_requests <= len(documents) / 2  # 9 for these 18 pairs at max_model_len 128
+    got = {r["index"]: r["relevance_score"] for r in results}
+    assert max(abs(got[i] - s) for i, s in enumerate(alone)) <= 1e-6
+
+
 def test_classify_uses_sigmoid_and_id2label(servers):
     server = servers["cross"]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

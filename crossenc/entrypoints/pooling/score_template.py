@@ -31,6 +31,7 @@ code unchanged.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import re
 import threading
@@ -40,6 +41,7 @@ from vllm import TokensPrompt
 
 from crossenc import compat, presets
 from crossenc.entrypoints.pooling import text_window
+from crossenc.model_executor.layers import pair_packing
 from crossenc.model_executor.models import registry
 
 
@@ -48,6 +50,9 @@ _rendering = threading.local()
 _TOKENS_KEY = "crossenc_tokens"
 # The pairs of one online request, rendered together (`_RequestRendering`).
 _REQUEST_KEY = "crossenc_request"
+# Offline: the pairs one engine request carries (`pair_packing`), rendered together.
+_PACK_KEY = "crossenc_pack"
+_LENS_KEY = "crossenc_pack_lens"  # its pairs' lengths once rendered
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -130,6 +135,11 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                                  and hasattr(self, "_executor"))
         if self.renders_requests:
             self.render_async = self._render_request_async
+        # Several pairs per engine request (`pair_packing`): crossenc's encoder cross-encoders,
+        # whose forward takes each pair's positions; not with token types (one split per request).
+        spec = registry.CROSSENC_ARCHS.get(self.model_config.architecture)
+        self.packs_pairs = (spec is not None and spec.head == "seq_cls" and self.template is None
+                            and not self.reads_token_types and pair_packing.enabled())
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -160,12 +170,96 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def get_request_factory_offline(self, ctx):
         factory, num_requests = super().get_request_factory_offline(ctx)
 
+        if self.packs_pairs:
+            requests = list(factory())
+            self._pretokenize(requests)
+            packs = self._packs(requests)
+            # `post_process_offline` splits the outputs, which come in this order.
+            self._offline_packs = packs
+            return (lambda: iter(packs)), len(packs)
+
         def pretokenized():
             requests = list(factory())
             self._pretokenize(requests)
             yield from requests
 
         return pretokenized, num_requests
+
+    # --- Several pairs per engine request (`pair_packing`) -----------------------------------
+
+    def _packs(self, requests) -> list:
+        """The render params of an offline call, consecutive tokenized pairs packed into one
+        (`_PACK_KEY`) up to max_model_len tokens; the others as they are."""
+        lengths = [len(rp[_TOKENS_KEY][0]) if _TOKENS_KEY in rp else None for rp in requests]
+        packs, i = [], 0
+        while i < len(requests):
+            j = i
+            while (j < len(requests) and lengths[j] is not None
+                   and _pack_key(requests[j]) == _pack_key(requests[i])):
+                j += 1
+            if j == i:
+                packs.append(requests[i])
+                i += 1
+                continue
+            for group in pair_packing.pack_groups(lengths[i:j], self.model_config.max_model_len):
+                members = [requests[i + k] for k in group]
+                packs.append(members[0] if len(members) == 1 else {**members[0], _PACK_KEY: members})
+            i = j
+        return packs
+
+    def pack_engine_inputs(self, ctx) -> None:
+        """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
+        engine request up to max_model_len tokens; `post_process_online` splits the outputs."""
+        inputs = ctx.engine_inputs
+        if not self.packs_pairs or not inputs or len(inputs) < 2:
+            return
+        per_pair_params = isinstance(ctx.pooling_params, list)  # vLLM 0.26
+        if per_pair_params:  # engine inputs are prompts, parameters a list beside them
+            items = [dict(prompts=p, params=q, lora_requests=None, priorities=None)
+                     for p, q in zip(inputs, ctx.pooling_params)]
+        else:
+            items = list(inputs)
+        packed, pair_lens = self._pack_items(items)
+        if len(packed) == len(items):
+            return
+        ctx.crossenc_pair_lens = pair_lens
+        if per_pair_params:
+            ctx.engine_inputs = [item["prompts"] for item in packed]
+            ctx.pooling_params = [item["params"] for item in packed]
+        else:
+            ctx.engine_inputs = packed
+
+    def _pack_items(self, items) -> tuple[list, list]:
+        """Engine inputs ({prompts, params, lora_requests, priorities}) packed; each packed
+        one's pair lengths (None for an input left alone)."""
+        lengths = [len(item["prompts"].get("prompt_token_ids") or ()) for item in items]
+        packed, pair_lens, i = [], [], 0
+        while i < len(items):
+            j = i + 1
+            while j < len(items) and _same_request_kind(items[i], items[j]):
+                j += 1
+            for group in pair_packing.pack_groups(lengths[i:j], self.model_config.max_model_len):
+                members = [items[i + k] for k in group]
+                if len(members) == 1:
+                    packed.append(members[0])
+                    pair_lens.append(None)
+                else:
+                    packed.append(merged := _merged(members))
+                    pair_lens.append(pair_packing.pair_lens(merged["params"]))
+            i = j
+        return packed, pair_lens
+
+    def post_process_online(self, ctx):
+        pair_lens = getattr(ctx, "crossenc_pair_lens", None)
+        if pair_lens is not None and ctx.final_res_batch:
+            ctx.final_res_batch = _split_outputs(ctx.final_res_batch, pair_lens)
+        return super().post_process_online(ctx)
+
+    def post_process_offline(self, ctx):
+        packs, self._offline_packs = getattr(self, "_offline_packs", None), None
+        if packs is not None and len(packs) == len(ctx.outputs):
+            ctx.outputs = _split_outputs(ctx.outputs, [rp.get(_LENS_KEY) for rp in packs])
+        return super().post_process_offline(ctx)
 
     def _batch_key(self, render_params) -> tuple | None:
         """What pairs share to be tokenized in one call, or None for vLLM's per-pair path."""
@@ -272,6 +366,10 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         return tok_params
 
     def render(self, render_params):
+        if (members := render_params.get(_PACK_KEY)) is not None:
+            merged = _merged([self.render(rp) for rp in members])
+            render_params[_LENS_KEY] = pair_packing.pair_lens(merged["params"])
+            return merged
         # The template decides where to cut (the document's end), so a requested truncation
         # side must not cut the prompt again afterwards.
         if self.batches_pairs and (problem := _text_problem(render_params)) is not None:
@@ -335,6 +433,51 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             instruction=(chat_template_kwargs or {}).get("instruction"),
         )
         return self.tokenizer.decode(ids), TokensPrompt(prompt_token_ids=ids)
+
+
+def _pack_key(render_params) -> tuple:
+    """What the pairs of one engine request must share."""
+    return (id(render_params["params"]), render_params.get("lora_requests"), render_params.get("priorities"))
+
+
+def _same_request_kind(a, b) -> bool:
+    return (a["params"] is b["params"] and a.get("lora_requests") == b.get("lora_requests")
+            and a.get("priorities") == b.get("priorities")
+            and bool(a["prompts"].get("prompt_token_ids")) and bool(b["prompts"].get("prompt_token_ids")))
+
+
+def _merged(members) -> dict:
+    """One engine input carrying the rendered pairs `members`, back to back."""
+    first = members[0]
+    prompt = dict(first["prompts"])
+    prompt.pop("prompt", None)  # the first pair's text
+    prompt["prompt_token_ids"] = [t for m in members for t in m["prompts"]["prompt_token_ids"]]
+    params = first["params"].clone()
+    params.extra_kwargs = {**(params.extra_kwargs or {}), pair_packing.PAIRS_KEY:
+                           [len(m["prompts"]["prompt_token_ids"]) for m in members]}
+    return {**first, "prompts": prompt, "params": params}
+
+
+def _split_outputs(outputs, pair_lens) -> list:
+    """Each packed request's output (its pairs' outputs stacked) as one output per pair, in
+    order; `pair_lens`: per output, its pairs' lengths, or None for one pair."""
+    split = []
+    for out, lens in zip(outputs, pair_lens):
+        data = getattr(getattr(out, "outputs", None), "data", None)
+        if lens is None or data is None or getattr(out, "error", None) is not None:
+            split.append(out)
+            continue
+        if data.shape[0] != len(lens):
+            raise RuntimeError(f"a packed request of {len(lens)} pairs came back with {data.shape[0]} outputs")
+        start = 0
+        for row, n in zip(data, lens):
+            pair = copy.copy(out)
+            pair.outputs = copy.copy(out.outputs)
+            pair.outputs.data = row
+            pair.prompt_token_ids = out.prompt_token_ids[start:start + n]
+            start += n
+            split.append(pair)
+    return split
 
 
 def install() -> None:

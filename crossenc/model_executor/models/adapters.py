@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from crossenc import compat
-from crossenc.model_executor.layers import default_weight_loader
+from crossenc.model_executor.layers import default_weight_loader, pair_packing
 from crossenc.model_executor.models.registry import base_ref_for, pooling_class_name
 
 _SEQ_CLS = "ForSequenceClassification"
@@ -112,8 +112,9 @@ class _EncoderHeadModel(nn.Module):
         return self.backbone.embed_input_ids(input_ids)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
-                token_type_ids=None) -> torch.Tensor:
-        return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds, token_type_ids)
+                token_type_ids=None, pair_positions=None) -> torch.Tensor:
+        return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds, token_type_ids,
+                             pair_positions)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """A transformers checkpoint: backbone under its prefix, then the head's tensors."""
@@ -165,6 +166,12 @@ def _encoder_seq_cls(base_cls: type) -> type:
                 # classifier; a lambda keeps its weights registered once, under `projector`.
                 self.pooler = compat.seq_cls_pooler(
                     vllm_config, lambda x: self.projector(x), self.classifier)
+                # Several pairs per engine request (`pair_packing`): scored pair by pair.
+                if hasattr(self.backbone, "allow_packed_pairs"):
+                    self.backbone.allow_packed_pairs(
+                        pair_packing.MAX_PAIRS_PER_REQUEST,
+                        vllm_config.scheduler_config.max_num_batched_tokens)
+                    compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens)
 
         def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
             """Without vLLM: one row of logits per sequence of the packed batch."""

@@ -475,8 +475,19 @@ class DebertaV2Model(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embeddings.word_embeddings(input_ids)
 
+    def allow_packed_pairs(self, max_pairs: int, max_num_batched_tokens: int) -> None:
+        """Requests may carry up to `max_pairs` sequences each (`pair_packing`): the layout's
+        bound on sequences per step grows to match."""
+        if self.layout_bounds:
+            seqs = self.layout_bounds["max_seqs"] - 1
+            self.layout_bounds["max_seqs"] = min(seqs * max_pairs, max_num_batched_tokens) + 1
+
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
-                token_type_ids=None) -> torch.Tensor:
+                token_type_ids=None, pair_positions=None) -> torch.Tensor:
+        if pair_positions is not None:  # packed requests: positions restart at every pair
+            positions = positions.clone()
+            n = min(pair_positions.shape[0], positions.shape[0])
+            positions[:n] = pair_positions[:n]
         padding = compat.current_padding_mask() if self.in_vllm else None
         bounds = self.layout_bounds if positions.is_cuda else {}
         layout = PackedLayout.from_positions(positions, padding, **bounds)

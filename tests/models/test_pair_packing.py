@@ -1,0 +1,155 @@
+"""Several pairs per engine request (crossenc.model_executor.layers.pair_packing).
+
+The packing rules against a plain reading of them, and real engines: `LLM.score` with packing
+against the same pairs one request each and against sentence-transformers' CrossEncoder, for
+relative-position (v3), convolution (v2) and absolute-position DeBERTa; a packed request's
+outputs carry each pair's own token ids; a server's /rerank and /score with packing equal to the
+pairs sent one by one.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from crossenc.model_executor.layers import pair_packing
+from tests.utils import DOCUMENTS, QUERY, save_deberta
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ATOL = 1e-4  # against sentence-transformers
+EXACT = 1e-6  # packed against one pair per request, same engine
+# Pairs of many lengths, unicode and an empty document.
+PAIRS_DOCS = [("document %d " % i) * (1 + i % 9) for i in range(37)] + ["", "ünïcödé ✓ ≠ " * 4, *DOCUMENTS]
+MAX_MODEL_LEN = 96
+
+
+@given(st.lists(st.integers(1, 120), max_size=60), st.integers(1, 128), st.integers(1, 20))
+def test_pack_groups_are_consecutive_and_within_the_budget(lengths, budget, max_pairs):
+    groups = pair_packing.pack_groups(lengths, budget, max_pairs)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))
+    for g in groups:
+        assert 1 <= len(g) <= max_pairs
+        assert len(g) == 1 or sum(lengths[i] for i in g) <= budget
+    # Greedy: the next pair would not have fitted in the group before it.
+    for a, b in zip(groups, groups[1:]):
+        assert len(a) == max_pairs or sum(lengths[i] for i in a) + lengths[b[0]] > budget
+
+
+@given(st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=5), min_size=1, max_size=8),
+       st.data())
+def test_segment_positions_restart_at_every_request_and_pair(requests, data):
+    packed = {i for i in range(len(requests)) if data.draw(st.booleans())}
+    seq_lens = [sum(r) for r in requests]
+    pairs = {i: requests[i] for i in packed}
+    expected = []
+    for i, r in enumerate(requests):
+        for n in (r if i in packed else [sum(r)]):
+            expected.extend(range(n))
+    assert pair_packing.segment_positions(seq_lens, pairs).tolist() == expected
+
+
+def test_pack_groups_keep_an_oversized_pair_alone():
+    assert [list(g) for g in pair_packing.pack_groups([3, 200, 4, 5], 10)] == [[0], [1], [2, 3]]
+
+
+# --- Real engines -------------------------------------------------------------------------------
+
+vllm_needed = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packing")
+    return {variant: save_deberta(root / variant, "seq_cls", variant, num_labels=1)
+            for variant in ("v3", "v2-conv", "absolute")}
+
+
+def _scores(llm, queries, documents, packed: bool):
+    processor = llm.pooling_io_processors["cross-encoder"]
+    processor.packs_pairs = packed
+    sizes, packs = [], processor._packs
+    processor._packs = lambda requests: sizes.append(len(p := packs(requests))) or p
+    try:
+        outputs = llm.score(queries, documents)
+    finally:
+        processor._packs = packs
+        processor.packs_pairs = True
+    return [o.outputs.score for o in outputs], [list(o.prompt_token_ids) for o in outputs], sizes
+
+
+@vllm_needed
+@pytest.mark.parametrize("variant", ["v3", "v2-conv", "absolute"])
+def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints, variant):
+    vllm = pytest.importorskip("vllm")
+    from sentence_transformers import CrossEncoder
+
+    path = checkpoints[variant]
+    memory = {"gpu_memory_utilization": 0.3} if torch.cuda.is_available() else {}
+    llm = vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, **memory)
+    try:
+        packed, packed_ids, sizes = _scores(llm, QUERY, PAIRS_DOCS, packed=True)
+        alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
+        # Pairs of different queries, packed together.
+        queries = [QUERY, "another question", ""] * 3
+        mixed, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=True)
+        mixed_alone, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=False)
+    finally:
+        del llm
+        gc.collect()
+    assert sizes and sizes[0] < len(PAIRS_DOCS) / 2  # packing happened
+    assert packed_ids == alone_ids
+    assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
+    assert np.max(np.abs(np.subtract(mixed, mixed_alone))) <= EXACT
+    # (CrossEncoder batches an empty document as "" text, vLLM tokenizes it as the query alone:
+    # compared above, packed against alone.)
+    cross_encoder = CrossEncoder(str(path), device="cpu", max_length=MAX_MODEL_LEN)
+    texts = [(i, d) for i, d in enumerate(PAIRS_DOCS) if d]
+    expected = cross_encoder.predict([(QUERY, d) for _, d in texts])
+    assert np.max(np.abs(np.subtract([packed[i] for i, _ in texts], expected))) <= ATOL
+    assert np.ptp(packed) > 3 * ATOL  # the pairs get different scores: the comparisons are not vacuous
+
+
+def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path):
+    """What the server does with a request's rendered pairs, on the processor vLLM builds."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("vllm")
+    from vllm.outputs import PoolingOutput, PoolingRequestOutput
+
+    from tests.utils import score_render_params, scoring_processor
+
+    processor = scoring_processor(save_deberta(tmp_path / "m", "seq_cls", "v3", num_labels=1),
+                                  max_model_len=MAX_MODEL_LEN)
+    render_params = [score_render_params(processor, QUERY, d) for d in PAIRS_DOCS]
+    for rp in render_params:
+        rp["params"] = render_params[0]["params"]  # one request's
+    processor._pretokenize(render_params)  # as for a request's pairs (`_RequestRendering`)
+    inputs = [processor.render(rp) for rp in render_params]
+    ctx = SimpleNamespace(engine_inputs=inputs, pooling_params=render_params[0]["params"], final_res_batch=[])
+    processor.pack_engine_inputs(ctx)
+    packed = ctx.engine_inputs
+    assert len(packed) < len(inputs) / 2
+    ids = [i["prompts"]["prompt_token_ids"] for i in inputs]
+    assert [t for e in packed for t in e["prompts"]["prompt_token_ids"]] == [t for i in ids for t in i]
+    for engine_input, lens in zip(packed, ctx.crossenc_pair_lens):
+        n = len(engine_input["prompts"]["prompt_token_ids"])
+        assert n <= MAX_MODEL_LEN
+        assert pair_packing.pair_lens(engine_input["params"]) == lens and (lens is None or sum(lens) == n)
+    assert render_params[0]["params"].extra_kwargs is None  # the request's parameters are not touched
+    # Each packed output (its pairs' outputs stacked) becomes one output per pair, in order.
+    ctx.final_res_batch = [
+        PoolingRequestOutput(request_id=str(k), outputs=PoolingOutput(data=torch.rand(len(lens or [0]), 1).squeeze(0)
+                                                                      if lens is None else torch.rand(len(lens), 1)),
+                             prompt_token_ids=e["prompts"]["prompt_token_ids"], num_cached_tokens=0, finished=True)
+        for k, (e, lens) in enumerate(zip(packed, ctx.crossenc_pair_lens))]
+    rows = [row for out in ctx.final_res_batch for row in (out.outputs.data if out.outputs.data.ndim == 2
+                                                            else [out.outputs.data])]
+    processor.post_process_online(ctx)
+    assert [list(o.prompt_token_ids) for o in ctx.final_res_batch] == ids
+    assert all(torch.equal(o.outputs.data, r) and o.outputs.data.shape == (1,) for o, r in zip(ctx.final_res_batch, rows))
