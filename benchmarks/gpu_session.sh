@@ -24,6 +24,9 @@ export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 VLLM_HOST_IP=127.0.0.1
 # STALL_DUMP_S=N: N s into the first step, its engine processes print their Python stacks and
 # stop (faulthandler on SIGABRT), to see where a first start-up on a fresh machine stalls.
 export PYTHONFAULTHANDLER=1
+# On the H200 of 2026-12-03, LLM's engine process failed at start with "Cannot re-initialize CUDA
+# in forked subprocess" from benchmarks/score.py (not from the tests or `vllm serve`): spawn it.
+export VLLM_WORKER_MULTIPROC_METHOD=${VLLM_WORKER_MULTIPROC_METHOD:-spawn}
 out=$4
 S="python3 benchmarks/score.py --warmup 2 --iters 5 --out $out/gpu_score.jsonl"
 H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.jsonl"

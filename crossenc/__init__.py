@@ -71,17 +71,12 @@ def _register_all() -> None:
     from crossenc.config.overrides import install_config_hooks
     from crossenc.config.scheduler import apply_encoder_defaults
     from crossenc.entrypoints.pooling import score_template
-    from crossenc.model_executor.layers import pair_packing
     from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
     # In every process: `vllm serve --api-server-count N` builds the scoring processor in
     # processes that never run the model-config hook.
     score_template.install()
-    # Several pairs per engine request for crossenc's cross-encoders: the server packs a
-    # request's rendered pairs, the model runner passes the pairs' positions to the model.
-    compat.add_scoring_preprocessing_hook()
-    compat.add_model_kwargs_hook(pair_packing.add_pair_positions)
     # Before the engine config is built: larger engine steps for crossenc's encoders on a GPU.
     compat.add_batch_defaults_hook(apply_encoder_defaults)
     # Last: hooks every architecture registered above (LLM-reranker overrides, presets).

@@ -131,10 +131,26 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.entrypoints.cli.main", "main"),
     ("vllm.engine.arg_utils", "EngineArgs"),
     ("vllm.platforms", "current_platform"),
+)
+
+
+# Internals of optional speed-ups, looked up only in the process that uses them, where vLLM has
+# imported them already: the model runner (in the engine's worker; importing it elsewhere can
+# initialise CUDA before vLLM starts its engine processes) and the pooling servers. Missing, the
+# speed-up stays off (several pairs per engine request, `pair_packing`).
+LAZY_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
-    ("vllm.v1.pool.metadata", "PoolingMetadata"),
     ("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing"),
 )
+
+
+def _lazy_internal(module: str, name: str) -> Any | None:
+    """A `LAZY_INTERNALS` entry, or None (logged) when this vLLM lacks it."""
+    try:
+        return _internal(module, name)
+    except IncompatibleVLLMError as e:
+        logger.info("crossenc: %s; one pair per engine request", e)
+        return None
 
 
 def missing_internals() -> list[str]:
@@ -419,10 +435,12 @@ def seq_cls_pooler(vllm_config: Any, projector: Callable, classifier: Any) -> An
     return dispatch.for_seq_cls(pooler_config, pooling=pooling, classifier=classifier)
 
 
-def pooler_over_pairs(pooler: Any, pairs_of: Callable[[Any], list[int] | None]) -> Any:
+def pooler_over_pairs(pooler: Any, pairs_of: Callable[[Any], list[int] | None],
+                      laid_out: Callable[[], bool]) -> Any:
     """`pooler` (vLLM's), made to pool every pair of a packed request (`pairs_of(pooling
     params)`: its pairs' lengths) as a request of its own; a packed request's output is its
-    pairs' outputs stacked. vLLM's own `PoolingMetadata` and cursor describe the pairs."""
+    pairs' outputs stacked. vLLM's own `PoolingMetadata` and cursor describe the pairs.
+    `laid_out()`: the model saw the pairs' positions in this step (else it refuses to pool)."""
     import numpy as np
     import torch
 
@@ -433,6 +451,9 @@ def pooler_over_pairs(pooler: Any, pairs_of: Callable[[Any], list[int] | None]) 
         cursor = pooling_metadata.pooling_cursor
         if not any(lens) or cursor is None or cursor.is_partial_prefill():
             return inner(hidden_states, pooling_metadata)
+        if not laid_out():
+            raise RuntimeError("crossenc: a request of packed pairs reached the model without the pairs' "
+                               "positions (the model runner hook is missing); set CROSSENC_PACK_PAIRS=0")
         counts, seg_lens, params, states = [], [], [], []
         for i, n in enumerate(pooling_metadata.prompt_lens.tolist()):
             pairs = lens[i] if lens[i] and sum(lens[i]) == n else None
@@ -466,7 +487,7 @@ def add_model_kwargs_hook(hook: Callable[[Any, dict[str, Any]], None]) -> bool:
     """Run `hook(model_runner, model_kwargs)` on the keyword arguments vLLM's model runner
     passes to a pooling model's forward (`GPUModelRunner._init_model_kwargs`, which the CPU
     runner inherits; idempotent). A vLLM without that method: False."""
-    runner = _internal("vllm.v1.worker.gpu_model_runner", "GPUModelRunner")
+    runner = _lazy_internal("vllm.v1.worker.gpu_model_runner", "GPUModelRunner")
     base = getattr(runner, "_init_model_kwargs", None)
     if base is None:
         return False
@@ -497,31 +518,23 @@ def step_seq_lens(model_runner: Any) -> list[int]:
 
 def add_scoring_preprocessing_hook() -> bool:
     """After vLLM's pooling servers render a request's engine inputs, call the IO processor's
-    `pack_engine_inputs(ctx)` where it has one (`PoolingBaseServing._preprocessing`, sync on
-    vLLM 0.26, async later; idempotent). A vLLM without it: False."""
+    `pack_engine_inputs(ctx)` where it has one (`PoolingBaseServing._preprocessing`, vLLM 0.27
+    and later; idempotent). vLLM 0.26 (its processors build the engine inputs themselves, in
+    `pre_process_online`) or a vLLM without it: False."""
     import inspect
 
-    serving = _internal("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing")
+    serving = _lazy_internal("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing")
     base = getattr(serving, "_preprocessing", None)
-    if base is None:
+    if base is None or not inspect.iscoroutinefunction(base):
         return False
     if getattr(base, "_crossenc_hook", False):
         return True
 
-    def pack(io_processor, ctx):
-        if (packer := getattr(io_processor, "pack_engine_inputs", None)) is not None:
-            packer(ctx)
-
-    if inspect.iscoroutinefunction(base):
-        async def with_hook(self, io_processor, ctx):
-            result = await base(self, io_processor, ctx)
-            pack(io_processor, ctx)
-            return result
-    else:
-        def with_hook(self, io_processor, ctx):
-            result = base(self, io_processor, ctx)
-            pack(io_processor, ctx)
-            return result
+    async def with_hook(self, io_processor, ctx):
+        result = await base(self, io_processor, ctx)
+        if (pack := getattr(io_processor, "pack_engine_inputs", None)) is not None:
+            pack(ctx)
+        return result
 
     with_hook._crossenc_hook = True  # type: ignore[attr-defined]
     serving._preprocessing = with_hook

@@ -56,17 +56,25 @@ def test_every_internal_lookup_is_checked_at_start_up():
         return arg.value if isinstance(arg, ast.Constant) else strings[arg.id]
 
     calls = {tuple(value(a) for a in node.args) for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_internal"}
-    assert calls, "no _internal calls found"
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_internal"
+             and not all(isinstance(a, ast.Name) for a in node.args)}  # `_lazy_internal`'s own call
+    lazy = {tuple(value(a) for a in node.args) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_lazy_internal"}
+    assert calls and lazy, "no _internal / _lazy_internal calls found"
     # A module looked up whole is checked through the names crossenc reads from it.
     required = {*compat.REQUIRED_INTERNALS, *((m,) for m, _ in compat.REQUIRED_INTERNALS)}
     assert calls - required == set()
+    # Optional speed-ups' internals are listed too (checked where used; see the next test).
+    assert lazy == set(compat.LAZY_INTERNALS)
 
 
 @needs_vllm
 def test_installed_vllm_is_tested_and_has_every_internal():
     version, problems, warning = compat.compatibility()
     import vllm
+
+    for module, name in compat.LAZY_INTERNALS:  # present on every tested release
+        assert compat._lazy_internal(module, name) is not None
 
     assert compat.parse_version(version) == compat.parse_version(vllm.__version__)
     assert problems == [] and warning is None

@@ -140,6 +140,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         spec = registry.CROSSENC_ARCHS.get(self.model_config.architecture)
         self.packs_pairs = (spec is not None and spec.head == "seq_cls" and self.template is None
                             and not self.reads_token_types and pair_packing.enabled())
+        if self.packs_pairs:  # online: vLLM's pooling servers hand over a request's rendered pairs
+            compat.add_scoring_preprocessing_hook()
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -248,6 +250,12 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                     pair_lens.append(pair_packing.pair_lens(merged["params"]))
             i = j
         return packed, pair_lens
+
+    def pre_process_online(self, ctx):
+        """vLLM 0.26: a request's pairs rendered by vLLM, then packed."""
+        result = super().pre_process_online(ctx)
+        self.pack_engine_inputs(ctx)
+        return result
 
     def post_process_online(self, ctx):
         pair_lens = getattr(ctx, "crossenc_pair_lens", None)
@@ -408,7 +416,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 raise ValueError(problem)
             (data_1, data_2), = self._bounded([(data_1, data_2)], None, encode_kwargs)
         if self.template is None or chat_template is not None or self.saved_template is not None:
-            return super().get_score_prompt(
+            text, prompt = super().get_score_prompt(
                 data_1,
                 data_2,
                 encode_kwargs,
@@ -417,6 +425,9 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 max_tokens_per_doc=max_tokens_per_doc,
                 chat_template_kwargs=chat_template_kwargs,
             )
+            if self.batches_pairs and not self.reads_token_types:
+                prompt.pop("token_type_ids", None)  # as `_encode` leaves them out
+            return text, prompt
         utils = compat.scoring_utils()
         query, document, mm_data, _ = utils.parse_score_data(data_1, data_2, self.model_config)
         if mm_data is not None:

@@ -22,7 +22,7 @@ import numpy as np
 # Key of a packed request's pooling parameters (`extra_kwargs`): its pairs' token counts.
 PAIRS_KEY = "crossenc_pair_lens"
 PACK_ENV = "CROSSENC_PACK_PAIRS"
-# Pairs per engine request at most; the encoders' packed layout on a GPU is bounded by it.
+# Pairs per engine request at most.
 MAX_PAIRS_PER_REQUEST = 16
 
 
@@ -52,25 +52,30 @@ def pair_lens(pooling_params) -> list[int] | None:
     return extra.get(PAIRS_KEY) if extra else None
 
 
-def segment_positions(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]]) -> np.ndarray:
-    """Positions of a step's tokens (requests back to back, `seq_lens` tokens each), restarting
-    at 0 at the start of every request and of every pair of a packed request (`pairs`: request
-    index -> its pair lengths)."""
-    segments: list[int] = []
+def segments(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]]) -> list[int]:
+    """The sequences of a step (requests back to back, `seq_lens` tokens each), a packed
+    request's pairs (`pairs`: request index -> its pair lengths) each a sequence of its own."""
+    out: list[int] = []
     for i, n in enumerate(seq_lens):
         lens = pairs.get(i)
         if lens is None or sum(lens) != n:
-            segments.append(n)
+            out.append(n)
         else:
-            segments.extend(lens)
-    seg = np.asarray(segments, dtype=np.int64)
+            out.extend(lens)
+    return out
+
+
+def segment_positions(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]]) -> np.ndarray:
+    """Positions of a step's tokens, restarting at 0 at the start of every sequence (`segments`)."""
+    seg = np.asarray(segments(seq_lens, pairs), dtype=np.int64)
     starts = np.repeat(np.cumsum(seg) - seg, seg)
     return np.arange(int(seg.sum()), dtype=np.int64) - starts
 
 
 def add_pair_positions(model_runner, model_kwargs: dict) -> None:
     """vLLM model-runner hook (`compat.add_model_kwargs_hook`): for a step with packed
-    requests, `pair_positions`, each token's position within its pair, for the model."""
+    requests, each token's position within its pair (`pair_positions`) and how many sequences
+    the step holds (`num_pair_seqs`), for the model."""
     from crossenc import compat
 
     params = compat.step_requests_params(model_runner)
@@ -82,3 +87,4 @@ def add_pair_positions(model_runner, model_kwargs: dict) -> None:
     seq_lens = compat.step_seq_lens(model_runner)
     positions = torch.from_numpy(segment_positions(seq_lens, pairs))
     model_kwargs["pair_positions"] = positions.to(model_runner.device, non_blocking=True)
+    model_kwargs["num_pair_seqs"] = len(segments(seq_lens, pairs))

@@ -112,9 +112,9 @@ class _EncoderHeadModel(nn.Module):
         return self.backbone.embed_input_ids(input_ids)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
-                token_type_ids=None, pair_positions=None) -> torch.Tensor:
+                token_type_ids=None, pair_positions=None, num_pair_seqs=None) -> torch.Tensor:
         return self.backbone(input_ids, positions, intermediate_tensors, inputs_embeds, token_type_ids,
-                             pair_positions)
+                             pair_positions, num_pair_seqs)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """A transformers checkpoint: backbone under its prefix, then the head's tensors."""
@@ -166,12 +166,12 @@ def _encoder_seq_cls(base_cls: type) -> type:
                 # classifier; a lambda keeps its weights registered once, under `projector`.
                 self.pooler = compat.seq_cls_pooler(
                     vllm_config, lambda x: self.projector(x), self.classifier)
-                # Several pairs per engine request (`pair_packing`): scored pair by pair.
-                if hasattr(self.backbone, "allow_packed_pairs"):
-                    self.backbone.allow_packed_pairs(
-                        pair_packing.MAX_PAIRS_PER_REQUEST,
-                        vllm_config.scheduler_config.max_num_batched_tokens)
-                    compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens)
+                # Several pairs per engine request (`pair_packing`): the model runner (in this
+                # process, where vLLM built it) passes the pairs' positions; scored pair by pair.
+                if hasattr(self.backbone, "saw_pair_positions") and compat.add_model_kwargs_hook(
+                        pair_packing.add_pair_positions):
+                    compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens,
+                                             lambda: self.backbone.saw_pair_positions)
 
         def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
             """Without vLLM: one row of logits per sequence of the packed batch."""

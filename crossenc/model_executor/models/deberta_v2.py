@@ -467,6 +467,7 @@ class DebertaV2Model(nn.Module):
             max_seqs=vllm_config.scheduler_config.max_num_seqs + 1,
             max_seqlen=vllm_config.model_config.max_model_len)
         layers = get_parallel_layers(vllm_config)
+        self.saw_pair_positions = False
         self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings")
         self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder")
         if with_pooler and self.in_vllm:
@@ -475,21 +476,17 @@ class DebertaV2Model(nn.Module):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embeddings.word_embeddings(input_ids)
 
-    def allow_packed_pairs(self, max_pairs: int, max_num_batched_tokens: int) -> None:
-        """Requests may carry up to `max_pairs` sequences each (`pair_packing`): the layout's
-        bound on sequences per step grows to match."""
-        if self.layout_bounds:
-            seqs = self.layout_bounds["max_seqs"] - 1
-            self.layout_bounds["max_seqs"] = min(seqs * max_pairs, max_num_batched_tokens) + 1
-
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None,
-                token_type_ids=None, pair_positions=None) -> torch.Tensor:
-        if pair_positions is not None:  # packed requests: positions restart at every pair
+                token_type_ids=None, pair_positions=None, num_pair_seqs=None) -> torch.Tensor:
+        bounds = self.layout_bounds if positions.is_cuda else {}
+        self.saw_pair_positions = pair_positions is not None
+        if pair_positions is not None:  # packed requests (`pair_packing`): positions restart at every pair
             positions = positions.clone()
             n = min(pair_positions.shape[0], positions.shape[0])
             positions[:n] = pair_positions[:n]
+            if bounds and num_pair_seqs is not None:  # the step's sequences, and vLLM's padding rows
+                bounds = {**bounds, "max_seqs": num_pair_seqs + 1}
         padding = compat.current_padding_mask() if self.in_vllm else None
-        bounds = self.layout_bounds if positions.is_cuda else {}
         layout = PackedLayout.from_positions(positions, padding, **bounds)
         x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
         x = self.encoder(x, layout)
