@@ -10,7 +10,9 @@ token types and builds the engine input as for any pair; online, a request's pai
 and rendered in one hop to vLLM's renderer thread, off the event loop. The ids are exactly
 vLLM's. Pairs that are
 not plain text, or that ask for a chat template, a saved template, per-query or per-document
-token limits or padding, go through vLLM's per-pair code.
+token limits or padding, go through vLLM's per-pair code. For crossenc's DeBERTa cross-encoders
+the rendered pairs then share engine requests of up to max_model_len tokens (`pair_packing`),
+and each packed request's output is split back into its pairs' outputs.
 
 vLLM formats a cross-encoder pair in `CrossEncoderIOProcessor.get_score_prompt`; its own hooks
 (`SupportsScoreTemplate`, a classmethod of the model class, and `--chat-template`) see neither
