@@ -51,7 +51,7 @@ def test_segment_positions_restart_at_every_request_and_pair(requests, data):
     for i, r in enumerate(requests):
         for n in (r if i in packed else [sum(r)]):
             expected.extend(range(n))
-    assert pair_packing.segment_positions(seq_lens, pairs).tolist() == expected
+    assert pair_packing.segment_positions(pair_packing.segments(seq_lens, pairs)).tolist() == expected
 
 
 def test_pack_groups_keep_an_oversized_pair_alone():

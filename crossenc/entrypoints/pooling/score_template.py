@@ -195,21 +195,10 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         """The render params of an offline call, consecutive tokenized pairs packed into one
         (`_PACK_KEY`) up to max_model_len tokens; the others as they are."""
         lengths = [len(rp[_TOKENS_KEY][0]) if _TOKENS_KEY in rp else None for rp in requests]
-        packs, i = [], 0
-        while i < len(requests):
-            j = i
-            while (j < len(requests) and lengths[j] is not None
-                   and _pack_key(requests[j]) == _pack_key(requests[i])):
-                j += 1
-            if j == i:
-                packs.append(requests[i])
-                i += 1
-                continue
-            for group in pair_packing.pack_groups(lengths[i:j], self.model_config.max_model_len):
-                members = [requests[i + k] for k in group]
-                packs.append(members[0] if len(members) == 1 else {**members[0], _PACK_KEY: members})
-            i = j
-        return packs
+        groups = pair_packing.pack_runs(lengths, [_pack_key(rp) for rp in requests],
+                                        self.model_config.max_model_len)
+        return [requests[g[0]] if len(g) == 1 else {**requests[g[0]], _PACK_KEY: [requests[k] for k in g]}
+                for g in groups]
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
@@ -236,21 +225,16 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def _pack_items(self, items) -> tuple[list, list]:
         """Engine inputs ({prompts, params, lora_requests, priorities}) packed; each packed
         one's pair lengths (None for an input left alone)."""
-        lengths = [len(item["prompts"].get("prompt_token_ids") or ()) for item in items]
-        packed, pair_lens, i = [], [], 0
-        while i < len(items):
-            j = i + 1
-            while j < len(items) and _same_request_kind(items[i], items[j]):
-                j += 1
-            for group in pair_packing.pack_groups(lengths[i:j], self.model_config.max_model_len):
-                members = [items[i + k] for k in group]
-                if len(members) == 1:
-                    packed.append(members[0])
-                    pair_lens.append(None)
-                else:
-                    packed.append(merged := _merged(members))
-                    pair_lens.append(pair_packing.pair_lens(merged["params"]))
-            i = j
+        lengths = [len(ids) if (ids := item["prompts"].get("prompt_token_ids")) else None for item in items]
+        packed, pair_lens = [], []
+        for group in pair_packing.pack_runs(lengths, [_pack_key(item) for item in items],
+                                            self.model_config.max_model_len):
+            if len(group) == 1:
+                packed.append(items[group[0]])
+                pair_lens.append(None)
+            else:
+                packed.append(merged := _merged([items[k] for k in group]))
+                pair_lens.append(pair_packing.pair_lens(merged["params"]))
         return packed, pair_lens
 
     def pre_process_online(self, ctx):
@@ -451,12 +435,6 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 def _pack_key(render_params) -> tuple:
     """What the pairs of one engine request must share."""
     return (id(render_params["params"]), render_params.get("lora_requests"), render_params.get("priorities"))
-
-
-def _same_request_kind(a, b) -> bool:
-    return (a["params"] is b["params"] and a.get("lora_requests") == b.get("lora_requests")
-            and a.get("priorities") == b.get("priorities")
-            and bool(a["prompts"].get("prompt_token_ids")) and bool(b["prompts"].get("prompt_token_ids")))
 
 
 def _merged(members) -> dict:

@@ -46,6 +46,23 @@ def pack_groups(lengths: Sequence[int], budget: int,
     return groups
 
 
+def pack_runs(lengths: Sequence[int | None], kinds: Sequence[object], budget: int) -> list[list[int]]:
+    """Index groups of items in order: consecutive items of one kind packed by `pack_groups`;
+    an item without a length (not packable) alone."""
+    groups: list[list[int]] = []
+    i = 0
+    while i < len(lengths):
+        j = i + 1
+        if lengths[i] is None:
+            groups.append([i])
+        else:
+            while j < len(lengths) and lengths[j] is not None and kinds[j] == kinds[i]:
+                j += 1
+            groups.extend([i + k for k in g] for g in pack_groups(lengths[i:j], budget))  # type: ignore[arg-type]
+        i = j
+    return groups
+
+
 def pair_lens(pooling_params) -> list[int] | None:
     """The pair lengths a request's pooling parameters carry, or None for one sequence."""
     extra = getattr(pooling_params, "extra_kwargs", None)
@@ -65,9 +82,9 @@ def segments(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]]) -> list[i
     return out
 
 
-def segment_positions(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]]) -> np.ndarray:
+def segment_positions(sequences: Sequence[int]) -> np.ndarray:
     """Positions of a step's tokens, restarting at 0 at the start of every sequence (`segments`)."""
-    seg = np.asarray(segments(seq_lens, pairs), dtype=np.int64)
+    seg = np.asarray(sequences, dtype=np.int64)
     starts = np.repeat(np.cumsum(seg) - seg, seg)
     return np.arange(int(seg.sum()), dtype=np.int64) - starts
 
@@ -84,7 +101,7 @@ def add_pair_positions(model_runner, model_kwargs: dict) -> None:
         return
     import torch
 
-    seq_lens = compat.step_seq_lens(model_runner)
-    positions = torch.from_numpy(segment_positions(seq_lens, pairs))
+    sequences = segments(compat.step_seq_lens(model_runner), pairs)
+    positions = torch.from_numpy(segment_positions(sequences))
     model_kwargs["pair_positions"] = positions.to(model_runner.device, non_blocking=True)
-    model_kwargs["num_pair_seqs"] = len(segments(seq_lens, pairs))
+    model_kwargs["num_pair_seqs"] = len(sequences)
