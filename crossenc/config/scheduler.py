@@ -13,12 +13,23 @@ forward gets 1. An encoder's engine steps are one forward each, with nothing for
 to do meanwhile, so crossenc's encoders on the CPU get every core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`,
 measured 1.75x `LLM.score` on 2 cores, docs/benchmarks.md) unless the user set the reserve or a
 thread binding of their own, or runs more than one worker.
+
+For a pooling model vLLM's dtype "auto" serves a float32 checkpoint in float16, on the CPU build
+too. A CPU without half-precision arithmetic (x86 without AVX512-FP16 or AMX-FP16, e.g. AMD
+Zen 4, Intel before Sapphire Rapids) converts every float16 operand: measured on 2 cores of an AMD
+EPYC with AVX512-BF16, v3-xsmall `LLM.score` ran 3.7 pairs/s in float16, 12.8 in float32 and 17.5
+in bfloat16 (docs/benchmarks.md). So at dtype "auto" crossenc's encoders on such a CPU run in
+float32: exact, at least as precise as vLLM's choice, and the fastest of the two. bfloat16 is
+faster still where the CPU has it but loses precision (scores moved by up to 1.5e-2 there); it is
+the user's to choose (`--dtype bfloat16`), as is any dtype they pass.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+
+import torch
 
 from crossenc.model_executor.models.registry import CROSSENC_ARCHS
 
@@ -61,6 +72,39 @@ def cpu_reserved_cores(architecture: str | None, runner_type: str, device_type: 
     return "0"
 
 
+# CPU flags (Linux /proc/cpuinfo: x86 "flags", Arm "Features") of native half-precision arithmetic.
+_NATIVE_CPU_FLAGS = {
+    torch.float16: frozenset({"avx512_fp16", "amx_fp16", "asimdhp"}),
+    torch.bfloat16: frozenset({"avx512_bf16", "amx_bf16", "bf16"}),
+}
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags, or None where they cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def encoder_dtype(architecture: str | None, runner_type: str, device_type: str, dtype_arg: object,
+                  resolved: torch.dtype, flags: frozenset[str] | None) -> torch.dtype:
+    """The dtype crossenc's encoder runs in: `resolved` (vLLM's) unless crossenc serves
+    `architecture` as an encoder on the CPU, the user left dtype "auto", and `resolved` is a half
+    precision the CPU's `flags` say it cannot compute natively; then float32. Unknown flags keep
+    vLLM's choice."""
+    if architecture not in CROSSENC_ARCHS or runner_type != "pooling" or device_type != "cpu":
+        return resolved
+    if dtype_arg != "auto" or flags is None or resolved not in _NATIVE_CPU_FLAGS:
+        return resolved
+    return resolved if flags & _NATIVE_CPU_FLAGS[resolved] else torch.float32
+
+
 def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool = True) -> None:
     """Engine-args hook (`compat.add_batch_defaults_hook`): runs after vLLM filled in its
     defaults, before the engine (and its processes) start."""
@@ -84,10 +128,20 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
                 engine_args.max_num_batched_tokens)
             engine_args.max_num_batched_tokens = chosen
     if device == "cpu" and architecture in CROSSENC_ARCHS:
-        dtype = str(model_config.dtype).removeprefix("torch.")
-        compat.logger.info(
-            "crossenc: %s runs in %s on the CPU (dtype %r; vLLM's \"auto\" serves a float32 checkpoint in "
-            "float16 here; --dtype float32 keeps float32)", architecture, dtype, engine_args.dtype)
+        vllm_dtype = model_config.dtype
+        chosen_dtype = encoder_dtype(architecture, model_config.runner_type, device, engine_args.dtype,
+                                     vllm_dtype, cpu_flags())
+        if chosen_dtype != vllm_dtype:
+            # Read by the worker when it builds the model (nothing before reads it for an encoder).
+            model_config.dtype = chosen_dtype
+            compat.logger.info(
+                "crossenc: %s runs in float32 on the CPU (dtype 'auto'; vLLM chose %s, which this CPU "
+                "has no arithmetic for); pass --dtype to choose", architecture,
+                str(vllm_dtype).removeprefix("torch."))
+        else:
+            compat.logger.info(
+                "crossenc: %s runs in %s on the CPU (dtype %r); pass --dtype to choose", architecture,
+                str(chosen_dtype).removeprefix("torch."), engine_args.dtype)
     global _own_reserve
     # A reserve crossenc set for an earlier engine of this process is not the user's.
     if _own_reserve is not None and os.environ.get(compat.CPU_RESERVED_CORES_ENV) == _own_reserve:

@@ -1,13 +1,14 @@
 """The dtypes users run: every DeBERTa task and a converted LLM reranker in vLLM's CPU build over
-fp32, bf16 and `dtype="auto"` on a float16 checkpoint (what `vllm serve` does with one), each
-with vLLM's default float32 `head_dtype` and with `head_dtype="model"`.
+fp32, bf16 and fp16, each with vLLM's default float32 `head_dtype` and with `head_dtype="model"`,
+and `dtype="auto"` on a float16 checkpoint (what `vllm serve` does with one: float16, or for
+crossenc's encoders on a CPU without float16 arithmetic float32, crossenc.config.scheduler).
 
 The reference is transformers in float32 on the same weights (a float16 checkpoint's weights
 upcast). Tolerances, max |Δ| of what vLLM serves (probabilities, scores, normalised
 embeddings), per dtype:
 
 - fp32: 1e-4 (observed at most 2.4e-7);
-- float16 (auto on a float16 checkpoint): 5e-3 (observed at most 1.5e-3, token classification);
+- float16 and auto on a float16 checkpoint: 5e-3 (observed at most 1.5e-3, token classification);
 - bfloat16: 4e-2 (observed at most 1.5e-2; bf16 keeps 8 bits of mantissa).
 
 and the decisions equal: the ranking of documents, the top label and each token's label,
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.engine  # starts a vLLM engine
 vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402
+from crossenc.config import scheduler  # noqa: E402
 from tests.convert.tiny import DOCUMENTS as LLM_DOCUMENTS  # noqa: E402
 from tests.convert.tiny import QUERIES as LLM_QUERIES  # noqa: E402
 from tests.convert.tiny import reference_scores  # noqa: E402
@@ -37,10 +39,12 @@ TEXTS = [QUERY, *DOCUMENTS, "what is the weather in paris", "send an email to th
 PAIRS_DOCS = [*DOCUMENTS, "the zip module can read an archive of files", "how to open a socket"]
 
 # mode -> (vLLM dtype, checkpoint dtype)
-MODES = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "float32"), "auto-fp16": ("auto", "float16")}
-TOL = {"fp32": 1e-4, "auto-fp16": 5e-3, "bf16": 4e-2}
+MODES = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "float32"), "fp16": ("float16", "float16"),
+         "auto-fp16": ("auto", "float16")}
+TOL = {"fp32": 1e-4, "fp16": 5e-3, "auto-fp16": 5e-3, "bf16": 4e-2}
 HEADS = {"head-fp32": None, "head-model": "model"}
-MATRIX = [(m, h) for m in MODES for h in HEADS]
+# auto's dtype is one of the others': its head choice is theirs.
+MATRIX = [(m, h) for m in MODES for h in HEADS if m != "auto-fp16" or h == "head-fp32"]
 
 
 def _ids(params):
@@ -81,8 +85,9 @@ def _engine(path, mode, head, **kwargs):
     config = llm.llm_engine.model_config
     want = torch.float32 if HEADS[head] is None else config.dtype
     assert config.head_dtype == want
-    if mode == "auto-fp16":
-        assert config.dtype == torch.float16  # auto follows the checkpoint
+    if mode == "auto-fp16":  # auto follows the checkpoint where the CPU computes in float16
+        assert config.dtype == scheduler.encoder_dtype(
+            config.architecture, "pooling", "cpu", "auto", torch.float16, scheduler.cpu_flags())
     return llm
 
 

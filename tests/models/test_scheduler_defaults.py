@@ -1,7 +1,7 @@
 """Engine defaults for crossenc's encoders (tokens per engine step on a GPU, every core for the
-model's threads on the CPU build): the rules themselves (hypothesis), and vLLM's own engine
-configuration built from its EngineArgs with crossenc loaded, for crossenc's DeBERTa and vLLM's BERT,
-with and without a user's choice."""
+model's threads and a dtype the CPU computes in on the CPU build): the rules themselves
+(hypothesis), and vLLM's own engine configuration built from its EngineArgs with crossenc loaded,
+for crossenc's DeBERTa and vLLM's BERT, with and without a user's choice."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from crossenc import compat
 from crossenc.config import scheduler
-from crossenc.config.scheduler import (ENCODER_MAX_NUM_BATCHED_TOKENS, cpu_reserved_cores,
-                                       encoder_max_num_batched_tokens)
+from crossenc.config.scheduler import (ENCODER_MAX_NUM_BATCHED_TOKENS, cpu_flags, cpu_reserved_cores,
+                                       encoder_dtype, encoder_max_num_batched_tokens)
 from crossenc.model_executor.models.registry import CROSSENC_ARCHS
 
 ARCHS = st.sampled_from([*CROSSENC_ARCHS, "BertForSequenceClassification", "Qwen3ForSequenceClassification", None])
@@ -46,6 +46,40 @@ def test_cpu_default_gives_crossencs_encoders_every_core_unless_the_user_chose(
         assert got is None
 
 
+HALF = {"float16": {"avx512_fp16", "amx_fp16", "asimdhp"}, "bfloat16": {"avx512_bf16", "amx_bf16", "bf16"}}
+
+
+@given(arch=ARCHS, runner=st.sampled_from(["pooling", "generate"]), device=st.sampled_from(["cuda", "cpu", "xpu"]),
+       dtype_arg=st.sampled_from(["auto", "float16", "half", "bfloat16", "float32"]),
+       resolved=st.sampled_from(["float16", "bfloat16", "float32"]),
+       flags=st.none() | st.sets(st.sampled_from(["avx2", "avx512f", "f16c", "fma", "asimd",
+                                                   *HALF["float16"], *HALF["bfloat16"]])))
+def test_cpu_dtype_is_float32_only_where_auto_chose_a_half_precision_the_cpu_lacks(
+        arch, runner, device, dtype_arg, resolved, flags):
+    import torch
+
+    vllm_dtype = getattr(torch, resolved)
+    got = encoder_dtype(arch, runner, device, dtype_arg, vllm_dtype, None if flags is None else frozenset(flags))
+    lacks = flags is not None and resolved in HALF and not flags & HALF[resolved]
+    if arch in CROSSENC_ARCHS and runner == "pooling" and device == "cpu" and dtype_arg == "auto" and lacks:
+        assert got == torch.float32
+    else:
+        assert got == vllm_dtype
+
+
+def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                   "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd fphp asimdhp bf16\n")
+    assert cpu_flags(str(x86)) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(str(arm)) == {"fp", "asimd", "fphp", "asimdhp", "bf16"}
+    assert cpu_flags(str(tmp_path / "absent")) is None
+    (tmp_path / "none").write_text("processor\t: 0\n")
+    assert cpu_flags(str(tmp_path / "none")) is None
+
+
 pytest.importorskip("vllm")
 
 
@@ -75,11 +109,37 @@ def checkpoints(tmp_path_factory):
     return {"deberta": str(deberta), "bert": str(bert)}
 
 
-def _scheduler(model, **kwargs):
+def _engine_config(model, **kwargs):
     from vllm.engine.arg_utils import EngineArgs
 
-    config = EngineArgs(model=model, runner="pooling", max_model_len=512, **kwargs).create_engine_config()
-    return config.scheduler_config
+    return EngineArgs(model=model, runner="pooling", max_model_len=512, **kwargs).create_engine_config()
+
+
+def _scheduler(model, **kwargs):
+    return _engine_config(model, **kwargs).scheduler_config
+
+
+@pytest.mark.parametrize("flags", ["amd-epyc", "avx512-fp16", "unreadable"])
+def test_vllm_engine_config_on_the_cpu_runs_crossencs_encoders_in_a_dtype_the_cpu_computes(
+        checkpoints, monkeypatch, flags):
+    """dtype "auto" (vLLM: float16 for a float32 pooling checkpoint) becomes float32 on a CPU
+    without float16 arithmetic; a CPU with it, unknown flags, a dtype the user passes and vLLM's
+    own models keep vLLM's choice."""
+    import torch
+
+    monkeypatch.setattr(compat, "device_type", lambda: "cpu")
+    monkeypatch.setattr(scheduler, "cpu_flags", {
+        "amd-epyc": lambda: frozenset({"avx2", "avx512f", "f16c", "avx512_bf16"}),
+        "avx512-fp16": lambda: frozenset({"avx2", "avx512f", "avx512_fp16", "amx_bf16"}),
+        "unreadable": lambda: None}[flags])
+    vllm_auto = _engine_config(checkpoints["bert"]).model_config.dtype
+    assert vllm_auto == torch.float16  # vLLM's own rule for a float32 pooling checkpoint
+    config = _engine_config(checkpoints["deberta"]).model_config
+    assert config.dtype == (torch.float32 if flags == "amd-epyc" else torch.float16)
+    assert config.head_dtype == torch.float32
+    assert _engine_config(checkpoints["deberta"], dtype="float16").model_config.dtype == torch.float16
+    assert _engine_config(checkpoints["deberta"], dtype="bfloat16").model_config.dtype == torch.bfloat16
+    assert _engine_config(checkpoints["bert"]).model_config.dtype == torch.float16
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
@@ -154,5 +214,9 @@ def test_the_default_crossenc_chooses_is_said_in_vllms_log(checkpoints, configur
     said = "crossenc: the model's threads get every core" in out.stderr
     assert said == (configure == "1"), out.stderr[-2000:]
     # The dtype it runs in: this float32 checkpoint at dtype "auto".
-    assert ("crossenc: DebertaV2ForSequenceClassification runs in float16 on the CPU (dtype 'auto'"
+    import torch
+
+    dtype = str(scheduler.encoder_dtype("DebertaV2ForSequenceClassification", "pooling", "cpu", "auto",
+                                        torch.float16, scheduler.cpu_flags())).removeprefix("torch.")
+    assert (f"crossenc: DebertaV2ForSequenceClassification runs in {dtype} on the CPU (dtype 'auto'"
             in out.stderr) == (configure == "1"), out.stderr[-2000:]
