@@ -17,6 +17,11 @@
 #   http-servers8       ... with --api-server-count 8 only
 #   http-servers8-unpacked  ... and one pair per engine request (CROSSENC_PACK_PAIRS=0)
 #   http-compile        ... with CROSSENC_TORCH_COMPILE=1, vLLM's defaults otherwise
+#   http-pyspy          ... one client, then py-spy of the server while it answers 1 x 100 documents
+#                       (PY_SPY: py-spy's executable)
+#   score-pyspy         py-spy of crossenc's LLM.score of 100 and 256 pairs and its engine process
+#   fork-check          $FORK_CHECK (a script) with vLLM's default way of starting its engine
+#                       process, with and without crossenc
 set -o pipefail
 source "$(dirname "$2")/install.sh" "$1" "$2" /tmp/site || exit 3
 # A fixed host address: the first engine start on a fresh machine otherwise stalls on a host lookup.
@@ -47,6 +52,13 @@ run_step() {
     http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
     http-servers8) timeout 130 $H --serve-args "--api-server-count 8" ;;
     http-servers8-unpacked) CROSSENC_PACK_PAIRS=0 timeout 130 $H --serve-args "--api-server-count 8" ;;
+    http-pyspy) timeout 200 $H --concurrency 1 --py-spy "$PY_SPY" --profile-out "$out/pyspy-serve" ;;
+    score-pyspy) timeout 200 "$PY_SPY" record --subprocesses --rate 1000 --format raw --nonblocking \
+      --output "$out/pyspy-score.txt" -- $S --system crossenc --pairs 100,256 ;;
+    fork-check) for plugins in crossenc ""; do
+        echo "== VLLM_PLUGINS=$plugins"
+        env -u VLLM_WORKER_MULTIPROC_METHOD VLLM_PLUGINS=$plugins timeout 150 python3 "$FORK_CHECK"
+      done ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
 }

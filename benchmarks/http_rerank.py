@@ -8,6 +8,10 @@ reports pairs/s with p50/p99 request latency; then one client sends 1 query × 1
 
     python benchmarks/http_rerank.py --out http.jsonl
     python benchmarks/http_rerank.py --serve-args "--api-server-count 4" --out http.jsonl
+
+`--py-spy PY_SPY --profile-out DIR`: afterwards, one client sends 1 query x 100 documents back to
+back for --seconds while py-spy samples the server and its engine processes; each process's
+stacks go to DIR/<pid>.txt (py-spy's collapsed format) and DIR/single.json has the latencies.
 """
 
 from __future__ import annotations
@@ -116,6 +120,34 @@ def served_workload(root: str, shape: str):
     return path, query, docs
 
 
+def profile_single(args, pid: int, url: str, body_for) -> None:
+    """py-spy of the server's processes while one client sends 1 x 100 documents (see above)."""
+    import httpx
+
+    out = Path(args.profile_out)
+    out.mkdir(parents=True, exist_ok=True)
+    pids = [pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                    text=True).stdout.split())]
+    spies = [subprocess.Popen([args.py_spy, "record", "--pid", str(p), "--duration", str(int(args.seconds) + 2),
+                               "--rate", "1000", "--format", "raw", "--threads", "--nonblocking",
+                               "--output", str(out / f"{p}.txt")], stdout=subprocess.DEVNULL,
+                              stderr=open(out / f"{p}.log", "w")) for p in pids]
+    time.sleep(1.0)
+    latencies = []
+    deadline = time.perf_counter() + args.seconds
+    k = 0
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        httpx.post(url, json=body_for(k, 100), timeout=600).raise_for_status()
+        latencies.append(time.perf_counter() - start)
+        k += 1
+    for spy in spies:
+        spy.wait(60)
+    (out / "single.json").write_text(json.dumps({"pids": pids, "latencies_s": latencies}))
+    print(f"profiled {len(latencies)} requests of 100 docs, median {statistics.median(latencies) * 1e3:.1f} ms; "
+          f"processes {pids}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="v3-base")
@@ -123,6 +155,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--py-spy", help="py-spy's executable: profile 1 x 100 documents (see above)")
+    parser.add_argument("--profile-out", default="pyspy")
     add_server_options(parser, 8765)
     args = parser.parse_args()
 
@@ -158,6 +192,8 @@ def main() -> None:
         rows.append({"system": "crossenc vllm serve /rerank", "clients": 1, "docs": 100, "median_s": med,
                      "pairs_per_s": 100 / med})
         print(f"1 query x 100 docs, one client: {med * 1e3:.1f} ms", flush=True)
+        if args.py_spy:
+            profile_single(args, server.pid, f"{base}/rerank", body_for)
         with open(args.out, "a") as f:
             for row in rows:
                 f.write(json.dumps({**row, "shape": args.shape, "serve_args": args.serve_args,

@@ -178,3 +178,64 @@ def test_an_online_request_is_rendered_in_one_hop_with_the_per_pair_engine_input
     with pytest.raises(type(per_pair.value)) as batched:
         asyncio.run(serve(too_long))
     assert str(batched.value) == str(per_pair.value)
+
+
+@pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
+@pytest.mark.parametrize("truncate", [None, 24, -1])
+def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pair_engine_inputs(
+        processors, kind, truncate):
+    """vLLM 0.26 renders a /score or /rerank request's pairs in its own loop (`_pre_process`), a
+    tokenizer call per pair; crossenc tokenizes the request's pairs in one call before it, with
+    the same engine inputs and pooling parameters."""
+    from crossenc import compat
+
+    base = compat.scoring().CrossEncoderIOProcessor
+    if not hasattr(base, "_pre_process"):
+        pytest.skip("this vLLM renders online requests through `render`")
+    import sys
+
+    processor = processors[kind]
+    scoring_data = sys.modules[base.__module__].ScoringData
+    queries = [QUERY]
+    documents = [d for d in TEXTS if len(d) < 1000]
+    tok_params = processor.renderer.default_cmpl_tok_params
+    if truncate is not None:
+        tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate)
+    params = processor.create_pooling_params(processor_request(processor))
+
+    def run(method, data):
+        try:
+            inputs, params_list = method(processor, data, tok_params, params, None, 0, 0, None)
+        except Exception as e:  # noqa: BLE001 - the same error either way
+            return type(e).__name__, str(e)
+        return [(list(i["prompt_token_ids"]), p.task, dict(p.extra_kwargs or {})) for i, p in zip(inputs, params_list)]
+
+    calls = []
+    real = processor.tokenizer.__class__.__call__
+
+    class Recording(processor.tokenizer.__class__):
+        def __call__(self, text=None, *args, **kwargs):
+            calls.append(text)
+            return real(self, text, *args, **kwargs)
+
+    expected = run(base._pre_process, scoring_data(data_1=queries, data_2=documents))
+    original = processor.tokenizer.__class__
+    processor.tokenizer.__class__ = Recording
+    try:
+        got = run(type(processor)._pre_process, scoring_data(data_1=queries, data_2=documents))
+    finally:
+        processor.tokenizer.__class__ = original
+    if not processor.reads_token_types and isinstance(expected, list):
+        expected = [(ids, task, {k: v for k, v in extra.items() if k != "compressed_token_type_ids"})
+                    for ids, task, extra in expected]
+    assert got == expected
+    # One call for the pairs with a document, one for those without (transformers encodes an
+    # empty second text as the first alone); the preset's template makes its own calls.
+    if kind != "qwen3-reranker preset":
+        assert len(calls) <= 2 and sum(len(c) for c in calls if isinstance(c, list)) == len(documents)
+
+
+def processor_request(processor):
+    from vllm.entrypoints.pooling.scoring.protocol import RerankRequest
+
+    return RerankRequest(model="m", query=QUERY, documents=DOCUMENTS)

@@ -33,6 +33,7 @@ code unchanged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import dataclasses
 import re
@@ -237,8 +238,27 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 pair_lens.append(pair_packing.pair_lens(merged["params"]))
         return packed, pair_lens
 
+    def _pre_process(self, scoring_data, tok_params, pooling_params, chat_template=None,
+                     max_tokens_per_query=0, max_tokens_per_doc=0, prompt_extras=None):
+        """vLLM 0.26 (online; later releases render through `render`): the request's pairs
+        tokenized in one call, then vLLM's per-pair loop, whose `get_score_prompt` takes each
+        pair's ids in order."""
+        data_1, data_2 = scoring_data.data_1, scoring_data.data_2
+        if len(data_1) == 1:
+            data_1 = data_1 * len(data_2)
+        requests = [dict(data_1=q, data_2=d, tok_params=tok_params, chat_template=chat_template,
+                         max_tokens_per_query=max_tokens_per_query, max_tokens_per_doc=max_tokens_per_doc,
+                         prompt_extras=prompt_extras) for q, d in zip(data_1, data_2)]
+        self._pretokenize(requests)
+        _rendering.queue = collections.deque(rp.get(_TOKENS_KEY) for rp in requests)
+        try:
+            return super()._pre_process(scoring_data, tok_params, pooling_params, chat_template,
+                                        max_tokens_per_query, max_tokens_per_doc, prompt_extras)
+        finally:
+            _rendering.queue = None
+
     def pre_process_online(self, ctx):
-        """vLLM 0.26: a request's pairs rendered by vLLM, then packed."""
+        """vLLM 0.26: a request's pairs rendered by vLLM (`_pre_process`), then packed."""
         result = super().pre_process_online(ctx)
         self.pack_engine_inputs(ctx)
         return result
@@ -387,7 +407,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         max_tokens_per_doc: int = 0,
         chat_template_kwargs: dict[str, Any] | None = None,
     ):
-        tokens = getattr(_rendering, "tokens", None)
+        queue = getattr(_rendering, "queue", None)
+        tokens = queue.popleft() if queue else getattr(_rendering, "tokens", None)
         if tokens is not None:  # tokenized with the other pairs of its call (`_pretokenize`)
             _rendering.tokens = None
             ids, token_type_ids = tokens
@@ -396,7 +417,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 prompt["token_type_ids"] = token_type_ids
             return None, prompt
         if self.batches_pairs and isinstance(data_1, str) and isinstance(data_2, str):
-            # A pair tokenized on its own (vLLM 0.26 renders an online request's pairs one by one).
+            # A pair tokenized on its own (one `_pretokenize` leaves to vLLM's per-pair path).
             truncate = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
             if (problem := _pair_problem(data_1, data_2, truncate)) is not None:
                 raise ValueError(problem)
