@@ -1,6 +1,7 @@
 """Summarise py-spy raw (collapsed) stacks: samples per thread, top self frames, inclusive frames.
 
     python benchmarks/pyspy_summary.py STACKS.txt [TOP] [ONLY_STACKS_WITH]
+"""
 
 import collections
 import sys
