@@ -52,7 +52,7 @@ run_step() {
     http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
     http-servers8) timeout 130 $H --serve-args "--api-server-count 8" ;;
     http-servers8-unpacked) CROSSENC_PACK_PAIRS=0 timeout 130 $H --serve-args "--api-server-count 8" ;;
-    http-pyspy) timeout 200 $H --concurrency 1 --py-spy "$PY_SPY" --profile-out "$out/pyspy-serve" ;;
+    http-pyspy) timeout 300 $H --concurrency 1 --py-spy "$PY_SPY" --profile-out "$out/pyspy-serve" ;;
     score-pyspy) timeout 200 "$PY_SPY" record --subprocesses --rate 1000 --format raw --nonblocking \
       --output "$out/pyspy-score.txt" -- $S --system crossenc --pairs 100,256 ;;
     fork-check) for plugins in crossenc ""; do
