@@ -75,6 +75,7 @@ def disentangled_attention_ref(
     bounds = cu_seqlens.tolist()
     heads = q.shape[1]
     out = q.new_zeros(q.shape)
+    tables = _distance_tables(pos_key, pos_query, rel_index, scale)
     start, num_seqs = 0, len(bounds) - 1
     while start < num_seqs:
         end, longest = start + 1, bounds[start + 1] - bounds[start]
@@ -87,13 +88,33 @@ def disentangled_attention_ref(
         if longest > 0:
             out[first:last] = _padded_attention(
                 q[first:last], k[first:last], v[first:last], cu_seqlens[start:end + 1] - first, longest,
-                pos_key, pos_query, rel_index, scale)
+                tables, scale)
         start = end
     return out
 
 
-def _padded_attention(q, k, v, cu_seqlens, longest, pos_key, pos_query, rel_index, scale):
-    """The sequences of `cu_seqlens` (starting at 0), padded to [B, H, longest, D] with one gather."""
+def _distance_tables(pos_key, pos_query, rel_index, scale):
+    """The position tables row by distance, pre-scaled, as [H, D, 2M - 1] for M = max_seqlen:
+    c2p's by descending distance i - j (column j - i + M - 1), p2c's by ascending (column
+    i - j + M - 1); None where the term is off. Built once per call, sliced per chunk."""
+    if pos_key is None and pos_query is None:
+        return None
+    rows = rel_index.long()  # rel_index[d + M - 1]: the row of distance d, ascending
+
+    def table(positions, order):
+        return None if positions is None else (positions.float()[order] * scale).permute(1, 2, 0).contiguous()
+
+    return table(pos_key, rows.flip(0)), table(pos_query, rows)
+
+
+def _padded_attention(q, k, v, cu_seqlens, longest, tables, scale):
+    """The sequences of `cu_seqlens` (starting at 0), padded to [B, H, longest, D] with one gather.
+
+    The position terms depend on i - j only. Each is one product against the table rows of the
+    2L - 1 distances of a length-L block (`_distance_tables`), [B, H, L, 2L - 1], read as
+    [B, H, L, L] through a strided view (row i starts one column earlier than row i - 1): no
+    gather over the scores. Their sum is the additive mask of torch's fused attention (SDPA),
+    which scores c2c, adds it, normalises and weights the values in one pass."""
     num_tokens = q.shape[0]
     steps = torch.arange(longest, device=q.device)
     single = cu_seqlens.shape[0] == 2  # one sequence: no padding, views instead of a gather
@@ -111,28 +132,31 @@ def _padded_attention(q, k, v, cu_seqlens, longest, pos_key, pos_query, rel_inde
             return x.float()[index].permute(0, 2, 1, 3)
 
     qp, kp, vp = padded(q), padded(k), padded(v)
-    scores = qp @ kp.transpose(-1, -2)  # [B, H, L, L]
-    shape = scores.shape
-    if pos_key is not None or pos_query is not None:
-        # rel[i, j] = row of the position tables for distance i - j. rel_index is monotonic, so the
-        # rows these sequences can reach are one slice: score only those (2L - 1 at most).
-        center = (rel_index.shape[0] - 1) // 2
-        reach = rel_index[center - (longest - 1): center + longest]
-        lo, hi = int(reach[0]), int(reach[-1])
-        rel = (rel_index[steps[:, None] - steps[None, :] + center] - lo).long()
-        pos_key = pos_key[lo: hi + 1] if pos_key is not None else None
-        pos_query = pos_query[lo: hi + 1] if pos_query is not None else None
-    if pos_key is not None:  # c2p: q_i . pos_key[rel[i, j]]
-        c2p = torch.einsum("bhid,rhd->bhir", qp, pos_key.float())
-        scores = scores + torch.gather(c2p, -1, rel.expand(shape))
-    if pos_query is not None:  # p2c: k_j . pos_query[rel[i, j]], gathered per key row then transposed
-        p2c = torch.einsum("bhjd,rhd->bhjr", kp, pos_query.float())
-        scores = scores + torch.gather(p2c, -1, rel.t().expand(shape)).transpose(-1, -2)
-    scores = scores * scale
+    batch, heads, length = qp.shape[0], qp.shape[1], longest
+    width = 2 * length - 1
+
+    def by_distance(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L, L] view of x_a . table[:, :, m] at m = b - a + L - 1 (the block's 2L - 1 columns)."""
+        center = (table.shape[-1] - 1) // 2
+        full = torch.matmul(x, table[..., center - (length - 1): center + length])  # [B, H, L, 2L - 1]
+        return full.as_strided((batch, heads, length, length),
+                               (heads * length * width, length * width, width - 1, 1), length - 1)
+
+    bias = None
+    if tables is not None:
+        c2p_table, p2c_table = tables
+        if c2p_table is not None:  # c2p[i, j] = q_i . pos_key[r(i - j)]
+            bias = by_distance(c2p_table, qp)
+        if p2c_table is not None:  # p2c[i, j] = k_j . pos_query[r(i - j)], made as [j, i]
+            p2c = by_distance(p2c_table, kp).transpose(-1, -2)
+            bias = p2c if bias is None else bias + p2c
+    if valid is not None:  # keys past a sequence's end
+        keys = torch.zeros(valid.shape, dtype=qp.dtype, device=qp.device).masked_fill_(~valid, float("-inf"))
+        keys = keys[:, None, None, :]
+        bias = keys.expand(batch, heads, length, length) if bias is None else bias + keys
+    out = torch.nn.functional.scaled_dot_product_attention(qp, kp, vp, attn_mask=bias, scale=scale)
     if single:
-        return (scores.softmax(-1) @ vp)[0].permute(1, 0, 2).to(q.dtype)
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    out = scores.softmax(-1) @ vp  # [B, H, L, D]
+        return out[0].permute(1, 0, 2).to(q.dtype)
     return out.permute(0, 2, 1, 3)[valid].to(q.dtype)
 
 
