@@ -5,6 +5,7 @@ parameters, and the same error for a pair that cannot be served."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -65,6 +66,24 @@ def _described(processor, engine_input, batched: bool):
     return ids, params.task, extra
 
 
+@contextlib.contextmanager
+def _tokenizer_calls(processor):
+    """The `text` argument of every call to the processor's tokenizer while the block runs."""
+    calls = []
+    original = processor.tokenizer.__class__
+
+    class Recording(original):
+        def __call__(self, text=None, *args, **kwargs):
+            calls.append(text)
+            return original.__call__(self, text, *args, **kwargs)
+
+    processor.tokenizer.__class__ = Recording
+    try:
+        yield calls
+    finally:
+        processor.tokenizer.__class__ = original
+
+
 @pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
 @pytest.mark.parametrize("truncate", [None, 24, 96, -1])
 def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind, truncate):
@@ -104,22 +123,11 @@ def test_oversized_texts_are_cut_first_with_the_per_pair_engine_inputs(processor
     with monkeypatch.context() as whole_texts:  # vLLM's per-pair path on the whole texts
         whole_texts.setattr(score_template.text_window, "pair_windows", lambda tokenizer, pairs, *a, **k: pairs)
         expected = [_outcome(processor, r, batched=False) for r in copy.deepcopy(requests)]
-    tokenized = []
-    real = processor.tokenizer.__class__.__call__
-
-    class Recording(processor.tokenizer.__class__):
-        def __call__(self, text=None, *args, **kwargs):
-            tokenized.extend(t for t in (text if isinstance(text, list) else [text]) if isinstance(t, str))
-            return real(self, text, *args, **kwargs)
-
-    original = processor.tokenizer.__class__
-    processor.tokenizer.__class__ = Recording
-    try:
+    with _tokenizer_calls(processor) as calls:
         processor._pretokenize(requests)
-    finally:
-        processor.tokenizer.__class__ = original
     assert [_outcome(processor, r, batched=True) for r in requests] == expected
     # The 320,000-character text was never tokenized whole.
+    tokenized = [t for c in calls for t in (c if isinstance(c, list) else [c]) if isinstance(t, str)]
     assert tokenized and max(map(len, tokenized)) < len(BIG) // 4
 
 
@@ -187,6 +195,8 @@ def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pa
     """vLLM 0.26 renders a /score or /rerank request's pairs in its own loop (`_pre_process`), a
     tokenizer call per pair; crossenc tokenizes the request's pairs in one call before it, with
     the same engine inputs and pooling parameters."""
+    from vllm.entrypoints.pooling.scoring.protocol import RerankRequest
+
     from crossenc import compat
 
     base = compat.scoring().CrossEncoderIOProcessor
@@ -201,7 +211,7 @@ def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pa
     tok_params = processor.renderer.default_cmpl_tok_params
     if truncate is not None:
         tok_params = tok_params.with_kwargs(truncate_prompt_tokens=truncate)
-    params = processor.create_pooling_params(processor_request(processor))
+    params = processor.create_pooling_params(RerankRequest(model="m", query=QUERY, documents=DOCUMENTS))
 
     def run(method, data):
         try:
@@ -210,21 +220,9 @@ def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pa
             return type(e).__name__, str(e)
         return [(list(i["prompt_token_ids"]), p.task, dict(p.extra_kwargs or {})) for i, p in zip(inputs, params_list)]
 
-    calls = []
-    real = processor.tokenizer.__class__.__call__
-
-    class Recording(processor.tokenizer.__class__):
-        def __call__(self, text=None, *args, **kwargs):
-            calls.append(text)
-            return real(self, text, *args, **kwargs)
-
     expected = run(base._pre_process, scoring_data(data_1=queries, data_2=documents))
-    original = processor.tokenizer.__class__
-    processor.tokenizer.__class__ = Recording
-    try:
+    with _tokenizer_calls(processor) as calls:
         got = run(type(processor)._pre_process, scoring_data(data_1=queries, data_2=documents))
-    finally:
-        processor.tokenizer.__class__ = original
     if not processor.reads_token_types and isinstance(expected, list):
         expected = [(ids, task, {k: v for k, v in extra.items() if k != "compressed_token_type_ids"})
                     for ids, task, extra in expected]
@@ -234,8 +232,3 @@ def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pa
     if kind != "qwen3-reranker preset":
         assert len(calls) <= 2 and sum(len(c) for c in calls if isinstance(c, list)) == len(documents)
 
-
-def processor_request(processor):
-    from vllm.entrypoints.pooling.scoring.protocol import RerankRequest
-
-    return RerankRequest(model="m", query=QUERY, documents=DOCUMENTS)

@@ -282,7 +282,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             return None
         if _text_problem(rp) is not None:
             return None  # `render` refuses it
-        # Keys differ between releases (0.26 has no per-query/per-document limits).
+        # Not every release's render params carry per-query/per-document limits.
         if rp.get("chat_template") is not None or self.saved_template is not None:
             return None
         if rp.get("max_tokens_per_query") or rp.get("max_tokens_per_doc"):
@@ -417,7 +417,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 prompt["token_type_ids"] = token_type_ids
             return None, prompt
         if self.batches_pairs and isinstance(data_1, str) and isinstance(data_2, str):
-            # A pair tokenized on its own (one `_pretokenize` leaves to vLLM's per-pair path).
+            # A pair `_pretokenize` left to vLLM's per-pair path: tokenized on its own.
             truncate = encode_kwargs.get("max_length") if encode_kwargs.get("truncation") else None
             if (problem := _pair_problem(data_1, data_2, truncate)) is not None:
                 raise ValueError(problem)
