@@ -88,12 +88,12 @@ def _register_unavailable(reason: str) -> None:
 
     from crossenc import compat
     from crossenc.model_executor.models import unavailable
-    from crossenc.model_executor.models.registry import CROSSENC_ARCHS
+    from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES
 
     logger.error("%s", reason)
     os.environ[compat.UNAVAILABLE_ENV] = reason  # for vLLM's registry-inspection subprocesses
     try:
-        for spec in CROSSENC_ARCHS.values():
-            compat.register_model(spec.arch, f"{unavailable.__name__}:{spec.class_name}")
+        for arch in sorted(CROSSENC_ARCH_NAMES):
+            compat.register_model(arch, f"{unavailable.__name__}:{arch}")
     except Exception:  # noqa: BLE001
         logger.exception("crossenc: could not enter placeholders for its architectures")

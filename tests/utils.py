@@ -92,22 +92,58 @@ def deberta_config(variant: str = "v3", **overrides):
     return DebertaV2Config(**{**base, **variants[variant], **overrides})
 
 
+def deberta_v1_config(variant: str = "base", **overrides):
+    """Shrunk DeBERTa (v1) configs: deberta-base / deberta-large(-mnli) and the other feature
+    families transformers' v1 code accepts."""
+    from transformers import DebertaConfig
+
+    base = dict(
+        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        pad_token_id=0, layer_norm_eps=1e-7, pooler_hidden_size=32, pooler_dropout=0.0,
+    )
+    variants = {
+        # deberta-base / deberta-large(-mnli): relative c2p and p2c, no absolute positions.
+        "base": dict(relative_attention=True, max_relative_positions=-1, pos_att_type="c2p|p2c",
+                     position_biased_input=False, type_vocab_size=0),
+        # Relative positions clamped within the batch's lengths, absolute positions and token types.
+        "clamped": dict(relative_attention=True, max_relative_positions=16, pos_att_type=["c2p", "p2c"],
+                        position_biased_input=True, type_vocab_size=2),
+        "c2p-only": dict(relative_attention=True, max_relative_positions=24, pos_att_type="c2p",
+                         position_biased_input=False, type_vocab_size=0),
+        "p2c-only": dict(relative_attention=True, max_relative_positions=24, pos_att_type="p2c",
+                         position_biased_input=False, type_vocab_size=0),
+        "absolute": dict(relative_attention=False, pos_att_type="c2p|p2c", position_biased_input=True,
+                         type_vocab_size=0),
+        "embedding-size": dict(relative_attention=True, max_relative_positions=-1, pos_att_type="c2p|p2c",
+                               position_biased_input=True, type_vocab_size=0, embedding_size=24),
+    }
+    return DebertaConfig(**{**base, **variants[variant], **overrides})
+
+
+V1_VARIANTS = ("base", "clamped", "c2p-only", "p2c-only", "absolute", "embedding-size")
+
+
 VARIANTS = ("v3", "v2-conv", "v2-conv-groups", "c2p-only", "p2c-only", "absolute", "token-types",
             "embedding-size")
 
 
 def save_deberta(path: str | os.PathLike, head: str = "seq_cls", variant: str = "v3", seed: int = 0,
                  dtype: str = "float32", **overrides) -> Path:
-    """A random-weight DeBERTa checkpoint with a tokenizer, as transformers saves it; `dtype`
+    """A random-weight DeBERTa checkpoint with a tokenizer, as transformers saves it (`variant`
+    "v1-<name>": a DeBERTa v1 one, of `deberta_v1_config`); `dtype`
     "float16" / "bfloat16" saves half-precision weights (config `dtype` says so, as published
     half-precision checkpoints do)."""
-    from transformers import DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, DebertaV2Model
+    import transformers
 
     path = Path(path)
     vocab = save_tokenizer(path)
-    config = deberta_config(variant, vocab_size=vocab, **overrides)
-    cls = {"seq_cls": DebertaV2ForSequenceClassification, "token_cls": DebertaV2ForTokenClassification,
-           "model": DebertaV2Model}[head]
+    v1 = variant.startswith("v1-")  # DeBERTa (v1): deberta_v1_config's variant after "v1-"
+    config = (deberta_v1_config(variant.removeprefix("v1-"), vocab_size=vocab, **overrides) if v1
+              else deberta_config(variant, vocab_size=vocab, **overrides))
+    family = "Deberta" if v1 else "DebertaV2"
+    suffix = {"seq_cls": "ForSequenceClassification", "token_cls": "ForTokenClassification", "model": "Model"}[head]
+    cls = getattr(transformers, family + suffix)
     torch.manual_seed(seed)
     model = spread(cls(config)).to(getattr(torch, dtype))
     model.save_pretrained(path)

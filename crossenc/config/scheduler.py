@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import torch
 
-from crossenc.model_executor.models.registry import CROSSENC_ARCHS
+from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES
 
 # Tokens per engine step for crossenc's encoders on a GPU.
 ENCODER_MAX_NUM_BATCHED_TOKENS = 65536
@@ -51,7 +51,7 @@ def encoder_max_num_batched_tokens(
     vLLM chose) unless crossenc serves `architecture` as an encoder on a GPU; then
     ENCODER_MAX_NUM_BATCHED_TOKENS, bounded as vLLM bounds its own defaults by
     `max_num_seqs * max_model_len`, and never below vLLM's choice."""
-    if architecture not in CROSSENC_ARCHS or runner_type != "pooling" or device_type != "cuda":
+    if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or device_type != "cuda":
         return vllm_default
     return max(vllm_default, min(ENCODER_MAX_NUM_BATCHED_TOKENS, max_num_seqs * max_model_len))
 
@@ -63,7 +63,7 @@ def cpu_reserved_cores(architecture: str | None, runner_type: str, device_type: 
     reserve nor a thread binding of their own (`VLLM_CPU_OMP_THREADS_BIND` other than "auto")."""
     from crossenc import compat
 
-    if architecture not in CROSSENC_ARCHS or runner_type != "pooling" or device_type != "cpu":
+    if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or device_type != "cpu":
         return None
     if world_size != 1 or compat.CPU_RESERVED_CORES_ENV in environ:
         return None
@@ -98,7 +98,7 @@ def encoder_dtype(architecture: str | None, runner_type: str, device_type: str, 
     `architecture` as an encoder on the CPU, the user left dtype "auto", and `resolved` is a half
     precision the CPU's `flags` say it cannot compute natively; then float32. Unknown flags keep
     vLLM's choice."""
-    if architecture not in CROSSENC_ARCHS or runner_type != "pooling" or device_type != "cpu":
+    if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or device_type != "cpu":
         return resolved
     if dtype_arg != "auto" or flags is None or resolved not in _NATIVE_CPU_FLAGS:
         return resolved
@@ -127,7 +127,7 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
                 "--max-num-batched-tokens to choose another", chosen, architecture,
                 engine_args.max_num_batched_tokens)
             engine_args.max_num_batched_tokens = chosen
-    if device == "cpu" and architecture in CROSSENC_ARCHS:
+    if device == "cpu" and architecture in CROSSENC_ARCH_NAMES:
         vllm_dtype = model_config.dtype
         chosen_dtype = encoder_dtype(architecture, model_config.runner_type, device, engine_args.dtype,
                                      vllm_dtype, cpu_flags())

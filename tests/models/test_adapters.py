@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from crossenc.model_executor.models import adapters
-from crossenc.model_executor.models.adapters import as_seq_cls_model, as_token_cls_model
+from crossenc.model_executor.models.adapters import as_seq_cls_model
 from crossenc.model_executor.models.registry import (
     ADAPTERS_MODULE,
-    CROSSENC_ARCHS,
+    CROSSENC_ARCH_NAMES,
+    MODEL_FILES,
     causal_seq_cls_specs,
+    crossenc_archs,
     pooling_class_name,
 )
 
@@ -83,20 +85,24 @@ def test_unknown_names_are_attribute_errors():
         adapters.not_a_class
 
 
-def test_token_classifier_needs_an_encoder():
-    with pytest.raises(TypeError, match="not an encoder"):
-        as_token_cls_model(_base("GenTokForCausalLM"))
-
-
-def test_deberta_heads_are_made_by_the_factory_and_stay_in_their_model_file():
+def test_deberta_heads_are_classes_of_their_model_file():
     from crossenc.model_executor.models import deberta_v2
 
-    for arch, make in (("DebertaV2ForSequenceClassification", as_seq_cls_model),
-                       ("DebertaV2ForTokenClassification", as_token_cls_model)):
+    for arch, head in (("DebertaV2ForSequenceClassification", adapters.EncoderForSequenceClassification),
+                       ("DebertaV2ForTokenClassification", adapters.EncoderForTokenClassification)):
         cls = getattr(deberta_v2, arch)
-        assert make(deberta_v2.DebertaV2Model) is cls
-        assert f"{cls.__module__}:{cls.__qualname__}" == CROSSENC_ARCHS[arch].class_ref
+        assert issubclass(cls, head) and cls.base_cls is deberta_v2.DebertaV2Model
+        assert f"{cls.__module__}:{cls.__qualname__}" == crossenc_archs()[arch].class_ref
         assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+def test_every_model_file_class_has_the_capabilities_the_table_names():
+    for module, classes in MODEL_FILES.items():
+        for name, capabilities in classes.items():
+            cls = getattr(importlib.import_module(module), name)
+            assert issubclass(cls, capabilities) and cls.__qualname__ == name
+            for attr in ("pooling_tasks", "head_kind", "default_seq_pooling_type", "default_tok_pooling_type"):
+                assert getattr(cls, attr) == getattr(capabilities, attr), (name, attr)
 
 
 # The static information vLLM's registry reads from each class equals the registry table's.
@@ -120,11 +126,11 @@ def test_named_classifier_reports_what_the_table_says(arch):
     assert info.default_seq_pooling_type == spec.default_pooling == "LAST"
 
 
-@pytest.mark.parametrize("arch", sorted(CROSSENC_ARCHS))
+@pytest.mark.parametrize("arch", sorted(CROSSENC_ARCH_NAMES))
 def test_deberta_classes_report_what_the_table_says(arch):
     from vllm.model_executor.models.registry import _ModelInfo
 
-    spec = CROSSENC_ARCHS[arch]
+    spec = crossenc_archs()[arch]
     cls = getattr(importlib.import_module(spec.module), spec.class_name)
     info = _ModelInfo.from_model_cls(cls)
     assert info.is_pooling_model and not info.is_text_generation_model

@@ -127,19 +127,34 @@ def test_checkpoint_mismatches_are_named():
     with pytest.raises(ValueError) as err:
         model.load_weights(state.items())
     text = str(err.value)
-    assert "missing tensors: ['encoder.layer.1.attention.self.pos_query_proj.weight']" in text
-    assert "unexpected tensors: ['encoder.layer.0.extra.weight']" in text
-    assert "encoder.layer.0.intermediate.dense.bias: checkpoint (3,), config expects (64,)" in text
+    assert "missing tensors: ['deberta.encoder.layer.1.attention.self.pos_query_proj.weight']" in text
+    assert "unexpected tensors: ['deberta.encoder.layer.0.extra.weight']" in text
+    assert "deberta.encoder.layer.0.intermediate.dense.bias: checkpoint (3,), config expects (64,)" in text
+
+
+def test_stacked_and_padded_parameters_report_checkpoint_shapes():
+    """q/k/v load into one matmul and vLLM pads the vocabulary: shapes are still checked against
+    what the checkpoint holds for each, by its own name."""
+    hf = HFModel(deberta_config("v3"))
+    state = dict(hf.state_dict())
+    state["encoder.layer.0.attention.self.key_proj.weight"] = torch.zeros(32, 31)
+    state["embeddings.word_embeddings.weight"] = torch.zeros(255, 32)
+    with pytest.raises(ValueError) as err:
+        DebertaV2Model(config=hf.config).load_weights(state.items())
+    text = str(err.value)
+    assert "encoder.layer.0.attention.self.key_proj.weight: checkpoint (32, 31), config expects (32, 32)" in text
+    assert "embeddings.word_embeddings.weight: checkpoint (255, 32), config expects (256, 32)" in text
+    assert "missing" not in text and "unexpected" not in text
 
 
 def test_head_mismatch_is_named():
     torch.manual_seed(5)
     hf = HFSeqCls(deberta_config("v3", num_labels=3))
     model = DebertaV2ForSequenceClassification(config=deberta_config("v3", num_labels=1))
-    with pytest.raises(ValueError, match=r"classifier\.weight: checkpoint \(3, 32\), model \(1, 32\)"):
+    with pytest.raises(ValueError, match=r"classifier\.weight: checkpoint \(3, 32\), config expects \(1, 32\)"):
         model.load_weights(hf.state_dict().items())
     base = HFModel(deberta_config("v3"))
-    with pytest.raises(ValueError, match=r"missing \['classifier.bias', 'classifier.weight', 'projector"):
+    with pytest.raises(ValueError, match=r"missing tensors: \['classifier.bias', 'classifier.weight', 'pooler"):
         model.load_weights((f"deberta.{k}", v) for k, v in base.state_dict().items())
 
 

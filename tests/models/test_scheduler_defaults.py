@@ -13,9 +13,9 @@ from crossenc import compat
 from crossenc.config import scheduler
 from crossenc.config.scheduler import (ENCODER_MAX_NUM_BATCHED_TOKENS, cpu_flags, cpu_reserved_cores,
                                        encoder_dtype, encoder_max_num_batched_tokens)
-from crossenc.model_executor.models.registry import CROSSENC_ARCHS
+from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES
 
-ARCHS = st.sampled_from([*CROSSENC_ARCHS, "BertForSequenceClassification", "Qwen3ForSequenceClassification", None])
+ARCHS = st.sampled_from([*sorted(CROSSENC_ARCH_NAMES), "BertForSequenceClassification", "Qwen3ForSequenceClassification", None])
 
 
 @given(arch=ARCHS, runner=st.sampled_from(["pooling", "generate"]), device=st.sampled_from(["cuda", "cpu", "xpu"]),
@@ -24,7 +24,7 @@ ARCHS = st.sampled_from([*CROSSENC_ARCHS, "BertForSequenceClassification", "Qwen
 def test_encoder_default_only_raises_the_step_for_crossencs_encoders_on_a_gpu(
         arch, runner, device, vllm_default, max_num_seqs, max_model_len):
     got = encoder_max_num_batched_tokens(arch, runner, device, vllm_default, max_num_seqs, max_model_len)
-    if arch in CROSSENC_ARCHS and runner == "pooling" and device == "cuda":
+    if arch in CROSSENC_ARCH_NAMES and runner == "pooling" and device == "cuda":
         assert got == max(vllm_default, min(ENCODER_MAX_NUM_BATCHED_TOKENS, max_num_seqs * max_model_len))
         assert got >= vllm_default
     else:
@@ -40,7 +40,7 @@ def test_cpu_default_gives_crossencs_encoders_every_core_unless_the_user_chose(
                if v is not None}
     got = cpu_reserved_cores(arch, runner, device, world_size, environ)
     chose = reserve is not None or bind not in (None, "auto")
-    if arch in CROSSENC_ARCHS and runner == "pooling" and device == "cpu" and world_size == 1 and not chose:
+    if arch in CROSSENC_ARCH_NAMES and runner == "pooling" and device == "cpu" and world_size == 1 and not chose:
         assert got == "0"
     else:
         assert got is None
@@ -61,7 +61,7 @@ def test_cpu_dtype_is_float32_only_where_auto_chose_a_half_precision_the_cpu_lac
     vllm_dtype = getattr(torch, resolved)
     got = encoder_dtype(arch, runner, device, dtype_arg, vllm_dtype, None if flags is None else frozenset(flags))
     lacks = flags is not None and resolved in HALF and not flags & HALF[resolved]
-    if arch in CROSSENC_ARCHS and runner == "pooling" and device == "cpu" and dtype_arg == "auto" and lacks:
+    if arch in CROSSENC_ARCH_NAMES and runner == "pooling" and device == "cpu" and dtype_arg == "auto" and lacks:
         assert got == torch.float32
     else:
         assert got == vllm_dtype

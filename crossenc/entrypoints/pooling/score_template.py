@@ -140,7 +140,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             self.render_async = self._render_request_async
         # Several pairs per engine request (`pair_packing`): crossenc's encoder cross-encoders,
         # whose forward takes each pair's positions; not with token types (one split per request).
-        spec = registry.CROSSENC_ARCHS.get(self.model_config.architecture)
+        spec = registry.crossenc_archs().get(self.model_config.architecture)
         self.packs_pairs = (spec is not None and spec.head == "seq_cls" and self.template is None
                             and not self.reads_token_types and pair_packing.enabled())
         if self.packs_pairs:  # online: vLLM's pooling servers hand over a request's rendered pairs

@@ -20,6 +20,7 @@ class TorchLinear(nn.Linear):
     def __init__(self, input_size: int, output_size: int, bias: bool = True, *,
                  params_dtype: torch.dtype | None = None, **_tp_kwargs: Any):
         super().__init__(input_size, output_size, bias=bias, dtype=params_dtype)
+        self.input_size, self.output_size = input_size, output_size  # as vLLM's layers name them
 
 
 class TorchQKVLinear(TorchLinear):
@@ -29,10 +30,14 @@ class TorchQKVLinear(TorchLinear):
                  bias: bool = True, **kwargs: Any):
         self.q_size = head_size * total_num_heads
         super().__init__(hidden_size, 3 * self.q_size, bias, **kwargs)
+        self.output_sizes = [self.q_size] * 3
         for param in self.parameters():
             param.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
+        if shard_id is None:  # q, k and v already stacked in the checkpoint
+            param.data.copy_(loaded)
+            return
         offset = "qkv".index(shard_id) * self.q_size
         param.data[offset: offset + self.q_size].copy_(loaded)
 
@@ -41,6 +46,7 @@ class TorchEmbedding(nn.Embedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, *,
                  params_dtype: torch.dtype | None = None, **_tp_kwargs: Any):
         super().__init__(num_embeddings, embedding_dim, dtype=params_dtype)
+        self.org_vocab_size = num_embeddings
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,22 @@ def get_parallel_layers(vllm_config: Any | None) -> ParallelLayers:
 
 def default_weight_loader(param: torch.Tensor, loaded: torch.Tensor) -> None:
     param.data.copy_(loaded)
+
+
+def checkpoint_shape(module: nn.Module, leaf: str, param: torch.Tensor,
+                     shard: str | int | None = None) -> tuple[int, ...]:
+    """The shape a checkpoint stores for `module`'s parameter `leaf` (shard `shard` of a stacked
+    projection): the layer's whole size where tensor parallelism splits it or vLLM pads it
+    (`VocabParallelEmbedding` rounds the vocabulary up), else the parameter's own. A parameter
+    may state it as `checkpoint_shape`."""
+    stated = getattr(param, "checkpoint_shape", None)
+    if stated is not None:
+        return tuple(stated)
+    if leaf == "weight" and hasattr(module, "org_vocab_size"):
+        return (module.org_vocab_size, module.embedding_dim)
+    if leaf in ("weight", "bias") and hasattr(module, "input_size") and hasattr(module, "output_size"):
+        out = module.output_size
+        if shard is not None:
+            out = module.output_sizes["qkv".index(shard) if isinstance(shard, str) else shard]
+        return (out, module.input_size) if leaf == "weight" else (out,)
+    return tuple(param.shape)

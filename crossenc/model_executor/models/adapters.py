@@ -1,22 +1,24 @@
-"""One way to make a classifier: `as_seq_cls_model` / `as_token_cls_model`.
+"""Classification heads: the encoder heads model files subclass, and `as_seq_cls_model` for CausalLMs.
 
-Each returns a *named* class (`DebertaV2Model` -> `DebertaV2ForSequenceClassification`,
-`Qwen3ForCausalLM` -> `Qwen3ForSequenceClassification`) that is importable as "module:Name",
-picklable, and the same object for the same base, so vLLM's registry inspects the class
-actually served.
+Encoder heads (`EncoderForSequenceClassification`, `EncoderForTokenClassification`) have
+transformers' layout: the backbone under its `base_model_prefix`, the first token through the
+encoder's projector (`pooler.dense` in checkpoints) and a `classifier` Linear. A model file
+declares each head as a class of its own (`class DebertaV2ForSequenceClassification(
+EncoderForSequenceClassification)`), with the capabilities vLLM and crossenc's registry read.
+In vLLM the heads (projector and classifier) are built in vLLM's `head_dtype` (float32 for
+pooling models unless `--hf-overrides '{"head_dtype": ...}'` says otherwise), as vLLM's own
+BERT heads are: vLLM casts the pooled states to it, whatever the model's dtype.
 
-Encoders (a base class with `base_model_prefix` and `seq_cls_projector`, e.g. DeBERTa) get
-transformers' head layout: backbone under the prefix, the first token through the projector
-(`pooler.dense` in checkpoints) and a `classifier` Linear. In vLLM the heads (projector and
-classifier) are built in vLLM's `head_dtype` (float32 for pooling models unless
-`--hf-overrides '{"head_dtype": ...}'` says otherwise), as vLLM's own BERT heads are: vLLM
-casts the pooled states to it, whatever the model's dtype. Decoders get vLLM's: the last
-token's hidden state through a `score` Linear, built from the checkpoint's `score.weight`
-or, when the config asks for a conversion, from lm_head rows (crossenc's conversion.py).
+`as_seq_cls_model` makes a *named* class for a CausalLM (`Qwen3ForCausalLM` ->
+`Qwen3ForSequenceClassification`) that is importable as "module:Name", picklable, and the same
+object for the same base, so vLLM's registry inspects the class actually served: vLLM's
+last-token classifier, its `score` Linear built from the checkpoint's `score.weight` or, when
+the config asks for a conversion, from lm_head rows (crossenc's conversion.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,19 +27,16 @@ import torch
 from torch import nn
 
 from crossenc import compat
-from crossenc.model_executor.layers import default_weight_loader, pair_packing
+from crossenc.model_executor.layers import pair_packing
+from crossenc.model_executor.models.interfaces import SupportsSequenceClassification, SupportsTokenClassification
 from crossenc.model_executor.models.registry import base_ref_for, pooling_class_name
+from crossenc.model_executor.models.utils import load_checkpoint
 
 _SEQ_CLS = "ForSequenceClassification"
-_TOKEN_CLS = "ForTokenClassification"
 # (base class, suffix) -> the class made for it; name -> class, for the classes this module
 # hosts (made for bases outside crossenc), so that "module:Name" and pickle find them.
 _MADE: dict[tuple[type, str], type] = {}
 _HOSTED: dict[str, type] = {}
-
-
-def _is_encoder(base_cls: type) -> bool:
-    return hasattr(base_cls, "base_model_prefix") and hasattr(base_cls, "seq_cls_projector")
 
 
 def _make(base_cls: type, suffix: str, build: Callable[[type], type]) -> type:
@@ -82,12 +81,12 @@ def _first_tokens(positions: torch.Tensor) -> torch.Tensor:
 
 
 class _EncoderHeadModel(nn.Module):
-    """Shared body of encoder classifiers: backbone, weight loading, no-vLLM logits."""
+    """Shared body of encoder heads: the backbone (`base_cls`, built under its
+    `base_model_prefix` as in transformers' checkpoints) and weight loading."""
 
-    is_pooling_model = True
     base_cls: type[nn.Module]
-    # checkpoint prefix -> our module, for the head's tensors
-    head_prefixes: dict[str, str]
+    # checkpoint prefix -> our module, for head tensors named otherwise in checkpoints
+    head_prefixes: dict[str, str] = {}
 
     def _head_dtype(self, vllm_config) -> torch.dtype | None:
         # None: the default dtype (the model's, outside vLLM).
@@ -117,90 +116,59 @@ class _EncoderHeadModel(nn.Module):
                              pair_positions, num_pair_seqs)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """A transformers checkpoint: backbone under its prefix, then the head's tensors."""
-        prefix = f"{self.base_cls.base_model_prefix}."
-        head_params = {name: p for name, p in self.named_parameters() if not name.startswith(prefix)}
-        head: dict[str, torch.Tensor] = {}
-
-        def backbone_weights():
-            for name, tensor in weights:
-                for hf_prefix, ours in self.head_prefixes.items():
-                    if name.startswith(hf_prefix):
-                        head[ours + name.removeprefix(hf_prefix)] = tensor
-                        break
-                else:
-                    yield name, tensor
-
-        loaded = {prefix + n for n in self.backbone.load_weights(backbone_weights())}
-        missing = sorted(set(head_params) - set(head))
-        unexpected = sorted(set(head) - set(head_params))
-        misshaped = [f"{n}: checkpoint {tuple(t.shape)}, model {tuple(head_params[n].shape)}"
-                     for n, t in head.items() if n in head_params and t.shape != head_params[n].shape]
-        if missing or unexpected or misshaped:
-            raise ValueError(
-                f"{type(self).__name__} head does not match the checkpoint: missing {missing}, "
-                f"unexpected {unexpected}, mis-shaped {misshaped} (num_labels={self.num_labels})")
-        for name, tensor in head.items():
-            param = head_params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-        return loaded | set(head)
+        """A transformers checkpoint: the backbone under its prefix, then the head's tensors,
+        through the backbone's name mapping and the head's renames, in one pass."""
+        mapper = dataclasses.replace(self.backbone.checkpoint_mapper, prefixes=self.head_prefixes)
+        return load_checkpoint(self, weights, mapper)
 
 
-def _encoder_seq_cls(base_cls: type) -> type:
-    class EncoderForSequenceClassification(_EncoderHeadModel):
-        # vLLM reads these statically: first-token pooling, a cross-encoder score route.
-        default_seq_pooling_type = "CLS"
-        default_tok_pooling_type = "ALL"
-        attn_type = "encoder_only"
-        score_type = "cross-encoder"
-        head_prefixes = {base_cls.hf_seq_cls_projector_prefix: "projector.", "classifier.": "classifier."}
+class EncoderForSequenceClassification(SupportsSequenceClassification, _EncoderHeadModel):
+    """transformers' sequence-classification head over an encoder: the first token's hidden
+    state through the encoder's projector (`projector_cls`, e.g. DeBERTa's ContextPooler,
+    `pooler.*` in checkpoints), then a `classifier` Linear. A model file subclasses it with
+    its `base_cls` and `projector_cls`."""
 
-        def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
-            super().__init__()
-            self._init_backbone(vllm_config, prefix, config)
-            dtype = self._head_dtype(vllm_config)
-            self.projector = base_cls.seq_cls_projector(self.config, dtype=dtype)
-            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels, dtype=dtype)
-            if vllm_config is not None:
-                # The projector (e.g. DeBERTa's ContextPooler) is part of pooling, before the
-                # classifier; a lambda keeps its weights registered once, under `projector`.
-                self.pooler = compat.seq_cls_pooler(
-                    vllm_config, lambda x: self.projector(x), self.classifier)
-                # Several pairs per engine request (`pair_packing`): the model runner (in this
-                # process, where vLLM built it) passes the pairs' positions; scored pair by pair.
-                if hasattr(self.backbone, "saw_pair_positions") and compat.add_model_kwargs_hook(
-                        pair_packing.add_pair_positions):
-                    compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens,
-                                             lambda: self.backbone.saw_pair_positions)
+    projector_cls: type[nn.Module]
+    head_prefixes = {"pooler.": "projector."}
 
-        def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-            """Without vLLM: one row of logits per sequence of the packed batch."""
-            first = hidden_states[_first_tokens(positions)].to(self.classifier.weight.dtype)
-            return self.classifier(self.projector(first))
+    def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
+        super().__init__()
+        self._init_backbone(vllm_config, prefix, config)
+        dtype = self._head_dtype(vllm_config)
+        self.projector = self.projector_cls(self.backbone.arch, dtype=dtype)
+        self.classifier = nn.Linear(self.config.hidden_size, self.num_labels, dtype=dtype)
+        if vllm_config is not None:
+            # The projector is part of pooling, before the classifier; a lambda keeps its
+            # weights registered once, under `projector`.
+            self.pooler = compat.seq_cls_pooler(vllm_config, lambda x: self.projector(x), self.classifier)
+            # Several pairs per engine request (`pair_packing`): the model runner (in this
+            # process, where vLLM built it) passes the pairs' positions; scored pair by pair.
+            if hasattr(self.backbone, "saw_pair_positions") and compat.add_model_kwargs_hook(
+                    pair_packing.add_pair_positions):
+                compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens,
+                                         lambda: self.backbone.saw_pair_positions)
 
-    return EncoderForSequenceClassification
+    def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Without vLLM: one row of logits per sequence of the packed batch."""
+        first = hidden_states[_first_tokens(positions)].to(self.classifier.weight.dtype)
+        return self.classifier(self.projector(first))
 
 
-def _encoder_token_cls(base_cls: type) -> type:
-    class EncoderForTokenClassification(_EncoderHeadModel):
-        default_seq_pooling_type = "CLS"
-        default_tok_pooling_type = "ALL"
-        attn_type = "encoder_only"
-        head_prefixes = {"classifier.": "classifier."}
+class EncoderForTokenClassification(SupportsTokenClassification, _EncoderHeadModel):
+    """transformers' token-classification head over an encoder: a `classifier` Linear on every
+    token's hidden state. A model file subclasses it with its `base_cls`."""
 
-        def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
-            super().__init__()
-            self._init_backbone(vllm_config, prefix, config)
-            self.classifier = nn.Linear(self.config.hidden_size, self.num_labels,
-                                        dtype=self._head_dtype(vllm_config))
-            if vllm_config is not None:
-                self.pooler = compat.token_cls_pooler(vllm_config, self.classifier)
+    def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None):
+        super().__init__()
+        self._init_backbone(vllm_config, prefix, config)
+        self.classifier = nn.Linear(self.config.hidden_size, self.num_labels,
+                                    dtype=self._head_dtype(vllm_config))
+        if vllm_config is not None:
+            self.pooler = compat.token_cls_pooler(vllm_config, self.classifier)
 
-        def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-            """Without vLLM: one row of logits per token."""
-            return self.classifier(hidden_states.to(self.classifier.weight.dtype))
-
-    return EncoderForTokenClassification
+    def logits(self, hidden_states: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Without vLLM: one row of logits per token."""
+        return self.classifier(hidden_states.to(self.classifier.weight.dtype))
 
 
 def _decoder_seq_cls(base_cls: type) -> type:
@@ -224,14 +192,7 @@ def _decoder_seq_cls(base_cls: type) -> type:
 
 
 def as_seq_cls_model(base_cls: type) -> type:
-    """The `*ForSequenceClassification` class for `base_cls` (the same object on every call):
-    an encoder's first-token classifier, or a decoder's last-token one."""
-    build = _encoder_seq_cls if _is_encoder(base_cls) else _decoder_seq_cls
-    return _make(base_cls, _SEQ_CLS, build)
-
-
-def as_token_cls_model(base_cls: type) -> type:
-    """The `*ForTokenClassification` class for an encoder `base_cls`."""
-    if not _is_encoder(base_cls):
-        raise TypeError(f"{base_cls.__name__} is not an encoder with a base_model_prefix and projector")
-    return _make(base_cls, _TOKEN_CLS, _encoder_token_cls)
+    """The `*ForSequenceClassification` class for a CausalLM `base_cls` (the same object on
+    every call): vLLM's last-token classifier, named. Encoders declare theirs in their model
+    file (`EncoderForSequenceClassification`)."""
+    return _make(base_cls, _SEQ_CLS, _decoder_seq_cls)

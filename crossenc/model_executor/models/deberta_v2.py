@@ -2,7 +2,7 @@
 
 Read top-down: the config is read once into `DebertaV2Arch` (and rejected there, naming the
 field, if it cannot be served); embeddings -> attention -> layer -> encoder -> model; the
-classification heads are made by the adapter factory at the bottom.
+classification heads (`adapters.Encoder*` subclasses) at the bottom.
 
 A batch is packed: the tokens of all sequences back to back, each sequence's positions
 0..L-1. `PackedLayout` recovers the sequence boundaries from the positions, and attention
@@ -27,9 +27,12 @@ from crossenc.kernels.disentangled_attention import (
     kernel_supports,
     relative_position_index,
 )
-from crossenc.model_executor.layers import ParallelLayers, default_weight_loader, get_parallel_layers
+from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
 from crossenc.model_executor.layers.cpu_memory import release_freed_memory
-from crossenc.model_executor.models.adapters import as_seq_cls_model, as_token_cls_model
+from crossenc.model_executor.layers.packed_layout import PackedLayout
+from crossenc.model_executor.models.adapters import EncoderForSequenceClassification, EncoderForTokenClassification
+from crossenc.model_executor.models.interfaces import SupportsEmbedding
+from crossenc.model_executor.models.utils import CheckpointMapper, StackedParam, load_checkpoint
 
 POS_ATT_TYPES = ("c2p", "p2c")
 
@@ -148,94 +151,10 @@ class DebertaV2Arch:
             pooler_hidden_act=_act(config, "pooler_hidden_act", "gelu"),
         )
 
-    def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor of a transformers DebertaV2Model checkpoint for this config, with its shape."""
-        h, e = self.hidden_size, self.embedding_size
-        shapes: dict[str, tuple[int, ...]] = {"embeddings.word_embeddings.weight": (self.vocab_size, e)}
-        if self.position_biased_input:
-            shapes["embeddings.position_embeddings.weight"] = (self.max_position_embeddings, e)
-        if self.type_vocab_size > 0:
-            shapes["embeddings.token_type_embeddings.weight"] = (self.type_vocab_size, e)
-        if e != h:
-            shapes["embeddings.embed_proj.weight"] = (h, e)
-        shapes |= {"embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
-        if self.relative_attention:
-            shapes["encoder.rel_embeddings.weight"] = (2 * self.att_span, h)
-        if self.norm_rel_ebd:
-            shapes |= {"encoder.LayerNorm.weight": (h,), "encoder.LayerNorm.bias": (h,)}
-        if self.conv_kernel_size:
-            shapes |= {
-                "encoder.conv.conv.weight": (h, h // self.conv_groups, self.conv_kernel_size),
-                "encoder.conv.conv.bias": (h,),
-                "encoder.conv.LayerNorm.weight": (h,),
-                "encoder.conv.LayerNorm.bias": (h,),
-            }
-        linears = {"attention.self.query_proj": (h, h), "attention.self.key_proj": (h, h),
-                   "attention.self.value_proj": (h, h), "attention.output.dense": (h, h),
-                   "intermediate.dense": (self.intermediate_size, h),
-                   "output.dense": (h, self.intermediate_size)}
-        if self.relative_attention and not self.share_att_key:
-            if self.c2p:
-                linears["attention.self.pos_key_proj"] = (h, h)
-            if self.p2c:
-                linears["attention.self.pos_query_proj"] = (h, h)
-        norms = ("attention.output.LayerNorm", "output.LayerNorm")
-        for i in range(self.num_layers):
-            for name, shape in linears.items():
-                shapes[f"encoder.layer.{i}.{name}.weight"] = shape
-                shapes[f"encoder.layer.{i}.{name}.bias"] = shape[:1]
-            for name in norms:
-                shapes[f"encoder.layer.{i}.{name}.weight"] = (h,)
-                shapes[f"encoder.layer.{i}.{name}.bias"] = (h,)
-        return shapes
-
-
-@dataclass
-class PackedLayout:
-    """Sequence boundaries of a packed batch, computed once per forward.
-
-    Exact (the default): `cu_seqlens` holds one entry per sequence and `max_seqlen` is the
-    longest one, read back to the host. Bounded (`max_seqs` and `max_seqlen` given, as vLLM on
-    a GPU does from its scheduler limits): every shape comes from those bounds and the number
-    of tokens, nothing is read back, so the forward neither waits for the GPU nor changes
-    shape with the batch's contents (torch.compile, CUDA graphs). `cu_seqlens` then has
-    `max_seqs + 1` entries, the unused ones equal to the token count (empty sequences), and
-    `max_seqlen` is the bound.
-    """
-
-    cu_seqlens: torch.Tensor  # int32 [B + 1]
-    max_seqlen: int
-    seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
-
-    @classmethod
-    def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,
-                       max_seqs: int | None = None, max_seqlen: int | None = None) -> PackedLayout:
-        num_tokens = positions.shape[0]
-        # A sequence starts where its positions restart at 0. The padding rows vLLM adds to a
-        # batch (after the real tokens) form one sequence of their own, whatever stale
-        # positions they hold.
-        starts = positions == 0
-        if is_padding is not None:
-            pad = is_padding[:num_tokens]
-            pad_start = pad & ~torch.cat([pad.new_zeros(1), pad[:-1]])
-            starts = (starts & ~pad) | pad_start
-        starts[:1] = True
-        seq_ids = torch.cumsum(starts, 0) - 1
-        if max_seqs is None or max_seqlen is None:
-            first = starts.nonzero().flatten()
-            end = torch.tensor([num_tokens], device=positions.device)
-            cu_seqlens = torch.cat([first, end]).to(torch.int32)
-            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            return cls(cu_seqlens, longest, seq_ids)
-        num_seqs = max(1, min(max_seqs, num_tokens))
-        tokens = torch.arange(num_tokens, device=positions.device)
-        cu_seqlens = torch.full((num_seqs + 1,), num_tokens, dtype=torch.long, device=positions.device)
-        cu_seqlens.scatter_reduce_(0, seq_ids.clamp(max=num_seqs - 1), tokens, "amin")
-        return cls(cu_seqlens.to(torch.int32), max_seqlen, seq_ids)
-
 
 class DebertaV2Embeddings(nn.Module):
-    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "",
+                 norm_cls: type[nn.Module] = nn.LayerNorm):
         super().__init__()
         e = arch.embedding_size
         self.word_embeddings = layers.vocab_embedding(arch.vocab_size, e, prefix=f"{prefix}.word_embeddings")
@@ -243,7 +162,7 @@ class DebertaV2Embeddings(nn.Module):
             nn.Embedding(arch.max_position_embeddings, e) if arch.position_biased_input else None)
         self.token_type_embeddings = nn.Embedding(arch.type_vocab_size, e) if arch.type_vocab_size else None
         self.embed_proj = nn.Linear(e, arch.hidden_size, bias=False) if e != arch.hidden_size else None
-        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
+        self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps)
 
     def forward(self, input_ids, positions, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -259,6 +178,10 @@ class DebertaV2Embeddings(nn.Module):
 
 
 class DebertaV2SelfAttention(nn.Module):
+    """q, k and v in one stacked matmul, the layer's position tables, the disentangled attention op."""
+
+    pos_key_bias = True  # DeBERTa v1's c2p projection has none
+
     def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
         super().__init__()
         self.arch = arch
@@ -274,7 +197,7 @@ class DebertaV2SelfAttention(nn.Module):
         separate = arch.relative_attention and not arch.share_att_key
         column = dict(bias=True, gather_output=False, return_bias=False)
         self.pos_key_proj = (layers.column(arch.hidden_size, arch.hidden_size, prefix=f"{prefix}.pos_key_proj",
-                                           **column) if separate and arch.c2p else None)
+                                           **{**column, "bias": self.pos_key_bias}) if separate and arch.c2p else None)
         self.pos_query_proj = (layers.column(arch.hidden_size, arch.hidden_size,
                                              prefix=f"{prefix}.pos_query_proj", **column)
                                if separate and arch.p2c else None)
@@ -303,24 +226,34 @@ class DebertaV2SelfAttention(nn.Module):
         return out.reshape(x.shape[0], self.q_size)
 
 
-class _DenseLayerNorm(nn.Module):
-    """Row-parallel dense, then LayerNorm(dense(x) + residual)."""
+class DebertaV2Output(nn.Module):
+    """A layer's output block: row-parallel dense, then LayerNorm(dense(x) + residual)."""
 
-    def __init__(self, in_size: int, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "",
+                 norm_cls: type[nn.Module] = nn.LayerNorm, in_size: int | None = None):
         super().__init__()
-        self.dense = layers.row(in_size, arch.hidden_size, bias=True, input_is_parallel=True,
-                                return_bias=False, prefix=f"{prefix}.dense")
-        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
+        self.dense = layers.row(in_size or arch.intermediate_size, arch.hidden_size, bias=True,
+                                input_is_parallel=True, return_bias=False, prefix=f"{prefix}.dense")
+        self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps)
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dense(x) + residual)
 
 
+class DebertaV2SelfOutput(DebertaV2Output):
+    """The attention's output block: the same over the attention's hidden_size outputs."""
+
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "",
+                 norm_cls: type[nn.Module] = nn.LayerNorm):
+        super().__init__(arch, layers, prefix, norm_cls, in_size=arch.hidden_size)
+
+
 class DebertaV2Attention(nn.Module):
-    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "", *,
+                 self_attention_cls: type[nn.Module], norm_cls: type[nn.Module]):
         super().__init__()
-        self.self = DebertaV2SelfAttention(arch, layers, prefix=f"{prefix}.self")
-        self.output = _DenseLayerNorm(arch.hidden_size, arch, layers, prefix=f"{prefix}.output")
+        self.self = self_attention_cls(arch, layers, prefix=f"{prefix}.self")
+        self.output = DebertaV2SelfOutput(arch, layers, prefix=f"{prefix}.output", norm_cls=norm_cls)
 
     def forward(self, x, layout, rel_embeddings, rel_index):
         return self.output(self.self(x, layout, rel_embeddings, rel_index), x)
@@ -338,11 +271,13 @@ class DebertaV2Intermediate(nn.Module):
 
 
 class DebertaV2Layer(nn.Module):
-    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "", *,
+                 self_attention_cls: type[nn.Module], norm_cls: type[nn.Module]):
         super().__init__()
-        self.attention = DebertaV2Attention(arch, layers, prefix=f"{prefix}.attention")
+        self.attention = DebertaV2Attention(arch, layers, prefix=f"{prefix}.attention",
+                                            self_attention_cls=self_attention_cls, norm_cls=norm_cls)
         self.intermediate = DebertaV2Intermediate(arch, layers, prefix=f"{prefix}.intermediate")
-        self.output = _DenseLayerNorm(arch.intermediate_size, arch, layers, prefix=f"{prefix}.output")
+        self.output = DebertaV2Output(arch, layers, prefix=f"{prefix}.output", norm_cls=norm_cls)
 
     def forward(self, x, layout, rel_embeddings, rel_index):
         x = self.attention(x, layout, rel_embeddings, rel_index)
@@ -379,13 +314,17 @@ class DebertaV2ConvLayer(nn.Module):
 
 
 class DebertaV2Encoder(nn.Module):
-    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = ""):
+    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "", *,
+                 self_attention_cls: type[nn.Module] = DebertaV2SelfAttention,
+                 norm_cls: type[nn.Module] = nn.LayerNorm):
         super().__init__()
         self.arch = arch
         self.layer = nn.ModuleList(
-            DebertaV2Layer(arch, layers, prefix=f"{prefix}.layer.{i}") for i in range(arch.num_layers))
+            DebertaV2Layer(arch, layers, prefix=f"{prefix}.layer.{i}", self_attention_cls=self_attention_cls,
+                           norm_cls=norm_cls)
+            for i in range(arch.num_layers))
         self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
-        self.LayerNorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
+        self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
         self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
         self._rel_index_cache: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -421,9 +360,8 @@ class DebertaV2Encoder(nn.Module):
 class DebertaV2ContextPooler(nn.Module):
     """transformers' ContextPooler (`pooler.dense`): first token -> dense -> activation."""
 
-    def __init__(self, config: Any, dtype: torch.dtype | None = None):
+    def __init__(self, arch: DebertaV2Arch, dtype: torch.dtype | None = None):
         super().__init__()
-        arch = DebertaV2Arch.from_config(config)
         self.dense = nn.Linear(arch.pooler_hidden_size, arch.pooler_hidden_size, dtype=dtype)
         self.act = ACT2FN[arch.pooler_hidden_act]
 
@@ -431,25 +369,28 @@ class DebertaV2ContextPooler(nn.Module):
         return self.act(self.dense(x))
 
 
-# Tensors in published checkpoints that DebertaV2Model has no use for.
-IGNORED_CHECKPOINT_PREFIXES = ("lm_predictions.", "mask_predictions.", "cls.")
-
-
 @compat.maybe_support_torch_compile(input_ids=0, positions=0, inputs_embeds=0, token_type_ids=0)
-class DebertaV2Model(nn.Module):
+class DebertaV2Model(SupportsEmbedding, nn.Module):
     """The DeBERTa-v2 encoder; served on its own as an embedding model.
 
     `forward(input_ids, positions)` takes a packed batch and returns hidden states [T, hidden].
     """
 
-    is_pooling_model = True
-    default_seq_pooling_type = "CLS"
-    default_tok_pooling_type = "ALL"
-    attn_type = "encoder_only"
-    # Adapter factory hooks (crossenc.model_executor.models.adapters).
+    # transformers' attribute of the backbone in its head models and checkpoints
     base_model_prefix = "deberta"
-    seq_cls_projector = DebertaV2ContextPooler
-    hf_seq_cls_projector_prefix = "pooler."
+    # What a DeBERTa family puts into the encoder: its attention and norm blocks.
+    self_attention_cls: type[nn.Module] = DebertaV2SelfAttention
+    norm_cls: type[nn.Module] = nn.LayerNorm
+    # transformers' names: q, k and v load into one stacked matmul; published checkpoints also
+    # hold pre-training heads, position_ids buffers and (v3) an absolute-position table the
+    # config leaves unused.
+    checkpoint_mapper = CheckpointMapper(
+        prefixes={"deberta.": ""},
+        stacked=tuple(StackedParam(".qkv_proj.", f".{name}_proj.", shard)
+                      for name, shard in (("query", "q"), ("key", "k"), ("value", "v"))),
+        ignore_prefixes=("lm_predictions.", "mask_predictions.", "cls."),
+        ignore_suffixes=("position_ids", "embeddings.position_embeddings.weight"),
+    )
 
     def __init__(self, *, vllm_config: Any = None, prefix: str = "", config: Any = None,
                  with_pooler: bool = True):
@@ -457,7 +398,7 @@ class DebertaV2Model(nn.Module):
         if config is None:
             config = vllm_config.model_config.hf_config
         self.config = config
-        self.arch = DebertaV2Arch.from_config(config)
+        self.arch = self.read_config(config)
         self.in_vllm = vllm_config is not None
         # On a GPU in vLLM, sequence boundaries are laid out within vLLM's limits (max_num_seqs
         # requests + one group of padding rows, max_model_len tokens each): no host sync. (Head
@@ -468,10 +409,16 @@ class DebertaV2Model(nn.Module):
             max_seqlen=vllm_config.model_config.max_model_len)
         layers = get_parallel_layers(vllm_config)
         self.saw_pair_positions = False
-        self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings")
-        self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder")
+        self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings",
+                                              norm_cls=self.norm_cls)
+        self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder",
+                                        self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls)
         if with_pooler and self.in_vllm:
             self.pooler = compat.embedding_pooler(vllm_config)
+
+    @classmethod
+    def read_config(cls, config: Any) -> DebertaV2Arch:
+        return DebertaV2Arch.from_config(config)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embeddings.word_embeddings(input_ids)
@@ -495,57 +442,18 @@ class DebertaV2Model(nn.Module):
         return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load a transformers DebertaV2Model checkpoint; names may carry a `deberta.` prefix.
-
-        Missing, unexpected and mis-shaped tensors are all reported by name in one error.
-        """
-        expected = self.arch.checkpoint_shapes()
-        params = dict(self.named_parameters())
-        seen: set[str] = set()
-        unexpected, misshaped = [], []
-        for name, tensor in weights:
-            name = name.removeprefix(f"{self.base_model_prefix}.")
-            if name not in expected:
-                ignorable = (name.startswith(IGNORED_CHECKPOINT_PREFIXES) or name.endswith("position_ids")
-                             or name == "embeddings.position_embeddings.weight")  # v3 ships it unused
-                if not ignorable:
-                    unexpected.append(name)
-                continue
-            if tuple(tensor.shape) != expected[name]:
-                misshaped.append(f"{name}: checkpoint {tuple(tensor.shape)}, config expects {expected[name]}")
-                seen.add(name)
-                continue
-            target, shard = _param_name(name)
-            param = params[target]
-            loader = getattr(param, "weight_loader", default_weight_loader)
-            loader(param, tensor, shard) if shard else loader(param, tensor)
-            seen.add(name)
-        _raise_on_mismatch("DebertaV2Model", sorted(set(expected) - seen), unexpected, misshaped)
-        return {_param_name(n)[0] for n in seen}
+        """Load a transformers DebertaV2Model checkpoint; names may carry a `deberta.` prefix."""
+        return load_checkpoint(self, weights, self.checkpoint_mapper)
 
 
-_QKV = {"query_proj": "q", "key_proj": "k", "value_proj": "v"}
+class DebertaV2ForSequenceClassification(EncoderForSequenceClassification):
+    """Rerankers (one label: vLLM's score), NLI, zero-shot and other classifiers."""
+
+    base_cls = DebertaV2Model
+    projector_cls = DebertaV2ContextPooler
 
 
-def _param_name(hf_name: str) -> tuple[str, str | None]:
-    """transformers' name -> (our parameter, q/k/v shard): q, k and v share one stacked matmul."""
-    parts = hf_name.split(".")
-    if len(parts) > 2 and parts[-2] in _QKV and parts[-3] == "self":
-        return ".".join(parts[:-2] + ["qkv_proj", parts[-1]]), _QKV[parts[-2]]
-    return hf_name, None
+class DebertaV2ForTokenClassification(EncoderForTokenClassification):
+    """NER / PII taggers: one row of logits per token."""
 
-
-def _raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {unexpected}")
-    if misshaped:
-        problems.append(f"mis-shaped tensors: {misshaped}")
-    if problems:
-        raise ValueError(f"{what} checkpoint does not match its config; " + "; ".join(problems))
-
-
-DebertaV2ForSequenceClassification = as_seq_cls_model(DebertaV2Model)
-DebertaV2ForTokenClassification = as_token_cls_model(DebertaV2Model)
+    base_cls = DebertaV2Model

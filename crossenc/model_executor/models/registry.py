@@ -1,7 +1,7 @@
 """The architectures crossenc adds to vLLM, with their static capabilities.
 
-A declarative table (DeBERTa), plus one named classifier per CausalLM family of vLLM's
-registry, listed from vLLM's table. Everything that needs to know what an architecture can do
+crossenc's model files and the classes each registers (DeBERTa), plus one named classifier per
+CausalLM family of vLLM's registry, listed from vLLM's table. Everything that needs to know what an architecture can do
 (the plugin's registration, `crossenc.config` resolution, `crossenc explain`) reads it from
 here. The only name rule is the classifier's name (`pooling_class_name`); vLLM's own suffix
 defaults are read from vLLM where resolution must mirror them.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from crossenc import compat
+from crossenc.model_executor.models import interfaces
 
 # vLLM's pooling task names (vllm.tasks.PoolingTask) that crossenc's architectures support.
 PoolingTask = Literal["embed", "classify", "token_classify", "token_embed"]
@@ -49,37 +50,37 @@ class ArchSpec:
         return "cross-encoder" if self.head == "seq_cls" else "bi-encoder"
 
 
-_DEBERTA = "crossenc.model_executor.models.deberta_v2"
-
-CROSSENC_ARCHS: dict[str, ArchSpec] = {
-    spec.arch: spec
-    for spec in (
-        ArchSpec(
-            "DebertaV2ForSequenceClassification",
-            _DEBERTA,
-            "DebertaV2ForSequenceClassification",
-            ("classify", "token_classify"),
-            head="seq_cls",
-            default_pooling="CLS",
-        ),
-        ArchSpec(
-            "DebertaV2ForTokenClassification",
-            _DEBERTA,
-            "DebertaV2ForTokenClassification",
-            ("token_classify",),
-            head="token",
-            default_pooling="ALL",
-        ),
-        ArchSpec(
-            "DebertaV2Model",
-            _DEBERTA,
-            "DebertaV2Model",
-            ("embed", "token_embed"),
-            head="embed",
-            default_pooling="CLS",
-        ),
-    )
+# Each model file crossenc adds, its classes (by architecture name) and the capability class each
+# derives from: a new family is one model file and one entry here. What a capability means is
+# declared once, in `interfaces`; a test checks every class derives from the one named here.
+MODEL_FILES: dict[str, dict[str, type[interfaces.PoolingEncoder]]] = {
+    "crossenc.model_executor.models.deberta_v2": {
+        "DebertaV2ForSequenceClassification": interfaces.SupportsSequenceClassification,
+        "DebertaV2ForTokenClassification": interfaces.SupportsTokenClassification,
+        "DebertaV2Model": interfaces.SupportsEmbedding,
+    },
+    "crossenc.model_executor.models.deberta": {
+        "DebertaForSequenceClassification": interfaces.SupportsSequenceClassification,
+        "DebertaForTokenClassification": interfaces.SupportsTokenClassification,
+        "DebertaModel": interfaces.SupportsEmbedding,
+    },
 }
+CROSSENC_ARCH_NAMES = frozenset(name for classes in MODEL_FILES.values() for name in classes)
+
+
+def spec_of(arch: str, module: str, capabilities: type[interfaces.PoolingEncoder]) -> ArchSpec:
+    """The registry entry of a crossenc model class, from its capability class."""
+    head = capabilities.head_kind
+    pooling = (capabilities.default_tok_pooling_type if head == "token"
+               else capabilities.default_seq_pooling_type)
+    return ArchSpec(arch, module, arch, capabilities.pooling_tasks, head=head, default_pooling=pooling)
+
+
+@functools.cache
+def crossenc_archs() -> dict[str, ArchSpec]:
+    """crossenc's own architectures (`MODEL_FILES`), without importing a model file."""
+    return {arch: spec_of(arch, module, capabilities)
+            for module, classes in MODEL_FILES.items() for arch, capabilities in classes.items()}
 
 
 def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[ScoreRoute, str]:
@@ -173,7 +174,12 @@ def base_ref_for(name: str) -> str | None:
 
 def all_specs() -> dict[str, ArchSpec]:
     """Every architecture crossenc registers: its own table and the CausalLM classifiers."""
-    return {**causal_seq_cls_specs(), **CROSSENC_ARCHS}
+    return {**causal_seq_cls_specs(), **crossenc_archs()}
+
+
+def class_refs() -> dict[str, str]:
+    """Every architecture crossenc registers -> "module:Class", without importing a model file."""
+    return {arch: spec.class_ref for arch, spec in all_specs().items()}
 
 
 def register_with_vllm() -> None:
@@ -184,7 +190,7 @@ def register_with_vllm() -> None:
     name, and a registered name under itself. (Only the engine-config hook: vLLM does not run
     the CausalLM's model-config hook for its implicit classifier either.)
     """
-    for spec in all_specs().values():
-        compat.register_model(spec.arch, spec.class_ref)
+    for arch, class_ref in class_refs().items():
+        compat.register_model(arch, class_ref)
     for arch in causal_seq_cls_specs():
         compat.inherit_engine_config_hook(arch, arch.removesuffix(_SEQ_CLS) + _CAUSAL_LM)

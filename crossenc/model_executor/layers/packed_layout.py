@@ -1,0 +1,51 @@
+"""Where the sequences of a packed batch begin and end, computed once per forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedLayout:
+    """Sequence boundaries of a packed batch, computed once per forward.
+
+    Exact (the default): `cu_seqlens` holds one entry per sequence and `max_seqlen` is the
+    longest one, read back to the host. Bounded (`max_seqs` and `max_seqlen` given, as vLLM on
+    a GPU does from its scheduler limits): every shape comes from those bounds and the number
+    of tokens, nothing is read back, so the forward neither waits for the GPU nor changes
+    shape with the batch's contents (torch.compile, CUDA graphs). `cu_seqlens` then has
+    `max_seqs + 1` entries, the unused ones equal to the token count (empty sequences), and
+    `max_seqlen` is the bound.
+    """
+
+    cu_seqlens: torch.Tensor  # int32 [B + 1]
+    max_seqlen: int
+    seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
+
+    @classmethod
+    def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,
+                       max_seqs: int | None = None, max_seqlen: int | None = None) -> PackedLayout:
+        num_tokens = positions.shape[0]
+        # A sequence starts where its positions restart at 0. The padding rows vLLM adds to a
+        # batch (after the real tokens) form one sequence of their own, whatever stale
+        # positions they hold.
+        starts = positions == 0
+        if is_padding is not None:
+            pad = is_padding[:num_tokens]
+            pad_start = pad & ~torch.cat([pad.new_zeros(1), pad[:-1]])
+            starts = (starts & ~pad) | pad_start
+        starts[:1] = True
+        seq_ids = torch.cumsum(starts, 0) - 1
+        if max_seqs is None or max_seqlen is None:
+            first = starts.nonzero().flatten()
+            end = torch.tensor([num_tokens], device=positions.device)
+            cu_seqlens = torch.cat([first, end]).to(torch.int32)
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            return cls(cu_seqlens, longest, seq_ids)
+        num_seqs = max(1, min(max_seqs, num_tokens))
+        tokens = torch.arange(num_tokens, device=positions.device)
+        cu_seqlens = torch.full((num_seqs + 1,), num_tokens, dtype=torch.long, device=positions.device)
+        cu_seqlens.scatter_reduce_(0, seq_ids.clamp(max=num_seqs - 1), tokens, "amin")
+        return cls(cu_seqlens.to(torch.int32), max_seqlen, seq_ids)
