@@ -163,6 +163,18 @@ def _padded_attention(q, k, v, cu_seqlens, longest, tables, scale):
 # What the fused Triton kernel takes; other head sizes run the torch reference.
 KERNEL_HEAD_SIZES = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Rows per query tile of the kernel (its BLOCK_M in every default configuration).
+QUERY_TILE = 32
+
+
+def query_tiles(cu_seqlens: torch.Tensor, rows: int = QUERY_TILE) -> torch.Tensor:
+    """int32 [B + 1]: the index of each sequence's first query tile of `rows` rows, and the
+    total, on cu_seqlens' device (no host read). The kernel needs it in every layer; a model
+    makes it once per forward and hands it to each call."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    tiles = torch.zeros(cu_seqlens.shape[0], dtype=torch.int32, device=cu_seqlens.device)
+    torch.cumsum((lengths + (rows - 1)) // rows, 0, dtype=torch.int32, out=tiles[1:])
+    return tiles
 
 
 def kernel_supports(head_size: int, dtype: torch.dtype | None = None) -> bool:
@@ -191,14 +203,16 @@ def disentangled_attention(
     pos_query: torch.Tensor | None,
     rel_index: torch.Tensor,
     scale: float,
+    tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """`tiles`: `query_tiles(cu_seqlens)` if the caller has it (the CUDA kernel's; else made here)."""
     if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
-        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
+        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles)
     return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
 
 
 @disentangled_attention.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale):
+def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
     return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
 
 

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES
+from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES, QUERY_TILE, query_tiles
 
 _LOG2E = 1.4426950408889634
 
@@ -173,12 +173,14 @@ def triton_disentangled_attention(
     scale: float,
     *,
     config: tuple[int, int, int, int] | None = None,
+    tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
 
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
     ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
-    max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages).
+    max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages). ``tiles``:
+    ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
     """
     if q.ndim != 3:
         raise ValueError(f"q must have shape [T, H, D], got {tuple(q.shape)}")
@@ -212,9 +214,11 @@ def triton_disentangled_attention(
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
-    tiles = torch.zeros(batch + 1, dtype=torch.int32, device=q.device)
-    tiles[1:] = torch.cumsum((lengths + (block_m - 1)) // block_m, 0, dtype=torch.int32)
+    if tiles is None or block_m != QUERY_TILE:
+        tiles = query_tiles(cu_seqlens, block_m)
+    elif tiles.shape != (batch + 1,) or tiles.dtype != torch.int32:
+        raise ValueError(f"tiles must be query_tiles(cu_seqlens): int32 [{batch + 1}], got "
+                         f"{tiles.dtype} {tuple(tiles.shape)}")
     grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](
         q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,

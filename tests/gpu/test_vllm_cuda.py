@@ -1,4 +1,4 @@
-"""DeBERTa in a real vLLM engine on a GPU: fp16 and bf16, vLLM's default compilation settings and
+"""DeBERTa (v3 and v1) in a real vLLM engine on a GPU: fp16 and bf16, vLLM's default compilation settings and
 `enforce_eager`, mixed lengths up to 512 tokens, the Triton kernel in use, and `vllm serve`
 answering /rerank. Skipped without CUDA or without vLLM.
 
@@ -26,6 +26,10 @@ TOL = {"float16": 5e-3, "bfloat16": 4e-2}
 # v3-base's attention shape (head size 64, 256 log buckets over 512 positions), fewer layers.
 V3_SHAPE = dict(hidden_size=256, num_attention_heads=4, intermediate_size=512, num_hidden_layers=3,
                 pooler_hidden_size=256, position_buckets=256, max_relative_positions=512)
+# DeBERTa v1 (deberta-base's attention: linear relative positions over 512), the same width.
+SHAPES = {"v3": ("v3", V3_SHAPE),
+          "v1": ("v1-base", {**{k: v for k, v in V3_SHAPE.items() if k != "position_buckets"},
+                             "max_relative_positions": -1})}
 
 
 def _texts(n: int, seed: int = 0) -> tuple[str, list[str]]:
@@ -36,13 +40,14 @@ def _texts(n: int, seed: int = 0) -> tuple[str, list[str]]:
     return query, docs
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A float16 v3-shaped reranker whose logits on the test pairs spread over about [-4, 4] (std 1.5):
+@pytest.fixture(scope="module", params=list(SHAPES))
+def checkpoint(tmp_path_factory, request):
+    """A float16 v3- (or v1-) shaped reranker whose logits on the test pairs spread over about [-4, 4] (std 1.5):
     scores away from sigmoid's flat ends, where fp16/bf16 errors would be invisible."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = save_deberta(tmp_path_factory.mktemp("cuda") / "v3", "seq_cls", "v3", num_labels=1, **V3_SHAPE)
+    variant, shape = SHAPES[request.param]
+    path = save_deberta(tmp_path_factory.mktemp("cuda") / request.param, "seq_cls", variant, num_labels=1, **shape)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     query, docs = _texts(48)

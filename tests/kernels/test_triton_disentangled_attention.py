@@ -133,18 +133,32 @@ def test_bad_input_errors():
     bad[3] = args[3].long()
     with pytest.raises(ValueError, match="cu_seqlens"):
         triton_disentangled_attention(*bad)
+    with pytest.raises(ValueError, match="tiles must be query_tiles"):
+        triton_disentangled_attention(*args, tiles=torch.zeros(5, dtype=torch.int32, device="cuda"))
+
+
+def test_tiles_made_once_per_forward_give_the_same_output():
+    from crossenc.kernels.disentangled_attention import query_tiles
+    from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+
+    args = _packed_inputs([3, 70, 1, 33], 4, 64, torch.float16, 256, 512, True, True, 1)
+    alone = triton_disentangled_attention(*args)
+    given = triton_disentangled_attention(*args, tiles=query_tiles(args[3]))
+    assert torch.equal(alone, given)
 
 
 def _hf_and_ours(config, logit_gain):
-    from transformers import DebertaV2ForSequenceClassification as HFModel
+    import transformers
 
-    from crossenc.model_executor.models.deberta_v2 import DebertaV2ForSequenceClassification
+    from crossenc.model_executor.models import deberta, deberta_v2
 
+    v1 = config.model_type == "deberta"
+    name = "DebertaForSequenceClassification" if v1 else "DebertaV2ForSequenceClassification"
     torch.manual_seed(0)
-    hf = HFModel(config).eval().cuda()
+    hf = getattr(transformers, name)(config).eval().cuda()
     with torch.no_grad():
         hf.classifier.weight.mul_(logit_gain)
-    ours = DebertaV2ForSequenceClassification(config=config)
+    ours = getattr(deberta if v1 else deberta_v2, name)(config=config)
     ours.load_weights(hf.state_dict().items())
     return hf, ours.cuda().eval()
 
@@ -167,6 +181,8 @@ VARIANTS = {
                share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False),
     "v2-c2p": dict(position_buckets=-1, max_relative_positions=-1, pos_att_type=["c2p"],
                    share_att_key=False, position_biased_input=True),
+    # DeBERTa v1 (deberta-base): linear relative positions through the same kernel.
+    "v1": dict(max_relative_positions=-1, pos_att_type=["c2p", "p2c"], position_biased_input=False),
 }
 
 
@@ -179,9 +195,9 @@ def test_model_matches_transformers(variant, logit_gain):
     (|logit| up to ~0.25), and at gain 50 (|logit| up to ~13, where fp16 itself moves logits
     by ~1e-2) within 3x transformers' own fp16 error (measured on an H100: 2.4x for v3).
     """
-    from transformers import DebertaV2Config
+    from transformers import DebertaConfig, DebertaV2Config
 
-    config = DebertaV2Config(
+    config = (DebertaConfig if variant == "v1" else DebertaV2Config)(
         vocab_size=1000, hidden_size=768, num_hidden_layers=3, num_attention_heads=12,
         intermediate_size=3072, max_position_embeddings=512, relative_attention=True,
         type_vocab_size=0, num_labels=1, hidden_act="gelu", **VARIANTS[variant],

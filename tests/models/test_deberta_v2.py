@@ -8,7 +8,7 @@ from transformers import DebertaV2ForSequenceClassification as HFSeqCls
 from transformers import DebertaV2ForTokenClassification as HFTokenCls
 from transformers import DebertaV2Model as HFModel
 
-from crossenc.kernels.disentangled_attention import log_bucket_position, relative_position_index
+from crossenc.kernels.disentangled_attention import log_bucket_position, query_tiles, relative_position_index
 from crossenc.model_executor.models.deberta_v2 import (
     DebertaV2ForSequenceClassification,
     DebertaV2ForTokenClassification,
@@ -100,6 +100,13 @@ def test_log_buckets_equal_transformers():
                            make_log_bucket_position(rel, buckets, max_pos).long())
     index = relative_position_index(600, 256, 512, 256)
     assert index.min() == 0 and index.max() == 511 and index.shape == (1199,)
+
+
+def test_query_tiles_count_each_sequences_tiles():
+    """The kernel's per-forward tile table: each sequence's first 32-row tile, empty ones included."""
+    cu = torch.tensor([0, 5, 5, 70, 102], dtype=torch.int32)
+    assert query_tiles(cu).tolist() == [0, 1, 1, 4, 5]
+    assert query_tiles(cu, 64).tolist() == [0, 1, 1, 3, 4]
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -21,11 +21,12 @@ TEXTS = [QUERY, *[d for d in DOCUMENTS if d]]
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism over 2 ranks needs 2 cores")
-@pytest.mark.parametrize("variant", ["v2-conv"])
+@pytest.mark.parametrize("variant", ["v2-conv", "v1-clamped"])
 def test_tensor_parallel_2_equals_transformers(tmp_path, monkeypatch, variant):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    # Separate c2p/p2c projections (column-parallel), the convolution branch, 4 heads -> 2 per rank.
+    # Separate c2p/p2c projections (column-parallel), the convolution branch, 4 heads -> 2 per rank;
+    # DeBERTa v1: its fused per-head q/k/v rows and q/v biases split by head across the ranks.
     path = save_deberta(tmp_path / variant, "seq_cls", variant, num_labels=3)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()

@@ -35,7 +35,7 @@ from crossenc.model_executor.models.registry import (
     pooling_class_name,
     vllm_archs,
 )
-from tests.utils import deberta_config, save_tokenizer
+from tests.utils import deberta_config, deberta_v1_config, save_tokenizer
 
 # Words of tests.utils' tokenizer: each one id, so they can be classifier tokens.
 GOOD_TOKENS = ["cat", "dog"]
@@ -52,6 +52,8 @@ FAMILIES = {
     "deberta": (lambda v: deberta_config("v3", vocab_size=v),
                 ("DebertaV2ForSequenceClassification", "DebertaV2ForTokenClassification",
                  "DebertaV2Model")),
+    "deberta-v1": (lambda v: deberta_v1_config("base", vocab_size=v),
+                   ("DebertaForSequenceClassification", "DebertaForTokenClassification", "DebertaModel")),
 }
 
 
@@ -347,6 +349,13 @@ def test_explain_cli_loads_no_weights_or_model_code(config_dirs):
         capture_output=True, text=True, check=True)
     assert "score          embed-cosine" in proc.stdout
     assert "yes  /v1/embeddings" in proc.stdout
+    # DeBERTa v1 (model_type "deberta"): an NLI classifier classifies, it does not score pairs.
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossenc.cli", "explain", config_dirs["deberta-v1"],
+         "--hf-overrides", '{"num_labels": 3}'],
+        capture_output=True, text=True, check=True)
+    assert "crossenc.model_executor.models.deberta:DebertaForSequenceClassification" in proc.stdout
+    assert "num_labels=3: a multi-label classifier classifies" in proc.stdout
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -359,7 +368,8 @@ def model_modules():
     return sorted(
         m for m in sys.modules
         if (m.startswith("vllm.model_executor.models.") and m.split(".")[3] not in infra)
-        or m in ("crossenc.model_executor.models.adapters", "crossenc.model_executor.models.deberta_v2")
+        or m in ("crossenc.model_executor.models.adapters", "crossenc.model_executor.models.deberta_v2",
+                 "crossenc.model_executor.models.deberta")
         # transformers' auto mappings are name tables; a family's modeling file is model code
         or (m.startswith("transformers.models.") and ".modeling_" in m and ".auto." not in m)
     )

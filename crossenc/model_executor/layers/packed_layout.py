@@ -23,6 +23,8 @@ class PackedLayout:
     cu_seqlens: torch.Tensor  # int32 [B + 1]
     max_seqlen: int
     seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
+    # the CUDA attention kernel's query tiles (`query_tiles`), made once per forward for every layer
+    query_tiles: torch.Tensor | None = None
 
     @classmethod
     def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,

@@ -25,6 +25,7 @@ from crossenc.kernels.disentangled_attention import (
     attention_scale,
     disentangled_attention,
     kernel_supports,
+    query_tiles,
     relative_position_index,
 )
 from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
@@ -221,8 +222,8 @@ class DebertaV2SelfAttention(nn.Module):
         q, k, v = self.qkv_proj(x).view(x.shape[0], 3, self.num_heads, self.head_size).unbind(1)
         pos_key, pos_query = self.position_tables(rel_embeddings)
         # Strided views of the stacked projection: the op takes any token and head stride.
-        out = disentangled_attention(q, k, v, layout.cu_seqlens,
-                                     layout.max_seqlen, pos_key, pos_query, rel_index, self.scale)
+        out = disentangled_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, pos_key, pos_query,
+                                     rel_index, self.scale, layout.query_tiles)
         return out.reshape(x.shape[0], self.q_size)
 
 
@@ -349,6 +350,8 @@ class DebertaV2Encoder(nn.Module):
             rel_index = self._relative_position_index(layout.max_seqlen, x.device)
         else:
             rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
+        if x.is_cuda and kernel_supports(arch.head_size, x.dtype):  # the kernel's, once for every layer
+            layout.query_tiles = query_tiles(layout.cu_seqlens)
         embedding_output = x
         for i, layer in enumerate(self.layer):
             x = layer(x, layout, rel_embeddings, rel_index)
