@@ -74,7 +74,10 @@ def expected(checkpoint):
     tok = AutoTokenizer.from_pretrained(checkpoint)
 
     def scores(dtype):
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=dtype).cuda().eval()
+        # Loaded in float32, then cast: transformers' DeBERTa v1 keeps q_bias/v_bias in float32
+        # when loaded in half precision, and its attention then fails on mixed dtypes.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, dtype=torch.float32).to(dtype).cuda().eval()
         with torch.no_grad():
             out = torch.tensor([model(**tok(query, d, truncation="only_second", max_length=512,
                                             return_tensors="pt").to("cuda")).logits[0, 0].float().sigmoid().item()
