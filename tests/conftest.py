@@ -25,3 +25,14 @@ def causal_lm_dir(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def vllm_with_crossenc():
+    """vLLM with its general plugins loaded: crossenc registered, its config hooks in place."""
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()  # crossenc's entry point: registration and config hooks
+    from vllm import ModelRegistry
+
+    assert "Qwen3ForSequenceClassification" in ModelRegistry.get_supported_archs()

@@ -8,7 +8,6 @@ relative L2 error against the fp32 reference stays near the input dtype's resolu
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
