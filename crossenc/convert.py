@@ -24,17 +24,9 @@ from typing import Any
 import torch
 
 from crossenc import presets
-from crossenc.config.overrides import OverrideError, check_convertible, validate_conversion
-from crossenc.model_executor.models.conversion import (
-    METHOD_KEY,
-    METHODS,
-    TOKEN_IDS_KEY,
-    TOKENS_KEY,
-    ScoreRowCollector,
-    SeqClsConversion,
-    is_tied,
-    served_scores,
-)
+from crossenc.config.overrides import OverrideError, check_convertible, plan_conversion
+from crossenc.config.conversion import METHOD_KEY, METHODS, TOKEN_IDS_KEY, TOKENS_KEY, SeqClsConversion, served_scores
+from crossenc.model_executor.models.conversion import ScoreRowCollector, is_tied
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -81,15 +73,14 @@ def plan(src: str, tokens: str | None, method: str | None, preset_name: str | No
 
     config = AutoConfig.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    preset = presets.for_config(config, src, preset_name=preset_name)
-    token_list = tokens.split(",") if tokens else (list(preset.tokens) if preset else None)
-    method = method or (preset.method if preset else None)
-    if token_list is None or method is None:
+    if tokens:
+        setattr(config, TOKENS_KEY, tokens.split(","))
+    if method:
+        setattr(config, METHOD_KEY, method)
+    planned = plan_conversion(config, tokenizer=tokenizer, names=(src,), preset_name=preset_name, converting=True)
+    if planned.conversion is None:
         raise OverrideError("give --tokens and --method, or a --preset")
-    setattr(config, TOKENS_KEY, token_list)
-    setattr(config, METHOD_KEY, method)
-    conversion = validate_conversion(config, tokenizer, preset=preset)
-    return Plan(Path(src), config, tokenizer, conversion, preset, check_convertible(config))
+    return Plan(Path(src), config, tokenizer, planned.conversion, planned.preset, check_convertible(config))
 
 
 def classifier_config(p: Plan) -> Any:

@@ -120,7 +120,7 @@ class Preset:
             MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SEQ_CLS_NAMES,
         )
 
-        from crossenc.model_executor.models.conversion import METHOD_KEY, TOKENS_KEY
+        from crossenc.config.conversion import METHOD_KEY, TOKENS_KEY
 
         return {
             "architectures": [SEQ_CLS_NAMES[self.model_type]],

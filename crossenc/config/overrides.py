@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 from crossenc import presets
-from crossenc.model_executor.models.conversion import (
+from crossenc.config.conversion import (
     METHOD_KEY,
     METHODS,
     TOKEN_IDS_KEY,
@@ -177,14 +178,60 @@ def validate_conversion(
     return dataclasses.replace(conversion, token_ids=ids)
 
 
-def fill_from_preset(hf_config: Any, hf_overrides: dict[str, Any], preset: presets.Preset | None) -> None:
+def fill_from_preset(hf_config: Any, hf_overrides: dict[str, Any], preset: presets.Preset | None,
+                     converting: bool = False) -> None:
     """A preset asked for by name, or recognised on a checkpoint served as another architecture
-    (a converted checkpoint needs no override), supplies the tokens and method not given."""
-    if preset is None or not (presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides):
+    (a converted checkpoint needs no override), or for `crossenc convert` (`converting`),
+    supplies the tokens and method not given."""
+    asked = converting or presets.PRESET_KEY in hf_overrides or "architectures" in hf_overrides
+    if preset is None or not asked:
         return
     for key, value in ((TOKENS_KEY, list(preset.tokens)), (METHOD_KEY, preset.method)):
         if config_value(hf_config, key) is None:
             setattr(hf_config, key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionPlan:
+    preset: presets.Preset | None
+    # what the config asks for, validated; with token ids where a tokenizer was given
+    conversion: SeqClsConversion | None
+
+
+def plan_conversion(hf_config: Any, hf_overrides: dict[str, Any] | None = None, *,
+                    runner: str = "pooling", convert: str = "classify", tokenizer: Any = None,
+                    load_tokenizer: Callable[[], Any] | None = None, names: tuple[str | None, ...] = (),
+                    preset_name: str | None = None, converting: bool = False) -> ConversionPlan:
+    """Every rule that turns an LLM reranker's config into a classifier, each stated once, for
+    vLLM's config hook, `crossenc.config.resolve` and `crossenc convert` alike.
+
+    The checkpoint's preset (named in the config or `preset_name`, or recognised from `names`)
+    fills in the tokens and method not given; a conversion needs the pooling runner and no
+    embedding conversion; then the request is validated (`validate_conversion` with the
+    tokenizer, given or loaded by `load_tokenizer` only now; every check but the tokens' ids
+    without one). `hf_config` gets the preset's tokens and
+    method; nothing else changes (`apply` records a validated conversion)."""
+    hf_overrides = hf_overrides or {}
+    preset = presets.for_config(hf_config, *names, preset_name=preset_name)
+    fill_from_preset(hf_config, hf_overrides, preset, converting)
+    if not SeqClsConversion.requested(hf_config):
+        return ConversionPlan(preset, None)
+    if runner != "pooling" or convert == "embed":
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SEQ_CLS_NAMES,
+        )
+
+        arch = SEQ_CLS_NAMES.get(getattr(hf_config, "model_type", None), "<Family>ForSequenceClassification")
+        raise OverrideError(
+            f"{TOKENS_KEY}/{METHOD_KEY} turn the model into a classifier, but it would be "
+            f"served with runner={runner!r}, convert={convert!r}; add \"architectures\": [\"{arch}\"] "
+            "to --hf-overrides (or pass --runner pooling --convert classify)"
+        )
+    if tokenizer is None and load_tokenizer is not None:
+        tokenizer = load_tokenizer()
+    if tokenizer is None:
+        return ConversionPlan(preset, requested_conversion(hf_config, preset))
+    return ConversionPlan(preset, validate_conversion(hf_config, tokenizer, hf_overrides, preset))
 
 
 def apply(hf_config: Any, conversion: SeqClsConversion) -> None:
@@ -200,30 +247,18 @@ def apply(hf_config: Any, conversion: SeqClsConversion) -> None:
 
 
 def verify_and_update_model_config(model_config: Any) -> None:
-    """vLLM hook (ModelConfig built, no weights loaded): presets, validation, template."""
+    """vLLM hook (ModelConfig built, no weights loaded): the conversion plan, recorded in the config."""
+    from crossenc import compat
+
     hf_config = model_config.hf_config
     hf_overrides = model_config.hf_overrides if isinstance(model_config.hf_overrides, dict) else {}
-    preset = presets.for_config(hf_config, model_config.model)
-    fill_from_preset(hf_config, hf_overrides, preset)
-    if SeqClsConversion.requested(hf_config):
-        if model_config.runner_type != "pooling" or model_config.convert_type == "embed":
-            from transformers.models.auto.modeling_auto import (
-                MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as SEQ_CLS_NAMES,
-            )
-
-            arch = SEQ_CLS_NAMES.get(hf_config.model_type, "<Family>ForSequenceClassification")
-            raise OverrideError(
-                f"{TOKENS_KEY}/{METHOD_KEY} turn the model into a classifier, but it would be "
-                f"served with runner={model_config.runner_type!r}, "
-                f"convert={model_config.convert_type!r}; add \"architectures\": [\"{arch}\"] to "
-                "--hf-overrides (or pass --runner pooling --convert classify)"
-            )
-        from crossenc import compat
-
-        tokenizer = compat.get_tokenizer(model_config)
-        apply(hf_config, validate_conversion(hf_config, tokenizer, hf_overrides, preset))
-    if preset is not None:
-        setattr(hf_config, presets.PRESET_KEY, preset.name)
+    plan = plan_conversion(hf_config, hf_overrides, runner=model_config.runner_type,
+                           convert=model_config.convert_type, names=(model_config.model,),
+                           load_tokenizer=lambda: compat.get_tokenizer(model_config))
+    if plan.conversion is not None:
+        apply(hf_config, plan.conversion)
+    if plan.preset is not None:
+        setattr(hf_config, presets.PRESET_KEY, plan.preset.name)
 
 
 def install_config_hooks() -> None:

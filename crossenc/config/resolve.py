@@ -14,21 +14,38 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from crossenc import compat
-from crossenc.model_executor.models.registry import (
-    ArchSpec,
-    ScoreRoute,
-    all_specs,
-    score_route,
-    vllm_archs,
-)
+from crossenc.model_executor.models.registry import ArchSpec, all_specs, vllm_archs
 
 Runner = Literal["generate", "pooling"]
 Convert = Literal["none", "embed", "classify"]
+# How `/score` and `/rerank` are served for an architecture:
+#   cross-encoder: the pair is encoded together and the classifier's single logit is the score;
+#   embed-cosine: query and document are embedded separately and compared by cosine similarity;
+#   late-interaction: per-token embeddings of each, compared by MaxSim;
+#   none: the model cannot score pairs (`score_route` says why).
+ScoreRoute = Literal["cross-encoder", "embed-cosine", "late-interaction", "none"]
 RUNNER_OPTIONS = ("auto", "generate", "pooling")
 CONVERT_OPTIONS = ("auto", "none", "embed", "classify")
 
 _SEQ_CLS_TASKS = ("classify", "token_classify")
 _EMBED_TASKS = ("embed", "token_embed")
+
+
+def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[ScoreRoute, str]:
+    """How `/score` and `/rerank` are served for a model whose main pooling task is
+    `pooling_task` (vLLM's `ModelConfig.get_pooling_task`), and why; vLLM's rule
+    (`enable_scoring_api`) in words."""
+    if pooling_task is None:
+        return "none", "not a pooling model: it generates text and has no pooling endpoints"
+    if pooling_task == "embed":
+        return "embed-cosine", "an embedding model: score is the cosine similarity of the two embeddings"
+    if pooling_task == "token_embed":
+        return "late-interaction", "per-token embeddings: score is their late-interaction (MaxSim) similarity"
+    if pooling_task == "classify":
+        if num_labels == 1:
+            return "cross-encoder", "a single-logit classifier scores the (query, document) pair together"
+        return "none", f"num_labels={num_labels}: a multi-label classifier classifies, it does not score pairs"
+    return "none", f"its main task is {pooling_task}: one output per token, not one score per pair"
 
 
 class ResolutionError(ValueError):
@@ -189,37 +206,18 @@ def _apply_overrides(hf_config: Any, hf_overrides: dict[str, Any] | None) -> Any
     return config
 
 
-def _apply_config_hooks(config: Any, arch: str, hf_overrides: dict[str, Any]) -> Any:
-    """What vLLM's and crossenc's config hooks add before validation: a preset (asked for by
-    name, or recognised on a checkpoint served as another architecture) supplies tokens and
-    method; vLLM's Qwen3ForSequenceClassification hook gives the
-    original Qwen3-Reranker layout its method. Returns the checkpoint's preset, if any."""
-    from crossenc import presets
-    from crossenc.config.overrides import fill_from_preset
+def _plan(config: Any, arch: str, hf_overrides: dict[str, Any], runner: str, convert: str,
+          tokenizer: Any) -> Any:
+    """crossenc's conversion plan for the config (crossenc.config.overrides.plan_conversion, as
+    its config hook runs it), after what vLLM's own hook for the architecture adds:
+    Qwen3ForSequenceClassification gives the original Qwen3-Reranker layout its method."""
+    from crossenc.config.overrides import plan_conversion
 
-    try:
-        preset = presets.for_config(config)
-    except (ValueError, TypeError) as e:  # an unknown preset, or one for another model_type
-        raise ResolutionError(f"{presets.PRESET_KEY}: {e}") from e
-    fill_from_preset(config, hf_overrides, preset)
     if arch == "Qwen3ForSequenceClassification" and getattr(config, "is_original_qwen3_reranker", False):
         config.get_text_config().method = "from_2_way_softmax"
-    return preset
-
-
-def _conversion(config: Any, hf_overrides: dict[str, Any], preset: Any, tokenizer: Any) -> Any:
-    """The validated conversion (crossenc.config.overrides) a config asks for, or None."""
-    from crossenc.config import overrides
-    from crossenc.model_executor.models.conversion import SeqClsConversion
-
-    if not SeqClsConversion.requested(config):
-        return None
     try:
-        if tokenizer is not None:
-            return overrides.validate_conversion(config, tokenizer, hf_overrides, preset)
-        # Without a tokenizer: every check but the tokens' ids.
-        return overrides.requested_conversion(config, preset)
-    except ValueError as e:
+        return plan_conversion(config, hf_overrides, runner=runner, convert=convert, tokenizer=tokenizer)
+    except (ValueError, TypeError) as e:  # an unknown preset, a bad override
         raise ResolutionError(str(e)) from e
 
 
@@ -285,17 +283,8 @@ def resolve(
         tasks = info.pooling_tasks
 
     num_labels = getattr(config, "num_labels", None)
-    from crossenc.model_executor.models.conversion import SeqClsConversion
-
-    preset = _apply_config_hooks(config, arch, hf_overrides or {})
-    if SeqClsConversion.requested(config) and (runner_type != "pooling" or convert_type == "embed"):
-        raise ResolutionError(
-            "classifier_from_token/method turn the model into a classifier, but it would be "
-            f"served with runner={runner_type}, convert={convert_type}; name a classifier "
-            'architecture in --hf-overrides ("architectures": '
-            '["<Family>ForSequenceClassification"]) or use runner=pooling, convert=classify'
-        )
-    conversion = _conversion(config, hf_overrides or {}, preset, tokenizer)
+    plan = _plan(config, arch, hf_overrides or {}, runner_type, convert_type, tokenizer)
+    preset, conversion = plan.preset, plan.conversion
     if conversion is not None:
         num_labels = conversion.num_labels
 

@@ -71,7 +71,7 @@ def test_endpoints_agree_with_the_routes_vllm_registers(tasks, num_labels):
     factories = pytest.importorskip("vllm.entrypoints.pooling.factories")
     from fastapi import FastAPI
 
-    from crossenc.model_executor.models.registry import score_route
+    from crossenc.config.resolve import score_route
 
     def main_task(supported):
         return compat.main_pooling_task(tuple(supported), [])

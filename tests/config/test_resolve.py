@@ -109,7 +109,7 @@ def test_conversion_makes_a_single_score_and_needs_a_pooling_runner():
     res = resolve(config, hf_overrides=named)
     assert (res.num_labels, res.score_route, res.explicit) == (1, "cross-encoder", True)
     assert res.conversion == "from_2_way_softmax over tokens ['cat', 'dog']"
-    with pytest.raises(ResolutionError, match="runner=generate"):
+    with pytest.raises(ResolutionError, match="runner='generate'"):
         resolve(config, hf_overrides={"classifier_from_token": GOOD_TOKENS, "method": "from_2_way_softmax"})
     with pytest.raises(ResolutionError, match="exactly 2 tokens"):
         resolve(config, hf_overrides={**named, "classifier_from_token": ["cat"]})

@@ -174,7 +174,8 @@ class EncoderForTokenClassification(SupportsTokenClassification, _EncoderHeadMod
 def _decoder_seq_cls(base_cls: type) -> type:
     """vLLM's last-token classifier over a CausalLM (`score` head, lm_head never built),
     loading conversions (`classifier_from_token`/`method`) through crossenc's conversion.py."""
-    from crossenc.model_executor.models.conversion import SeqClsConversion, load_seq_cls_weights
+    from crossenc.config.conversion import SeqClsConversion
+    from crossenc.model_executor.models.conversion import load_seq_cls_weights
 
     # vLLM's adapter builds the `score` head in head_dtype and casts the pooled state to it.
     class DecoderForSequenceClassification(compat.vllm_seq_cls_adapter(base_cls)):

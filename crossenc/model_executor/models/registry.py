@@ -18,12 +18,6 @@ from crossenc.model_executor.models import interfaces
 
 # vLLM's pooling task names (vllm.tasks.PoolingTask) that crossenc's architectures support.
 PoolingTask = Literal["embed", "classify", "token_classify", "token_embed"]
-# How `/score` and `/rerank` are served for an architecture:
-#   cross-encoder: the pair is encoded together and the classifier's single logit is the score;
-#   embed-cosine: query and document are embedded separately and compared by cosine similarity;
-#   late-interaction: per-token embeddings of each, compared by MaxSim;
-#   none: the model cannot score pairs (`score_route` says why).
-ScoreRoute = Literal["cross-encoder", "embed-cosine", "late-interaction", "none"]
 
 
 @dataclass(frozen=True)
@@ -81,23 +75,6 @@ def crossenc_archs() -> dict[str, ArchSpec]:
     """crossenc's own architectures (`MODEL_FILES`), without importing a model file."""
     return {arch: spec_of(arch, module, capabilities)
             for module, classes in MODEL_FILES.items() for arch, capabilities in classes.items()}
-
-
-def score_route(pooling_task: str | None, num_labels: int | None) -> tuple[ScoreRoute, str]:
-    """How `/score` and `/rerank` are served for a model whose main pooling task is
-    `pooling_task` (vLLM's `ModelConfig.get_pooling_task`), and why; vLLM's rule
-    (`enable_scoring_api`) in words."""
-    if pooling_task is None:
-        return "none", "not a pooling model: it generates text and has no pooling endpoints"
-    if pooling_task == "embed":
-        return "embed-cosine", "an embedding model: score is the cosine similarity of the two embeddings"
-    if pooling_task == "token_embed":
-        return "late-interaction", "per-token embeddings: score is their late-interaction (MaxSim) similarity"
-    if pooling_task == "classify":
-        if num_labels == 1:
-            return "cross-encoder", "a single-logit classifier scores the (query, document) pair together"
-        return "none", f"num_labels={num_labels}: a multi-label classifier classifies, it does not score pairs"
-    return "none", f"its main task is {pooling_task}: one output per token, not one score per pair"
 
 
 # --- Named classifiers for vLLM's CausalLMs ------------------------------------------------
