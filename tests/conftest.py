@@ -36,3 +36,35 @@ def vllm_with_crossenc():
     from vllm import ModelRegistry
 
     assert "Qwen3ForSequenceClassification" in ModelRegistry.get_supported_archs()
+
+
+def release(llm) -> None:
+    """Shut a test's vLLM engine down now, so that its memory is back before the next one starts."""
+    import gc
+
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+    gc.collect()
+
+
+class VllmRunner:
+    """`with vllm_runner(model, **kwargs) as llm:` a vLLM engine with the tests' defaults
+    (float32, max_model_len 512, seed 0; kwargs win), shut down on leaving the block."""
+
+    def __init__(self, model, **kwargs):
+        import vllm
+
+        self.llm = vllm.LLM(str(model), **{"dtype": "float32", "max_model_len": 512, "seed": 0, **kwargs})
+
+    def __enter__(self):
+        return self.llm
+
+    def __exit__(self, *exc):
+        release(self.llm)
+        self.llm = None
+
+
+@pytest.fixture(scope="session")
+def vllm_runner():
+    return VllmRunner

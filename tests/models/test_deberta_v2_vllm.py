@@ -6,8 +6,6 @@ for a single-logit cross-encoder, softmax across labels, normalised mean-pooled 
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
 
@@ -19,10 +17,6 @@ from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402
 
 ATOL = 1e-4
 TEXTS = [QUERY, *DOCUMENTS]
-
-
-def _engine(path, **kwargs):
-    return vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=512, seed=0, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -56,71 +50,62 @@ def _save_sentence_transformer(path):
     return path / "st"
 
 
-def _release(llm):
-    del llm
-    gc.collect()
-
-
 @pytest.mark.parametrize("kind", ["score", "score-types", "score-identity"])
-def test_score_equals_cross_encoder(checkpoints, kind):
+def test_score_equals_cross_encoder(checkpoints, kind, vllm_runner):
     """v3 (no token types), a checkpoint whose second segment has token type 1, and one whose
     CrossEncoder activation is the identity."""
     from sentence_transformers import CrossEncoder
 
     path = checkpoints[kind]
     expected = CrossEncoder(str(path), device="cpu").predict([(QUERY, d) for d in DOCUMENTS])
-    llm = _engine(path)  # vLLM's defaults: compilation mode on
-    # Every call's pairs are tokenized in one tokenizer call by crossenc's scoring processor.
-    processor = llm.pooling_io_processors["cross-encoder"]
-    batches, tokenize = [], processor._tokenize_pairs
-    processor._tokenize_pairs = lambda pairs, *args: batches.append(len(pairs)) or tokenize(pairs, *args)
-    got = [o.outputs.score for o in llm.score(QUERY, DOCUMENTS)]
-    # The same pairs batched with other work give the same numbers.
-    again = [o.outputs.score for o in llm.score([QUERY] * len(DOCUMENTS), DOCUMENTS)]
-    _release(llm)
+    with vllm_runner(path, runner="pooling") as llm:  # vLLM's defaults: compilation mode on
+        # Every call's pairs are tokenized in one tokenizer call by crossenc's scoring processor.
+        processor = llm.pooling_io_processors["cross-encoder"]
+        batches, tokenize = [], processor._tokenize_pairs
+        processor._tokenize_pairs = lambda pairs, *args: batches.append(len(pairs)) or tokenize(pairs, *args)
+        got = [o.outputs.score for o in llm.score(QUERY, DOCUMENTS)]
+        # The same pairs batched with other work give the same numbers.
+        again = [o.outputs.score for o in llm.score([QUERY] * len(DOCUMENTS), DOCUMENTS)]
     assert batches == [len(DOCUMENTS)] * 2
     assert torch.allclose(torch.tensor(got), torch.tensor(expected, dtype=torch.float32), atol=ATOL)
     assert torch.allclose(torch.tensor(again), torch.tensor(got), atol=1e-6)
 
 
-def test_classify_equals_transformers_softmax(checkpoints):
+def test_classify_equals_transformers_softmax(checkpoints, vllm_runner):
     from transformers import AutoModelForSequenceClassification
 
     path = checkpoints["classify"]
     expected = [x.softmax(-1) for x in hf_logits(path, AutoModelForSequenceClassification, TEXTS)]
-    llm = _engine(path, enforce_eager=True)
-    got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
-    _release(llm)
+    with vllm_runner(path, runner="pooling", enforce_eager=True) as llm:
+        got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
     for g, e in zip(got, expected, strict=True):
         assert g.shape == (3,) and torch.allclose(g, e, atol=ATOL)
 
 
-def test_token_classify_equals_transformers(checkpoints):
+def test_token_classify_equals_transformers(checkpoints, vllm_runner):
     from transformers import AutoModelForTokenClassification
 
     path = checkpoints["token"]
     expected = [x.softmax(-1) for x in hf_logits(path, AutoModelForTokenClassification, TEXTS)]
-    llm = _engine(path)
-    got = [o.outputs.data for o in llm.encode(TEXTS, pooling_task="token_classify")]
-    _release(llm)
+    with vllm_runner(path, runner="pooling") as llm:
+        got = [o.outputs.data for o in llm.encode(TEXTS, pooling_task="token_classify")]
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape and torch.allclose(g.float(), e, atol=ATOL)
 
 
-def test_embed_and_cosine_score_equal_sentence_transformers(checkpoints):
+def test_embed_and_cosine_score_equal_sentence_transformers(checkpoints, vllm_runner):
     from sentence_transformers import SentenceTransformer
 
     path = checkpoints["embed"]
     expected = torch.tensor(SentenceTransformer(str(path), device="cpu").encode(TEXTS))
-    llm = _engine(path)
-    got = torch.stack([torch.tensor(o.outputs.embedding) for o in llm.embed(TEXTS)])
-    scores = [o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:])]
-    _release(llm)
+    with vllm_runner(path, runner="pooling") as llm:
+        got = torch.stack([torch.tensor(o.outputs.embedding) for o in llm.embed(TEXTS)])
+        scores = [o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:])]
     assert torch.allclose(got, expected, atol=ATOL)
     assert torch.allclose(torch.tensor(scores), expected[1:] @ expected[0], atol=ATOL)
 
 
-def test_unservable_config_fails_at_load_naming_the_field(tmp_path):
+def test_unservable_config_fails_at_load_naming_the_field(tmp_path, vllm_runner):
     import json
 
     path = save_deberta(tmp_path / "bad", "seq_cls", "v3", num_labels=1)
@@ -128,4 +113,4 @@ def test_unservable_config_fails_at_load_naming_the_field(tmp_path):
     config["pos_att_type"] = ["c2p", "p2p"]  # transformers builds it; its p2p term is silently unused
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match=r"pos_att_type=\['c2p', 'p2p'\]"):
-        _engine(path)
+        vllm_runner(path, runner="pooling")

@@ -17,7 +17,6 @@ wherever transformers' own margin is wider than twice the tolerance.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 
@@ -33,6 +32,7 @@ from crossenc.config import scheduler  # noqa: E402
 from tests.convert.tiny import DOCUMENTS as LLM_DOCUMENTS  # noqa: E402
 from tests.convert.tiny import QUERIES as LLM_QUERIES  # noqa: E402
 from tests.convert.tiny import reference_scores  # noqa: E402
+from tests.conftest import release  # noqa: E402
 from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402
 
 TEXTS = [QUERY, *DOCUMENTS, "what is the weather in paris", "send an email to the server"]
@@ -92,8 +92,7 @@ def _engine(path, mode, head, **kwargs):
 
 
 def _release(llm):
-    del llm
-    gc.collect()
+    release(llm)
 
 
 def _hf(path, cls_name):
