@@ -7,7 +7,6 @@ Online conversion (`hf_overrides` with a preset) for tiny Qwen3, Qwen2 and Gemma
 
 from __future__ import annotations
 
-import gc
 import json
 
 import pytest
@@ -18,6 +17,7 @@ vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402
 from crossenc.cli import main as cli  # noqa: E402
+from tests.conftest import release  # noqa: E402
 from tests.convert.tiny import DOCUMENTS, FAMILIES, QUERIES, causal_scores, reference_scores  # noqa: E402
 
 ATOL = 1e-5
@@ -51,8 +51,7 @@ def online(request, causal_lm_dir):
     src = causal_lm_dir(family)
     llm = _engine(src, hf_overrides=preset.overrides())
     yield family, preset, src, llm
-    del llm
-    gc.collect()
+    release(llm)
 
 
 def test_online_conversion_scores_equal_the_causal_lm(online):
@@ -113,8 +112,7 @@ def test_converted_checkpoint_serves_without_overrides(family, causal_lm_dir, tm
     try:
         got = _scores(llm.score([q for q, _ in PAIRS], [d for _, d in PAIRS]))
     finally:
-        del llm
-        gc.collect()
+        release(llm)
     _close(got, reference_scores(src, preset, PAIRS))
 
 

@@ -9,13 +9,13 @@ pairs sent one by one.
 
 from __future__ import annotations
 
-import gc
 
 import numpy as np
 import pytest
 import torch
 
 from crossenc.model_executor.layers import pair_packing
+from tests.conftest import release
 from tests.utils import DOCUMENTS, QUERY, save_deberta
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -100,8 +100,7 @@ def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints,
         mixed, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=True)
         mixed_alone, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=False)
     finally:
-        del llm
-        gc.collect()
+        release(llm)
     assert sizes and sizes[0] < len(PAIRS_DOCS) / 2  # packing happened
     assert packed_ids == alone_ids
     assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
