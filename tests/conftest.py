@@ -68,3 +68,27 @@ class VllmRunner:
 @pytest.fixture(scope="session")
 def vllm_runner():
     return VllmRunner
+
+
+class HfRunner:
+    """transformers' reference for a checkpoint directory: its tokenizer and the model of
+    `cls_name` in float32 (a half-precision checkpoint's weights upcast), in eval mode."""
+
+    def __init__(self, path, cls_name: str = "AutoModelForSequenceClassification"):
+        import torch
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        self.model = getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
+
+    def logits(self, texts: list[str]) -> list:
+        """The logits of each text alone: the reference every served number is compared with."""
+        import torch
+
+        with torch.no_grad():
+            return [self.model(**self.tokenizer(t, return_tensors="pt")).logits[0] for t in texts]
+
+
+@pytest.fixture(scope="session")
+def hf_runner():
+    return HfRunner

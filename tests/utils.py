@@ -165,13 +165,10 @@ def spread(model: torch.nn.Module) -> torch.nn.Module:
 
 def hf_logits(path, cls, texts: list[str]) -> list[torch.Tensor]:
     """transformers' logits for each text alone (`cls` e.g. AutoModelForTokenClassification), in
-    float32 whatever the checkpoint's dtype: the reference every served number is compared with."""
-    from transformers import AutoTokenizer
+    float32 whatever the checkpoint's dtype (tests.conftest.HfRunner)."""
+    from tests.conftest import HfRunner
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = cls.from_pretrained(path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return [model(**tok(t, return_tensors="pt")).logits[0] for t in texts]
+    return HfRunner(path, cls.__name__).logits(texts)
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ vllm = pytest.importorskip("vllm")
 
 from crossenc import presets  # noqa: E402
 from crossenc.cli import main as cli  # noqa: E402
-from tests.conftest import release  # noqa: E402
+from tests.conftest import VllmRunner, release  # noqa: E402
 from tests.convert.tiny import DOCUMENTS, FAMILIES, QUERIES, causal_scores, reference_scores  # noqa: E402
 
 ATOL = 1e-5
@@ -31,7 +31,7 @@ LONG_DOCUMENT = " ".join(DOCUMENTS * 30)  # well over 512 tokens
 
 
 def _engine(model, **kwargs):
-    return vllm.LLM(model, dtype="float32", max_model_len=512, seed=0, **kwargs)
+    return VllmRunner(model, **kwargs).llm
 
 
 def _scores(outputs):

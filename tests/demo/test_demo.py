@@ -6,7 +6,6 @@ CROSSENC_CACHE to build it somewhere else.
 
 from __future__ import annotations
 
-import gc
 import json
 
 import pytest
@@ -80,15 +79,13 @@ def test_quality_on_held_out_pairs(demo_model):
 
 
 @pytest.mark.engine
-def test_vllm_scores_equal_transformers_and_rank_the_demo_sensibly(demo_model):
-    vllm = pytest.importorskip("vllm")
+def test_vllm_scores_equal_transformers_and_rank_the_demo_sensibly(demo_model, vllm_runner):
+    pytest.importorskip("vllm")
 
     documents = [*DEFAULT_DOCUMENTS, *EXTRA_DOCUMENTS]
     expected = _transformers_scores(demo_model, DEFAULT_QUERY, documents)
-    llm = vllm.LLM(str(demo_model), runner="pooling", dtype="float32", max_model_len=512, seed=0)
-    got = torch.tensor([o.outputs.score for o in llm.score(DEFAULT_QUERY, documents)])
-    del llm
-    gc.collect()
+    with vllm_runner(demo_model, runner="pooling") as llm:
+        got = torch.tensor([o.outputs.score for o in llm.score(DEFAULT_QUERY, documents)])
     assert torch.allclose(got, expected, atol=ATOL), (got - expected).abs().max()
     top = got[: len(DEFAULT_DOCUMENTS)].argsort(descending=True)[: len(RELEVANT)]
     assert set(top.tolist()) == set(RELEVANT)

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.engine  # starts a vLLM engine
 
 vllm = pytest.importorskip("vllm")
 
+from tests.conftest import VllmRunner  # noqa: E402
 from tests.utils import DOCUMENTS, QUERY, save_deberta  # noqa: E402
 
 TEXTS = [QUERY, *[d for d in DOCUMENTS if d]]
@@ -36,8 +37,7 @@ def test_tensor_parallel_2_equals_transformers(tmp_path, monkeypatch, variant):
     # Ranks are processes of their own: run the engine in one too.
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    llm = vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=512, tensor_parallel_size=2)
-    got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
-    llm.llm_engine.engine_core.shutdown()
+    with VllmRunner(path, runner="pooling", tensor_parallel_size=2) as llm:
+        got = [torch.tensor(o.outputs.probs) for o in llm.classify(TEXTS)]
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(g, e, atol=1e-4)

@@ -32,7 +32,7 @@ from crossenc.config import scheduler  # noqa: E402
 from tests.convert.tiny import DOCUMENTS as LLM_DOCUMENTS  # noqa: E402
 from tests.convert.tiny import QUERIES as LLM_QUERIES  # noqa: E402
 from tests.convert.tiny import reference_scores  # noqa: E402
-from tests.conftest import release  # noqa: E402
+from tests.conftest import HfRunner, VllmRunner, release  # noqa: E402
 from tests.utils import DOCUMENTS, QUERY, hf_logits, save_deberta  # noqa: E402
 
 TEXTS = [QUERY, *DOCUMENTS, "what is the weather in paris", "send an email to the server"]
@@ -80,8 +80,7 @@ def checkpoints(tmp_path_factory):
 def _engine(path, mode, head, **kwargs):
     dtype, _ = MODES[mode]
     overrides = {} if HEADS[head] is None else {"head_dtype": HEADS[head]}
-    llm = vllm.LLM(str(path), runner="pooling", dtype=dtype, max_model_len=512, seed=0,
-                   hf_overrides=overrides or None, **kwargs)
+    llm = VllmRunner(path, runner="pooling", dtype=dtype, hf_overrides=overrides or None, **kwargs).llm
     config = llm.llm_engine.model_config
     want = torch.float32 if HEADS[head] is None else config.dtype
     assert config.head_dtype == want
@@ -93,14 +92,6 @@ def _engine(path, mode, head, **kwargs):
 
 def _release(llm):
     release(llm)
-
-
-def _hf(path, cls_name):
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
-    return tok, model
 
 
 def _assert_close(got, expected, tol, what):
@@ -127,7 +118,8 @@ def _assert_same_argmax(got, expected, tol):
 @pytest.mark.parametrize("mode,head", MATRIX, ids=[_ids(p) for p in MATRIX])
 def test_score(checkpoints, mode, head):
     path = checkpoints(MODES[mode][1], "score")
-    tok, model = _hf(path, "AutoModelForSequenceClassification")
+    hf = HfRunner(path, "AutoModelForSequenceClassification")
+    tok, model = hf.tokenizer, hf.model
     with torch.no_grad():
         batch = tok([QUERY] * len(PAIRS_DOCS), PAIRS_DOCS, padding=True, return_tensors="pt")
         expected = model(**batch).logits[:, 0].sigmoid()
@@ -170,7 +162,8 @@ def test_token_classify(checkpoints, mode, head):
 def test_embed(checkpoints, mode, head):
     """The base model as an embedder (vLLM's default CLS pooling, normalised) and cosine score."""
     path = checkpoints(MODES[mode][1], "embed")
-    tok, model = _hf(path, "AutoModel")
+    hf = HfRunner(path, "AutoModel")
+    tok, model = hf.tokenizer, hf.model
     with torch.no_grad():
         cls = torch.stack([model(**tok(t, return_tensors="pt")).last_hidden_state[0, 0] for t in TEXTS])
     expected = torch.nn.functional.normalize(cls, dim=-1)
@@ -203,7 +196,7 @@ def test_converted_llm_reranker(reranker_dirs, mode, head):
     pairs = [(q, d) for q in LLM_QUERIES for d in LLM_DOCUMENTS]
     expected = torch.tensor(reference_scores(path, preset, pairs))
     overrides = preset.overrides() | ({} if HEADS[head] is None else {"head_dtype": HEADS[head]})
-    llm = vllm.LLM(path, dtype=dtype, max_model_len=512, seed=0, hf_overrides=overrides)
+    llm = VllmRunner(path, dtype=dtype, hf_overrides=overrides).llm
     config = llm.llm_engine.model_config
     assert config.head_dtype == (torch.float32 if HEADS[head] is None else config.dtype)
     got = torch.tensor([o.outputs.score for o in llm.score([q for q, _ in pairs], [d for _, d in pairs])])
@@ -216,5 +209,4 @@ def test_unknown_head_dtype_is_vllms_error(checkpoints):
     """A head_dtype vLLM does not know is refused with vLLM's own message, before weights load."""
     path = checkpoints("float32", "score")
     with pytest.raises(Exception, match=r"Unknown dtype: 'float33'"):
-        vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=512,
-                 hf_overrides={"head_dtype": "float33"})
+        VllmRunner(path, runner="pooling", hf_overrides={"head_dtype": "float33"})

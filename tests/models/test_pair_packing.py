@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from crossenc.model_executor.layers import pair_packing
-from tests.conftest import release
+from tests.conftest import VllmRunner, release
 from tests.utils import DOCUMENTS, QUERY, save_deberta
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -86,12 +86,12 @@ def _scores(llm, queries, documents, packed: bool):
 @vllm_needed
 @pytest.mark.parametrize("variant", ["v3", "v2-conv", "absolute"])
 def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints, variant):
-    vllm = pytest.importorskip("vllm")
+    pytest.importorskip("vllm")
     from sentence_transformers import CrossEncoder
 
     path = checkpoints[variant]
     memory = {"gpu_memory_utilization": 0.3} if torch.cuda.is_available() else {}
-    llm = vllm.LLM(str(path), runner="pooling", dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, **memory)
+    llm = VllmRunner(path, runner="pooling", max_model_len=MAX_MODEL_LEN, **memory).llm
     try:
         packed, packed_ids, sizes = _scores(llm, QUERY, PAIRS_DOCS, packed=True)
         alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
