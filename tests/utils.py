@@ -171,6 +171,24 @@ def hf_logits(path, cls, texts: list[str]) -> list[torch.Tensor]:
     return HfRunner(path, cls.__name__).logits(texts)
 
 
+# Mixed lengths for the parity tests: a single token, and longer than a shrunk config's 16 buckets
+# (v3) or relative positions (v1).
+MIXED_LENGTHS = (1, 7, 33, 90, 12)
+
+
+def random_sequences(vocab: int, seed: int = 0, lengths=MIXED_LENGTHS) -> list[list[int]]:
+    """Random token ids (never 0, the pad id), one list per length."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def loaded_from(cls, hf_model):
+    """crossenc's `cls` built from a transformers model's config, with its weights, in eval mode."""
+    model = cls(config=hf_model.config).eval()
+    model.load_weights(hf_model.state_dict().items())
+    return model
+
+
 def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask, as transformers takes them."""
     width = max(len(s) for s in seqs)

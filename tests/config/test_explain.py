@@ -44,21 +44,22 @@ def test_explain_prints_endpoints(config_dirs, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def _explain_cli(model_dir: str, hf_overrides: str) -> str:
+    """`crossenc explain` in a fresh interpreter; its standard output."""
+    return subprocess.run(
+        [sys.executable, "-m", "crossenc.cli", "explain", model_dir, "--hf-overrides", hf_overrides],
+        capture_output=True, text=True, check=True).stdout
+
+
 def test_explain_cli_loads_no_weights_or_model_code(config_dirs):
     # The directory has no weights at all; the command still explains it.
-    proc = subprocess.run(
-        [sys.executable, "-m", "crossenc.cli", "explain", config_dirs["deberta"],
-         "--hf-overrides", '{"architectures": ["DebertaV2Model"]}'],
-        capture_output=True, text=True, check=True)
-    assert "score          embed-cosine" in proc.stdout
-    assert "yes  /v1/embeddings" in proc.stdout
+    out = _explain_cli(config_dirs["deberta"], '{"architectures": ["DebertaV2Model"]}')
+    assert "score          embed-cosine" in out
+    assert "yes  /v1/embeddings" in out
     # DeBERTa v1 (model_type "deberta"): an NLI classifier classifies, it does not score pairs.
-    proc = subprocess.run(
-        [sys.executable, "-m", "crossenc.cli", "explain", config_dirs["deberta-v1"],
-         "--hf-overrides", '{"num_labels": 3}'],
-        capture_output=True, text=True, check=True)
-    assert "crossenc.model_executor.models.deberta:DebertaForSequenceClassification" in proc.stdout
-    assert "num_labels=3: a multi-label classifier classifies" in proc.stdout
+    out = _explain_cli(config_dirs["deberta-v1"], '{"num_labels": 3}')
+    assert "crossenc.model_executor.models.deberta:DebertaForSequenceClassification" in out
+    assert "num_labels=3: a multi-label classifier classifies" in out
 
 
 @pytest.mark.parametrize("tasks,num_labels", [

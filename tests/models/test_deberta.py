@@ -14,30 +14,15 @@ from crossenc.model_executor.models.deberta import (
     DebertaModel,
 )
 from crossenc.model_executor.models.deberta_v2 import UnsupportedConfigError
-from tests.utils import V1_VARIANTS, deberta_v1_config, pack_batch, pad_batch, spread
+from tests.utils import V1_VARIANTS, deberta_v1_config, loaded_from, pack_batch, pad_batch, random_sequences, spread
 
 ATOL = 1e-4
-# Mixed lengths: a single token, and longer than the clamped variant's 16 relative positions.
-LENGTHS = (1, 7, 33, 90, 12)
-
-
-def _batch(vocab: int, seed: int = 0, lengths=LENGTHS) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def _ours(cls, hf_model):
-    model = cls(config=hf_model.config).eval()
-    model.load_weights(hf_model.state_dict().items())
-    return model
-
-
 @pytest.mark.parametrize("variant", V1_VARIANTS)
 def test_hidden_states_equal_transformers(variant):
     torch.manual_seed(0)
     hf = spread(HFModel(deberta_v1_config(variant)))
-    ours = _ours(DebertaModel, hf)
-    seqs = _batch(hf.config.vocab_size)
+    ours = loaded_from(DebertaModel, hf)
+    seqs = random_sequences(hf.config.vocab_size)
     ids, mask = pad_batch(seqs)
     type_ids = (torch.arange(ids.shape[1]) >= 3).long().expand_as(ids) * mask
     if not hf.config.type_vocab_size:
@@ -56,8 +41,8 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
     """One label: a cross-encoder's score; three: deberta-large-mnli's NLI labels."""
     torch.manual_seed(1)
     hf = spread(HFSeqCls(deberta_v1_config(variant, num_labels=num_labels)))
-    ours = _ours(DebertaForSequenceClassification, hf)
-    seqs = _batch(hf.config.vocab_size, seed=1)
+    ours = loaded_from(DebertaForSequenceClassification, hf)
+    seqs = random_sequences(hf.config.vocab_size, seed=1)
     ids, mask = pad_batch(seqs)
     packed_ids, positions = pack_batch(seqs)
     with torch.no_grad():
@@ -70,8 +55,8 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
 def test_token_logits_equal_transformers():
     torch.manual_seed(2)
     hf = spread(HFTokenCls(deberta_v1_config("base", num_labels=5)))
-    ours = _ours(DebertaForTokenClassification, hf)
-    seqs = _batch(hf.config.vocab_size, seed=2)
+    ours = loaded_from(DebertaForTokenClassification, hf)
+    seqs = random_sequences(hf.config.vocab_size, seed=2)
     ids, mask = pad_batch(seqs)
     packed_ids, positions = pack_batch(seqs)
     with torch.no_grad():
@@ -85,8 +70,8 @@ def test_long_sequences_reach_the_clamped_relative_positions():
     for max_rel in (-1, 64):
         torch.manual_seed(3)
         hf = spread(HFModel(deberta_v1_config("base", max_relative_positions=max_rel, num_hidden_layers=1)))
-        ours = _ours(DebertaModel, hf)
-        seqs = _batch(hf.config.vocab_size, seed=3, lengths=(512, 300, 2))
+        ours = loaded_from(DebertaModel, hf)
+        seqs = random_sequences(hf.config.vocab_size, seed=3, lengths=(512, 300, 2))
         ids, mask = pad_batch(seqs)
         with torch.no_grad():
             expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
@@ -99,7 +84,7 @@ def test_fused_projection_is_read_head_by_head():
     only in their k rows gives transformers' numbers, and v1 has no key bias."""
     torch.manual_seed(4)
     hf = spread(HFModel(deberta_v1_config("base", num_hidden_layers=1)))
-    ours = _ours(DebertaModel, hf)
+    ours = loaded_from(DebertaModel, hf)
     attn = ours.encoder.layer[0].attention.self
     q_size = attn.q_size
     assert torch.equal(attn.qkv_proj.bias[q_size: 2 * q_size], torch.zeros(q_size))

@@ -15,30 +15,15 @@ from crossenc.model_executor.models.deberta_v2 import (
     DebertaV2Model,
     UnsupportedConfigError,
 )
-from tests.utils import VARIANTS, deberta_config, pack_batch, pad_batch, spread
+from tests.utils import VARIANTS, deberta_config, loaded_from, pack_batch, pad_batch, random_sequences, spread
 
 ATOL = 1e-4
-# Mixed lengths, including a single token and one longer than the v3 bucket window.
-LENGTHS = (1, 7, 33, 90, 12)
-
-
-def _batch(vocab: int, seed: int = 0) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in LENGTHS]
-
-
-def _ours(cls, hf_model):
-    model = cls(config=hf_model.config).eval()
-    model.load_weights(hf_model.state_dict().items())
-    return model
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hidden_states_equal_transformers(variant):
     torch.manual_seed(0)
     hf = spread(HFModel(deberta_config(variant)))
-    ours = _ours(DebertaV2Model, hf)
-    seqs = _batch(hf.config.vocab_size)
+    ours = loaded_from(DebertaV2Model, hf)
+    seqs = random_sequences(hf.config.vocab_size)
     ids, mask = pad_batch(seqs)
     type_ids = (torch.arange(ids.shape[1]) >= 3).long().expand_as(ids) * mask
     packed_ids, positions = pack_batch(seqs)
@@ -55,8 +40,8 @@ def test_hidden_states_equal_transformers(variant):
 def test_sequence_logits_equal_transformers(variant, num_labels):
     torch.manual_seed(1)
     hf = spread(HFSeqCls(deberta_config(variant, num_labels=num_labels)))
-    ours = _ours(DebertaV2ForSequenceClassification, hf)
-    seqs = _batch(hf.config.vocab_size, seed=1)
+    ours = loaded_from(DebertaV2ForSequenceClassification, hf)
+    seqs = random_sequences(hf.config.vocab_size, seed=1)
     ids, mask = pad_batch(seqs)
     packed_ids, positions = pack_batch(seqs)
     with torch.no_grad():
@@ -70,8 +55,8 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
 def test_token_logits_equal_transformers(variant):
     torch.manual_seed(2)
     hf = spread(HFTokenCls(deberta_config(variant, num_labels=5)))
-    ours = _ours(DebertaV2ForTokenClassification, hf)
-    seqs = _batch(hf.config.vocab_size, seed=2)
+    ours = loaded_from(DebertaV2ForTokenClassification, hf)
+    seqs = random_sequences(hf.config.vocab_size, seed=2)
     ids, mask = pad_batch(seqs)
     packed_ids, positions = pack_batch(seqs)
     with torch.no_grad():
@@ -80,11 +65,11 @@ def test_token_logits_equal_transformers(variant):
     assert (got - expected).abs().max() <= ATOL
 
 
-def test_sequences_do_not_attend_across_the_batch():
+def test_sequences_do_not_attend_across_therandom_sequences():
     torch.manual_seed(3)
     hf = spread(HFModel(deberta_config("v2-conv")))
-    ours = _ours(DebertaV2Model, hf)
-    seqs = _batch(hf.config.vocab_size, seed=3)
+    ours = loaded_from(DebertaV2Model, hf)
+    seqs = random_sequences(hf.config.vocab_size, seed=3)
     with torch.no_grad():
         together = ours(*pack_batch(seqs))
         alone = torch.cat([ours(*pack_batch([s])) for s in seqs])
@@ -169,7 +154,7 @@ def test_long_sequences_with_published_v3_buckets():
     """position_buckets=256 over 512 positions: the log-bucket region the shrunk configs reach less."""
     torch.manual_seed(6)
     hf = spread(HFModel(deberta_config("v3", position_buckets=256, num_hidden_layers=1)))
-    ours = _ours(DebertaV2Model, hf)
+    ours = loaded_from(DebertaV2Model, hf)
     g = torch.Generator().manual_seed(6)
     seqs = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (512, 300, 2)]
     ids, mask = pad_batch(seqs)
@@ -189,7 +174,7 @@ def test_sequences_scored_in_chunks_equal_transformers(monkeypatch, variant, chu
     monkeypatch.setattr(disentangled_attention, "REF_CHUNK_SCORES", chunk_scores)
     torch.manual_seed(7)
     hf = spread(HFModel(deberta_config(variant)))
-    ours = _ours(DebertaV2Model, hf)
+    ours = loaded_from(DebertaV2Model, hf)
     g = torch.Generator().manual_seed(7)
     seqs = [torch.randint(1, hf.config.vocab_size, (n,), generator=g).tolist() for n in (90, 3, 40, 41, 1, 128, 2)]
     ids, mask = pad_batch(seqs)
