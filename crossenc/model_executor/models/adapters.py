@@ -33,22 +33,20 @@ from crossenc.model_executor.models.registry import base_ref_for, pooling_class_
 from crossenc.model_executor.models.utils import load_checkpoint
 
 _SEQ_CLS = "ForSequenceClassification"
-# (base class, suffix) -> the class made for it; name -> class, for the classes this module
-# hosts (made for bases outside crossenc), so that "module:Name" and pickle find them.
+# (base class, suffix) -> the class made for it; name -> class, for every class made: this module
+# hosts them, so that "module:Name" and pickle find them.
 _MADE: dict[tuple[type, str], type] = {}
 _HOSTED: dict[str, type] = {}
 
 
 def _make(base_cls: type, suffix: str, build: Callable[[type], type]) -> type:
-    """The named class for `base_cls`, built once. A crossenc base's module holds it (its model
-    file assigns it to the name, e.g. DeBERTa); for any other base (vLLM's CausalLMs) this
-    module does, through its module-level `__getattr__`."""
+    """The named class for `base_cls` (vLLM's CausalLMs), built once and held by this module,
+    through its module-level `__getattr__`."""
     key = (base_cls, suffix)
     if key in _MADE:
         return _MADE[key]
     name = pooling_class_name(base_cls.__name__, suffix)
-    hosted = not base_cls.__module__.startswith("crossenc.")
-    if hosted and name in _HOSTED:
+    if name in _HOSTED:
         raise ValueError(
             f"{base_cls.__module__}.{base_cls.__qualname__} would make {name}, but {__name__} "
             f"already holds {name} made from {_HOSTED[name].base_cls.__module__}."
@@ -56,11 +54,9 @@ def _make(base_cls: type, suffix: str, build: Callable[[type], type]) -> type:
         )
     cls = build(base_cls)
     cls.__name__ = cls.__qualname__ = name
-    cls.__module__ = __name__ if hosted else base_cls.__module__
+    cls.__module__ = __name__
     cls.base_cls = base_cls
-    _MADE[key] = cls
-    if hosted:
-        _HOSTED[name] = cls
+    _MADE[key] = _HOSTED[name] = cls
     return cls
 
 

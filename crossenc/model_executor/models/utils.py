@@ -87,13 +87,14 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     for param_name in params:
         for ckpt_name, shard in mapper.to_checkpoint(param_name):
             expected[ckpt_name] = (param_name, shard)
+    by_param = {target: ckpt_name for ckpt_name, target in expected.items()}
     seen: set[str] = set()
     unexpected, misshaped = [], []
     for name, tensor in weights:
         param_name, rule = mapper.to_param(name)
         shard = rule.shard if rule is not None else None
-        ckpt_name = next((c for c, s in mapper.to_checkpoint(param_name) if s == shard), name)
-        if param_name not in params or ckpt_name not in expected:
+        ckpt_name = by_param.get((param_name, shard))
+        if ckpt_name is None:
             if not mapper.ignored(name):
                 unexpected.append(name)
             continue
