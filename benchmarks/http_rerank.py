@@ -199,6 +199,7 @@ def main() -> None:
                 f.write(json.dumps({**row, "shape": args.shape, "serve_args": args.serve_args,
                                     "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
                                     "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0",
+                                    "pack_max_pairs": os.environ.get("CROSSENC_PACK_MAX_PAIRS"),
                                     "tokenizer": "unigram-128k"}) + "\n")
     finally:
         server.terminate()

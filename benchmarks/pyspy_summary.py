@@ -11,7 +11,7 @@ def load(path):
     rows = []
     for line in open(path):
         stack, _, n = line.rstrip("\n").rpartition(" ")
-        if stack:
+        if stack and n.isdigit():  # a frame name with a line break in it leaves a partial line
             rows.append((stack.split(";"), int(n)))
     return rows
 

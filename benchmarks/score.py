@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32,64,128,256", help="CrossEncoder.predict's, comma-separated")
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--dtype", default="auto", help="crossenc's and vllm-bert's (vLLM's --dtype)")
     parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
     parser.add_argument("--profile", help="write a cProfile of one 256-pair call here")
@@ -152,12 +153,13 @@ def main() -> None:
             TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
         extra = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
         # On the CPU build this is the share of RAM reserved for the KV cache.
-        llm = vllm.LLM(str(path), runner="pooling", max_model_len=512, seed=0, enforce_eager=args.enforce_eager,
+        llm = vllm.LLM(str(path), runner="pooling", max_model_len=args.max_model_len, seed=0, enforce_eager=args.enforce_eager,
                        dtype=args.dtype,
                        gpu_memory_utilization=0.5 if on_gpu() else 0.1, **extra)
         sched = llm.llm_engine.vllm_config.scheduler_config
         env.update(vllm=vllm.__version__, dtype=str(llm.llm_engine.model_config.dtype),
                    max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
+                   max_model_len=llm.llm_engine.model_config.max_model_len,
                    in_process=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
         label = {"crossenc": "crossenc", "vllm-bert": "vLLM BERT"}[args.system]
         label += "".join(f" ({s})" for s, on in (("enforce_eager", args.enforce_eager),
@@ -187,7 +189,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     env.update(load_avg_start=list(os.getloadavg()),
                env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_CPU_NUM_OF_RESERVED_CPU",
-                                                "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING")
+                                                "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING",
+                                                "CROSSENC_PACK_MAX_PAIRS", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
                     if k in os.environ})
     results = []
     for (name, n), fn in runs.items():

@@ -10,6 +10,8 @@ its pair (restarting at 0 at each pair, as separate requests would), and the poo
 pair's first token as a request of its own. Each pair's score is the one it gets sent alone.
 
 `CROSSENC_PACK_PAIRS=0` sends one engine request per pair again.
+`CROSSENC_PACK_MAX_PAIRS` (default 16) bounds the pairs of one request; it matters only where
+`max_model_len` holds more than 16 pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 PAIRS_KEY = "crossenc_pair_lens"
 PACK_ENV = "CROSSENC_PACK_PAIRS"
 # Pairs per engine request at most.
-MAX_PAIRS_PER_REQUEST = 16
+MAX_PAIRS_PER_REQUEST = int(os.environ.get("CROSSENC_PACK_MAX_PAIRS", "16"))
 
 
 def enabled() -> bool:
@@ -31,9 +33,10 @@ def enabled() -> bool:
 
 
 def pack_groups(lengths: Sequence[int], budget: int,
-                max_pairs: int = MAX_PAIRS_PER_REQUEST) -> list[range]:
+                max_pairs: int | None = None) -> list[range]:
     """Consecutive runs of `lengths` (token counts), each summing to at most `budget` and
     holding at most `max_pairs`; a length over the budget stays alone (vLLM refuses it)."""
+    max_pairs = max_pairs or MAX_PAIRS_PER_REQUEST
     groups: list[range] = []
     start, total = 0, 0
     for i, n in enumerate(lengths):
