@@ -54,6 +54,17 @@ def test_segment_positions_restart_at_every_request_and_pair(requests, data):
     assert pair_packing.segment_positions(pair_packing.segments(seq_lens, pairs)).tolist() == expected
 
 
+def test_max_pairs_per_request_from_the_environment(monkeypatch):
+    monkeypatch.delenv(pair_packing.MAX_PAIRS_ENV, raising=False)
+    assert [len(g) for g in pair_packing.pack_groups([1] * 40, 100)] == [16, 16, 8]
+    monkeypatch.setenv(pair_packing.MAX_PAIRS_ENV, "30")
+    assert [len(g) for g in pair_packing.pack_groups([1] * 40, 100)] == [30, 10]
+    for bad in ("0", "-2", "many", "1.5"):
+        monkeypatch.setenv(pair_packing.MAX_PAIRS_ENV, bad)
+        with pytest.raises(ValueError, match=f"CROSSENC_PACK_MAX_PAIRS={bad!r}: the most pairs per engine"):
+            pair_packing.pack_groups([1] * 4, 100)
+
+
 def test_pack_groups_keep_an_oversized_pair_alone():
     assert [list(g) for g in pair_packing.pack_groups([3, 200, 4, 5], 10)] == [[0], [1], [2, 3]]
 

@@ -24,19 +24,30 @@ import numpy as np
 # Key of a packed request's pooling parameters (`extra_kwargs`): its pairs' token counts.
 PAIRS_KEY = "crossenc_pair_lens"
 PACK_ENV = "CROSSENC_PACK_PAIRS"
-# Pairs per engine request at most.
-MAX_PAIRS_PER_REQUEST = int(os.environ.get("CROSSENC_PACK_MAX_PAIRS", "16"))
+MAX_PAIRS_ENV = "CROSSENC_PACK_MAX_PAIRS"
+# Pairs per engine request at most, unless MAX_PAIRS_ENV says otherwise.
+MAX_PAIRS_PER_REQUEST = 16
 
 
 def enabled() -> bool:
     return os.environ.get(PACK_ENV, "1") != "0"
 
 
+def max_pairs_per_request() -> int:
+    value = os.environ.get(MAX_PAIRS_ENV, "").strip()
+    if not value:
+        return MAX_PAIRS_PER_REQUEST
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_PAIRS_ENV}={value!r}: the most pairs per engine request, a whole number >= 1")
+    return int(value)
+
+
 def pack_groups(lengths: Sequence[int], budget: int,
                 max_pairs: int | None = None) -> list[range]:
     """Consecutive runs of `lengths` (token counts), each summing to at most `budget` and
     holding at most `max_pairs`; a length over the budget stays alone (vLLM refuses it)."""
-    max_pairs = max_pairs or MAX_PAIRS_PER_REQUEST
+    if max_pairs is None:
+        max_pairs = max_pairs_per_request()
     groups: list[range] = []
     start, total = 0, 0
     for i, n in enumerate(lengths):
