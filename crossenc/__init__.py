@@ -71,6 +71,7 @@ def _register_all() -> None:
     from crossenc.config.overrides import install_config_hooks
     from crossenc.config.scheduler import apply_encoder_defaults
     from crossenc.entrypoints.pooling import score_template
+    from crossenc.model_executor.layers import pair_packing
     from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
@@ -79,6 +80,10 @@ def _register_all() -> None:
     score_template.install()
     # Before the engine config is built: larger engine steps for crossenc's encoders on a GPU.
     compat.add_batch_defaults_hook(apply_encoder_defaults)
+    # In an engine's process (vLLM loads the plugins there as the engine starts): packed scoring
+    # requests longer than max_model_len, where the front end offered them.
+    if compat.engine_loaded():
+        compat.add_engine_config_hook(pair_packing.take_long_requests)
     # Last: hooks every architecture registered above (LLM-reranker overrides, presets).
     install_config_hooks()
 

@@ -20,6 +20,7 @@ a private name that is missing is an `IncompatibleVLLMError` naming it and the v
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.metadata
 import importlib.util
@@ -137,10 +138,13 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
 # Internals of optional speed-ups, looked up only in the process that uses them, where vLLM has
 # imported them already: the model runner (in the engine's worker; importing it elsewhere can
 # initialise CUDA before vLLM starts its engine processes) and the pooling servers. Missing, the
-# speed-up stays off (several pairs per engine request, `pair_packing`).
+# speed-up stays off (several pairs per engine request, and engine requests longer than
+# max_model_len: `pair_packing`).
 LAZY_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
     ("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing"),
+    ("vllm.v1.executor.abstract", "Executor"),
+    ("vllm.v1.engine.input_processor", "InputProcessor"),
 )
 
 
@@ -149,7 +153,7 @@ def _lazy_internal(module: str, name: str) -> Any | None:
     try:
         return _internal(module, name)
     except IncompatibleVLLMError as e:
-        logger.info("crossenc: %s; one pair per engine request", e)
+        logger.info("crossenc: %s; the speed-up that needs it stays off", e)
         return None
 
 
@@ -502,6 +506,70 @@ def add_model_kwargs_hook(hook: Callable[[Any, dict[str, Any]], None]) -> bool:
 
     with_hook._crossenc_hook = True  # type: ignore[attr-defined]
     runner._init_model_kwargs = with_hook
+    return True
+
+
+def engine_loaded() -> bool:
+    """vLLM has imported its engine executor in this process (an engine's process, or one that
+    can build an engine in-process, like `LLM`'s)."""
+    import sys
+
+    return "vllm.v1.executor.abstract" in sys.modules
+
+
+def add_engine_config_hook(hook: Callable[[Any], None]) -> bool:
+    """Run `hook(vllm_config)` where an engine starts building its workers (`Executor.__init__`,
+    after vLLM loaded the plugins in the engine's process, before its workers, model runner and
+    scheduler read the configuration; idempotent). A vLLM without it: False."""
+    executor = _lazy_internal("vllm.v1.executor.abstract", "Executor")
+    base = getattr(executor, "__init__", None)
+    if base is None:
+        return False
+    if getattr(base, "_crossenc_hook", False):
+        return True
+
+    def with_hook(self, vllm_config, *args, **kwargs):
+        hook(vllm_config)
+        base(self, vllm_config, *args, **kwargs)
+
+    with_hook._crossenc_hook = True  # type: ignore[attr-defined]
+    executor.__init__ = with_hook
+    return True
+
+
+# The pooling parameters of the request vLLM's input processor is checking (`add_prompt_length_hook`).
+_checked_params: contextvars.ContextVar[Any] = contextvars.ContextVar("crossenc_checked_params", default=None)
+
+
+def add_prompt_length_hook(fits: Callable[[Any, Any, int], bool]) -> bool:
+    """Let vLLM's input processor take a prompt longer than `max_model_len` when
+    `fits(model_config, pooling_params, prompt_len)` (`InputProcessor._validate_prompt_len`,
+    which `process_inputs` calls with the request's parameters; idempotent). A vLLM without
+    them: False."""
+    processor = _lazy_internal("vllm.v1.engine.input_processor", "InputProcessor")
+    process, validate = (getattr(processor, name, None) for name in ("process_inputs", "_validate_prompt_len"))
+    if process is None or validate is None:
+        return False
+    if getattr(validate, "_crossenc_hook", False):
+        return True
+
+    def process_inputs(self, request_id, prompt, params, *args, **kwargs):
+        token = _checked_params.set(params)
+        try:
+            return process(self, request_id, prompt, params, *args, **kwargs)
+        finally:
+            _checked_params.reset(token)
+
+    def validate_prompt_len(self, prompt_len, prompt_type, *args, **kwargs):
+        params = _checked_params.get()
+        if (prompt_type == "decoder" and params is not None and prompt_len > self.model_config.max_model_len
+                and fits(self.model_config, params, prompt_len)):
+            return None
+        return validate(self, prompt_len, prompt_type, *args, **kwargs)
+
+    validate_prompt_len._crossenc_hook = True  # type: ignore[attr-defined]
+    processor.process_inputs = process_inputs
+    processor._validate_prompt_len = validate_prompt_len
     return True
 
 

@@ -22,6 +22,10 @@ in bfloat16 (docs/benchmarks.md). So at dtype "auto" crossenc's encoders on such
 float32: exact, at least as precise as vLLM's choice, and the fastest of the two. bfloat16 is
 faster still where the CPU has it but loses precision (scores moved by up to 1.5e-2 there); it is
 the user's to choose (`--dtype bfloat16`), as is any dtype they pass.
+
+crossenc's cross-encoders score several pairs per engine request, up to 16,384 tokens within the
+engine's step (`pair_packing`); the engine's own process takes them, `max_model_len` stays the
+model's everywhere a user sees it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from collections.abc import Mapping
 
 import torch
 
-from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES
+from crossenc.model_executor.layers import pair_packing
+from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES, crossenc_archs
 
 # Tokens per engine step for crossenc's encoders on a GPU.
 ENCODER_MAX_NUM_BATCHED_TOKENS = 65536
@@ -127,6 +132,10 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
                 "--max-num-batched-tokens to choose another", chosen, architecture,
                 engine_args.max_num_batched_tokens)
             engine_args.max_num_batched_tokens = chosen
+    spec = crossenc_archs().get(architecture)
+    if spec is not None and spec.head == "seq_cls" and model_config.runner_type == "pooling":
+        tokens = pair_packing.request_tokens(model_config.max_model_len, engine_args.max_num_batched_tokens)
+        pair_packing.offer_long_requests(model_config, tokens)  # logged by the engine that takes them
     if device == "cpu" and architecture in CROSSENC_ARCH_NAMES:
         vllm_dtype = model_config.dtype
         chosen_dtype = encoder_dtype(architecture, model_config.runner_type, device, engine_args.dtype,

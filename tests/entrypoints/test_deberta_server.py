@@ -75,17 +75,20 @@ def _finished_engine_requests(server) -> float:
 
 
 def test_a_requests_pairs_share_engine_requests_and_score_as_alone(servers):
-    """crossenc packs a request's pairs into few engine requests (`pair_packing`); each pair
-    scores as it does sent on its own."""
+    """crossenc packs a request's pairs into engine requests longer than max_model_len
+    (`pair_packing`); each pair scores as it does sent on its own, and the served model keeps
+    its max_model_len."""
     server = servers["cross"]
     documents = [f"{d} ({i})" for i, d in enumerate(DOCUMENTS * 6)]
     alone = [_post(server, "/score", {"queries": QUERY, "documents": [d]})["data"][0]["score"] for d in documents]
     before = _finished_engine_requests(server)
     results = _post(server, "/rerank", {"query": QUERY, "documents": documents})["results"]
     engine_requests = _finished_engine_requests(server) - before
-    assert 1 <= engine_requests <= len(documents) / 2  # 9 for these 18 pairs at max_model_len 128
+    assert engine_requests == 1  # (requests of max_model_len 128 would take 9 for these 18 pairs)
     got = {r["index"]: r["relevance_score"] for r in results}
     assert max(abs(got[i] - s) for i, s in enumerate(alone)) <= 1e-6
+    models = requests.get(server.url + "/v1/models", timeout=30).json()["data"]
+    assert [m["max_model_len"] for m in models] == [MAX_MODEL_LEN]
 
 
 def test_classify_uses_sigmoid_and_id2label(servers):
@@ -118,6 +121,10 @@ def test_embeddings_pooling_and_cosine_score_equal_sentence_transformers(servers
 def test_too_long_pair_is_a_clear_400_and_truncation_works(servers):
     server = servers["cross"]
     error = _post(server, "/rerank", {"query": QUERY, "documents": [LONG_DOCUMENT]}, status=400)
+    assert str(MAX_MODEL_LEN) in str(error)
+    # Among pairs that fit, with room for it in one engine request: refused by its own length.
+    documents = [DOCUMENTS[0], LONG_DOCUMENT, DOCUMENTS[1]]
+    error = _post(server, "/rerank", {"query": QUERY, "documents": documents}, status=400)
     assert str(MAX_MODEL_LEN) in str(error)
     results = _post(server, "/rerank", {"query": QUERY, "documents": [LONG_DOCUMENT, DOCUMENTS[0]],
                                         "truncate_prompt_tokens": MAX_MODEL_LEN})["results"]

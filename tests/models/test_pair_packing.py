@@ -56,7 +56,8 @@ def test_segment_positions_restart_at_every_request_and_pair(requests, data):
 
 def test_max_pairs_per_request_from_the_environment(monkeypatch):
     monkeypatch.delenv(pair_packing.MAX_PAIRS_ENV, raising=False)
-    assert [len(g) for g in pair_packing.pack_groups([1] * 40, 100)] == [16, 16, 8]
+    default = pair_packing.MAX_PAIRS_PER_REQUEST
+    assert [len(g) for g in pair_packing.pack_groups([1] * (default + 5), 10**6)] == [default, 5]
     monkeypatch.setenv(pair_packing.MAX_PAIRS_ENV, "30")
     assert [len(g) for g in pair_packing.pack_groups([1] * 40, 100)] == [30, 10]
     for bad in ("0", "-2", "many", "1.5"):
@@ -67,6 +68,33 @@ def test_max_pairs_per_request_from_the_environment(monkeypatch):
 
 def test_pack_groups_keep_an_oversized_pair_alone():
     assert [list(g) for g in pair_packing.pack_groups([3, 200, 4, 5], 10)] == [[0], [1], [2, 3]]
+    # A pair over the model's limit stays alone even where the request budget has room for it.
+    assert pair_packing.pack_runs([3, 20, 4, None, 5, 6], [0] * 6, 100, pair_limit=10) == [[0], [1], [2], [3], [4, 5]]
+
+
+def test_a_packed_request_may_exceed_max_model_len_only_pair_by_pair():
+    from types import SimpleNamespace
+
+    assert pair_packing.request_tokens(512, 65536) == pair_packing.REQUEST_TOKENS
+    assert pair_packing.request_tokens(512, 2048) == 2048
+    assert pair_packing.request_tokens(32768, 16384) == 32768  # never below max_model_len
+    model_config = SimpleNamespace(max_model_len=100)
+    assert pair_packing.request_budget(model_config) == 100  # nothing offered
+    model_config.crossenc_packed_request_tokens = (1000, 0)
+    assert pair_packing.request_budget(model_config) == 1000
+
+    def params(lens):
+        return SimpleNamespace(extra_kwargs=None if lens is None else {pair_packing.PAIRS_KEY: lens})
+
+    fits = pair_packing.packed_prompt_fits
+    assert fits(model_config, params([100, 100, 50]), 250)
+    assert not fits(model_config, params([100, 101]), 201)  # a pair over max_model_len
+    assert not fits(model_config, params([100, 100]), 150)  # pairs that are not the prompt
+    assert not fits(model_config, params([100] * 11), 1100)  # over the budget
+    assert not fits(model_config, params([0, 150]), 150)
+    assert not fits(model_config, params(None), 150)  # not a packed request
+    model_config.crossenc_packed_request_tokens = None  # an engine in the front end's process declined
+    assert not fits(model_config, params([100, 50]), 150)
 
 
 # --- Real engines -------------------------------------------------------------------------------
@@ -123,6 +151,35 @@ def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints,
     expected = cross_encoder.predict([(QUERY, d) for _, d in texts])
     assert np.max(np.abs(np.subtract([packed[i] for i, _ in texts], expected))) <= ATOL
     assert np.ptp(packed) > 3 * ATOL  # the pairs get different scores: the comparisons are not vacuous
+
+
+@vllm_needed
+def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_model_len(checkpoints, monkeypatch):
+    """`LLM` with its engine in a process of its own (vLLM's default): a call's pairs fill
+    requests of up to `request_budget` tokens, more than max_model_len; scores and token ids are
+    each pair's alone, a pair over max_model_len is refused by its own length, and the front end
+    keeps the model's max_model_len."""
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    memory = {"gpu_memory_utilization": 0.3 if torch.cuda.is_available() else 0.1}
+    llm = VllmRunner(checkpoints["v3"], runner="pooling", max_model_len=MAX_MODEL_LEN, **memory).llm
+    try:
+        model_config = llm.llm_engine.model_config
+        budget = pair_packing.request_budget(model_config)
+        packed, packed_ids, sizes = _scores(llm, QUERY, PAIRS_DOCS, packed=True)
+        alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
+        with pytest.raises(Exception, match=f"maximum (context|model) length (is|of) {MAX_MODEL_LEN}"):
+            llm.score(QUERY, [PAIRS_DOCS[0], "word " * (2 * MAX_MODEL_LEN), PAIRS_DOCS[1]])
+        again, _, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=True)  # and it keeps serving
+    finally:
+        release(llm)
+    assert model_config.max_model_len == MAX_MODEL_LEN
+    assert budget > sum(len(ids) for ids in packed_ids) > 4 * MAX_MODEL_LEN
+    assert sizes == [1]  # every pair of the call in one engine request
+    assert packed_ids == alone_ids
+    assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
+    assert packed == again
+    assert np.ptp(packed) > 3 * ATOL
 
 
 def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path):

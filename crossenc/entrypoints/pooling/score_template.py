@@ -11,7 +11,7 @@ and rendered in one hop to vLLM's renderer thread, off the event loop. The ids a
 vLLM's. Pairs that are
 not plain text, or that ask for a chat template, a saved template, per-query or per-document
 token limits or padding, go through vLLM's per-pair code. For crossenc's DeBERTa cross-encoders
-the rendered pairs then share engine requests of up to max_model_len tokens (`pair_packing`),
+the rendered pairs then share engine requests (`pair_packing`),
 and each packed request's output is split back into its pairs' outputs.
 
 vLLM formats a cross-encoder pair in `CrossEncoderIOProcessor.get_score_prompt`; its own hooks
@@ -145,6 +145,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                             and not self.reads_token_types and pair_packing.enabled())
         if self.packs_pairs:  # online: vLLM's pooling servers hand over a request's rendered pairs
             compat.add_scoring_preprocessing_hook()
+            # Requests longer than max_model_len where the engine takes them (each pair within it).
+            pair_packing.accept_long_requests(self.model_config)
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -194,16 +196,18 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 
     def _packs(self, requests) -> list:
         """The render params of an offline call, consecutive tokenized pairs packed into one
-        (`_PACK_KEY`) up to max_model_len tokens; the others as they are."""
+        (`_PACK_KEY`) up to `pair_packing.request_budget` tokens; the others as they are."""
         lengths = [len(rp[_TOKENS_KEY][0]) if _TOKENS_KEY in rp else None for rp in requests]
         groups = pair_packing.pack_runs(lengths, [_pack_key(rp) for rp in requests],
+                                        pair_packing.request_budget(self.model_config),
                                         self.model_config.max_model_len)
         return [requests[g[0]] if len(g) == 1 else {**requests[g[0]], _PACK_KEY: [requests[k] for k in g]}
                 for g in groups]
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
-        engine request up to max_model_len tokens; `post_process_online` splits the outputs."""
+        engine request up to `pair_packing.request_budget` tokens; `post_process_online` splits
+        the outputs."""
         inputs = ctx.engine_inputs
         if not self.packs_pairs or not inputs or len(inputs) < 2:
             return
@@ -229,7 +233,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         lengths = [len(ids) if (ids := item["prompts"].get("prompt_token_ids")) else None for item in items]
         packed, pair_lens = [], []
         for group in pair_packing.pack_runs(lengths, [_pack_key(item) for item in items],
-                                            self.model_config.max_model_len):
+                                            pair_packing.request_budget(self.model_config),
+                                        self.model_config.max_model_len):
             if len(group) == 1:
                 packed.append(items[group[0]])
                 pair_lens.append(None)

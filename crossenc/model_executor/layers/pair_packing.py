@@ -4,14 +4,22 @@ vLLM pays a cost per engine request (input processing, scheduling, the transfer 
 engine, output handling: about 0.2 ms of host time on an H200 machine), and cross-encoder
 scoring sends one request per pair, while crossenc's encoders already run packed sequences.
 So the scoring front end packs consecutive pairs of a call or request into one engine request
-of at most `max_model_len` tokens and names their lengths in the request's pooling parameters
-(`PAIRS_KEY`). In the engine, the model runner gives the model each token's position within
-its pair (restarting at 0 at each pair, as separate requests would), and the pooler scores each
-pair's first token as a request of its own. Each pair's score is the one it gets sent alone.
+and names their lengths in the request's pooling parameters (`PAIRS_KEY`). In the engine, the
+model runner gives the model each token's position within its pair (restarting at 0 at each
+pair, as separate requests would), and the pooler scores each pair's first token as a request of
+its own. Each pair's score is the one it gets sent alone.
+
+A packed request holds up to REQUEST_TOKENS tokens (within `max_num_batched_tokens`), more than
+`max_model_len` (512 for DeBERTa): ~100 pairs instead of ~3 per request, measured 1.3x `LLM.score`
+of 256 pairs and 1.9x one /rerank client on an H200 (docs/benchmarks.md). `max_model_len` keeps
+every meaning a user sees (each pair's truncation and limit, the served model's length); only
+the engine's own process takes the longer requests (`take_long_requests`: its scheduler and
+input buffers), and the front end lets a packed request through when each pair is within
+`max_model_len` (`packed_prompt_fits`). An engine in the front end's own process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`) shares its configuration: requests of `max_model_len` then.
 
 `CROSSENC_PACK_PAIRS=0` sends one engine request per pair again.
-`CROSSENC_PACK_MAX_PAIRS` (default 16) bounds the pairs of one request; it matters only where
-`max_model_len` holds more than 16 pairs.
+`CROSSENC_PACK_MAX_PAIRS` (default 4096) bounds the pairs of one request.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ PAIRS_KEY = "crossenc_pair_lens"
 PACK_ENV = "CROSSENC_PACK_PAIRS"
 MAX_PAIRS_ENV = "CROSSENC_PACK_MAX_PAIRS"
 # Pairs per engine request at most, unless MAX_PAIRS_ENV says otherwise.
-MAX_PAIRS_PER_REQUEST = 16
+MAX_PAIRS_PER_REQUEST = 4096
+# Tokens of a packed engine request at most (and within the engine's step). Measured on an H200
+# (v3-base fp16): 16,384 and 65,536 gave the same LLM.score speed (docs/benchmarks.md).
+REQUEST_TOKENS = 16384
+# vLLM ModelConfig attribute set by the front end (`offer_long_requests`): (tokens of a packed
+# request, the id of the process that set it); None once an engine in that process declined.
+_OFFER_ATTR = "crossenc_packed_request_tokens"
 
 
 def enabled() -> bool:
@@ -60,9 +74,13 @@ def pack_groups(lengths: Sequence[int], budget: int,
     return groups
 
 
-def pack_runs(lengths: Sequence[int | None], kinds: Sequence[object], budget: int) -> list[list[int]]:
+def pack_runs(lengths: Sequence[int | None], kinds: Sequence[object], budget: int,
+              pair_limit: int | None = None) -> list[list[int]]:
     """Index groups of items in order: consecutive items of one kind packed by `pack_groups`;
-    an item without a length (not packable) alone."""
+    an item without a length (not packable) or longer than `pair_limit` (vLLM refuses it with
+    its own length) alone."""
+    if pair_limit is not None:
+        lengths = [n if n is None or n <= pair_limit else None for n in lengths]
     groups: list[list[int]] = []
     i = 0
     while i < len(lengths):
@@ -75,6 +93,77 @@ def pack_runs(lengths: Sequence[int | None], kinds: Sequence[object], budget: in
             groups.extend([i + k for k in g] for g in pack_groups(lengths[i:j], budget))  # type: ignore[arg-type]
         i = j
     return groups
+
+
+def request_tokens(max_model_len: int, max_num_batched_tokens: int) -> int:
+    """Tokens a packed engine request may hold: REQUEST_TOKENS within the engine's step, and
+    never fewer than `max_model_len`."""
+    return max(max_model_len, min(REQUEST_TOKENS, max_num_batched_tokens))
+
+
+def offer_long_requests(model_config, tokens: int) -> bool:
+    """Front end, while vLLM builds the engine's configuration: packed requests of `tokens`
+    tokens, if more than `max_model_len` and the hooks that carry them are in place (the
+    engine's, where this process can run an engine itself)."""
+    from crossenc import compat
+
+    if tokens <= model_config.max_model_len:
+        return False
+    if compat.engine_loaded() and not compat.add_engine_config_hook(take_long_requests):
+        return False
+    setattr(model_config, _OFFER_ATTR, (tokens, os.getpid()))
+    return accept_long_requests(model_config)
+
+
+def accept_long_requests(model_config) -> bool:
+    """A front end (an API server's or `LLM`'s) lets the offered packed requests through vLLM's
+    prompt length check; where it cannot, its requests stay within `max_model_len`."""
+    from crossenc import compat
+
+    if request_budget(model_config) <= model_config.max_model_len:
+        return False
+    if compat.add_prompt_length_hook(packed_prompt_fits):
+        return True
+    setattr(model_config, _OFFER_ATTR, None)
+    return False
+
+
+def request_budget(model_config) -> int:
+    """Tokens one packed engine request holds: the offered length (`offer_long_requests`)
+    unless an engine declined it, else `max_model_len`."""
+    offer = getattr(model_config, _OFFER_ATTR, None)
+    return offer[0] if offer else model_config.max_model_len
+
+
+def take_long_requests(vllm_config) -> None:
+    """Engine hook (`compat.add_engine_config_hook`), before the engine builds its workers and
+    scheduler: an engine in a process of its own takes the offered request length as its
+    `max_model_len`; one in the front end's process shares the front end's configuration and
+    declines (its requests stay within `max_model_len`)."""
+    from crossenc import compat
+
+    model_config = vllm_config.model_config
+    offer = getattr(model_config, _OFFER_ATTR, None)
+    if not offer:
+        return
+    tokens, pid = offer
+    if pid == os.getpid():
+        setattr(model_config, _OFFER_ATTR, None)
+        compat.logger.info("crossenc: the engine runs in this process; packed scoring requests hold up "
+                           "to max_model_len (%d) tokens", model_config.max_model_len)
+        return
+    compat.logger.info("crossenc: packed scoring requests hold up to %d tokens in the engine (pairs "
+                       "within max_model_len, %d)", tokens, model_config.max_model_len)
+    model_config.max_model_len = tokens
+
+
+def packed_prompt_fits(model_config, pooling_params, prompt_len: int) -> bool:
+    """A packed request may be longer than `max_model_len`: its pairs add up to `prompt_len`,
+    each within `max_model_len`, and the whole within `request_budget`."""
+    lens = pair_lens(pooling_params)
+    if not lens or sum(lens) != prompt_len or prompt_len > request_budget(model_config):
+        return False
+    return all(0 < n <= model_config.max_model_len for n in lens)
 
 
 def pair_lens(pooling_params) -> list[int] | None:
