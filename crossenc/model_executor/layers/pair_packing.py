@@ -10,8 +10,9 @@ pair, as separate requests would), and the pooler scores each pair's first token
 its own. Each pair's score is the one it gets sent alone.
 
 A packed request holds up to REQUEST_TOKENS tokens (within `max_num_batched_tokens`), more than
-`max_model_len` (512 for DeBERTa): ~100 pairs instead of ~3 per request, measured 1.3x `LLM.score`
-of 256 pairs and 1.9x one /rerank client on an H200 (docs/benchmarks.md). `max_model_len` keeps
+`max_model_len` (512 for DeBERTa): ~100 pairs of 160 tokens instead of ~3 per request. Measured on
+an H200 (docs/benchmarks.md): `LLM.score` of 256 pairs 3,135-3,651 pairs/s (2,415-3,051 before),
+one /rerank client 1,272-1,495 pairs/s (592-754 before). `max_model_len` keeps
 every meaning a user sees (each pair's truncation and limit, the served model's length); only
 the engine's own process takes the longer requests (`take_long_requests`: its scheduler and
 input buffers), and the front end lets a packed request through when each pair is within
