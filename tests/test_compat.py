@@ -214,3 +214,36 @@ def test_serve_entry_point_runs_vllms_cli():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "vllm serve" in out.stdout  # vLLM's own CLI parsed the command
+
+
+@needs_vllm
+def test_vllm_weights_get_plain_torch_function_dispatch(monkeypatch):
+    """compat.plain_parameter_dispatch: vLLM's weight classes stay what they were for isinstance,
+    weight loading and pickling, with torch functions dispatched as for a plain nn.Parameter."""
+    import pickle
+
+    import torch
+    from vllm.model_executor import parameter
+
+    monkeypatch.setattr(parameter, "get_tensor_model_parallel_rank", lambda: 0)
+    monkeypatch.setattr(parameter, "get_tensor_model_parallel_world_size", lambda: 1)
+    layer = torch.nn.Linear(8, 4, bias=False)
+    layer.weight = parameter.ModelWeightParameter(data=torch.zeros(4, 8), input_dim=1, output_dim=0,
+                                                  weight_loader=_copy_weight)
+    layer.norm = torch.nn.LayerNorm(4)  # a plain parameter: left alone
+    assert compat.plain_parameter_dispatch(layer) == 1
+    weight = layer.weight
+    assert isinstance(weight, parameter.ModelWeightParameter) and type(weight) is not parameter.ModelWeightParameter
+    assert type(weight).__torch_function__ is torch._C._disabled_torch_function_impl
+    assert type(layer.norm.weight) is torch.nn.Parameter
+    new = torch.randn(4, 8)
+    weight.weight_loader(weight, new)
+    x = torch.randn(3, 8)
+    assert torch.equal(layer(x), x @ new.T)
+    assert type(layer(x)) is torch.Tensor
+    assert torch.equal(pickle.loads(pickle.dumps(weight)), new)
+    assert compat.plain_parameter_dispatch(layer) == 0  # once is enough
+
+
+def _copy_weight(param, weight):
+    param.data.copy_(weight)

@@ -9,7 +9,7 @@ relative distance to a row of the per-layer position tables (`rel_index`). Seque
 packed back to back ([T, H, D], `cu_seqlens`), and no token attends across a boundary.
 
 `disentangled_attention` is registered as the torch custom op `crossenc::disentangled_attention`
-so a compiled graph holds it as one node. On CUDA it runs the fused Triton kernel
+so a compiled graph holds it as one node (run eagerly, it skips the op's dispatch). On CUDA it runs the fused Triton kernel
 (`triton_disentangled_attention`); elsewhere the vectorised reference below, which pads a chunk
 of sequences to [B, L] with one gather, scores them at once and unpads.
 """
@@ -192,8 +192,14 @@ def _cuda_kernel(q: torch.Tensor):
     return triton_kernel.triton_disentangled_attention
 
 
+def _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
+    if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
+        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles)
+    return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
+
+
 @torch.library.custom_op("crossenc::disentangled_attention", mutates_args=())
-def disentangled_attention(
+def disentangled_attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -205,15 +211,23 @@ def disentangled_attention(
     scale: float,
     tiles: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`tiles`: `query_tiles(cu_seqlens)` if the caller has it (the CUDA kernel's; else made here)."""
-    if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
-        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles)
-    return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
+    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles)
 
 
-@disentangled_attention.register_fake
+@disentangled_attention_op.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
     return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
+
+
+def disentangled_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
+    """[T, H, D] in and out. Under torch.compile the custom op (one graph node); run eagerly, the
+    implementation itself: a custom op's dispatch costs 55-170 us per call in Python (measured on
+    a CPU), which a forward of 12 layers pays 12 times. `tiles`: `query_tiles(cu_seqlens)` if the
+    caller has it (the CUDA kernel's; else made here)."""
+    if torch.compiler.is_compiling():
+        return disentangled_attention_op(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
+                                         tiles)
+    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles)
 
 
 def attention_scale(head_size: int, scale_factor: int) -> float:

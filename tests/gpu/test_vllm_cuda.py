@@ -125,10 +125,14 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
     assert llm.llm_engine.model_config.head_dtype == torch.float32
     kernel_calls.clear()
     got = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
+    [handlers] = llm.apply_model(_vllm_weight_handlers)
     del llm
     gc.collect()
     torch.cuda.empty_cache()
     assert kernel_calls, "the Triton kernel did not run"
+    # vLLM's weight classes on the GPU, with torch functions dispatched as for a plain
+    # nn.Parameter (compat.plain_parameter_dispatch).
+    assert handlers and all(h is torch._C._disabled_torch_function_impl for h in handlers)
     diff = (got - want).abs().max().item()
     bound = _bound(dtype, hf_error)
     print(f"\n{dtype} enforce_eager={enforce_eager}: max |Δscore| {diff:.3g} over {len(want)} pairs "
@@ -138,6 +142,12 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
         for j in range(len(want)):
             if want[i] - want[j] > 2 * bound:
                 assert got[i] > got[j]
+
+
+def _vllm_weight_handlers(model):
+    from vllm.model_executor.parameter import BasevLLMParameter
+
+    return [type(p).__torch_function__ for p in model.parameters() if isinstance(p, BasevLLMParameter)]
 
 
 def test_server_answers_rerank_on_gpu(checkpoint, expected):

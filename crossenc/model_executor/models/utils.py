@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from crossenc import compat
 from crossenc.model_executor.layers import checkpoint_shape, default_weight_loader
 
 
@@ -122,4 +123,5 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         if names]
     if problems:
         raise ValueError(f"{type(model).__name__} checkpoint does not match its config; " + "; ".join(problems))
+    compat.plain_parameter_dispatch(model)  # loaded: ops on the weights skip vLLM's Python handler
     return {expected[n][0] for n in seen}
