@@ -10,13 +10,16 @@ pair, as separate requests would), and the pooler scores each pair's first token
 its own. Each pair's score is the one it gets sent alone.
 
 A packed request holds up to REQUEST_TOKENS tokens (within `max_num_batched_tokens`), more than
-`max_model_len` (512 for DeBERTa): ~100 pairs of 160 tokens instead of ~3 per request. Measured on
-an H200 (docs/benchmarks.md): `LLM.score` of 256 pairs 3,135-3,651 pairs/s (2,415-3,051 before),
-one /rerank client 1,272-1,495 pairs/s (592-754 before). `max_model_len` keeps
-every meaning a user sees (each pair's truncation and limit, the served model's length); only
-the engine's own process takes the longer requests (`take_long_requests`: its scheduler and
-input buffers), and the front end lets a packed request through when each pair is within
-`max_model_len` (`packed_prompt_fits`). An engine in the front end's own process
+`max_model_len` (512 for DeBERTa): ~100 pairs of 160 tokens instead of ~3 per request. Measured
+on an H200 (docs/benchmarks.md): `LLM.score` of 256 pairs 3,135-3,651 pairs/s (2,415-3,051
+before), one /rerank client 1,272-1,495 pairs/s (592-754 before).
+
+`max_model_len` keeps every meaning a user sees (each pair's truncation and limit, the served
+model's length). Only the engine's own process takes the longer requests (`take_long_requests`:
+its scheduler and input buffers; vLLM's token-id buffers, [max_num_seqs, tokens], then reserve
+80 MiB of host memory at 1,024 sequences, paged in only as requests fill them), and the front
+end lets a packed request through when each pair is within `max_model_len`
+(`packed_prompt_fits`). An engine in the front end's own process
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) shares its configuration: requests of `max_model_len` then.
 
 `CROSSENC_PACK_PAIRS=0` sends one engine request per pair again.
