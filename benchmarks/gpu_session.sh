@@ -4,6 +4,10 @@
 #   bash benchmarks/gpu_session.sh PART_A_ZIP PART_B_DIR tests|bench OUT_DIR [STEP...]
 # bench steps (default: all, in this order):
 #   crossenc-default    benchmarks/score.py, crossenc at vLLM's defaults
+#   crossenc-large      ... at the v3-large shape
+#   cross-encoder-large sentence-transformers' CrossEncoder at every batch size, v3-large
+#   vllm-bench          vLLM's `vllm bench serve --backend vllm-rerank` against crossenc's server
+#                       (benchmarks/vllm_bench_rerank.sh; v3-base, after a step that built it)
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
@@ -38,6 +42,10 @@ H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.json
 run_step() {
   case $1 in
     crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
+    crossenc-large) timeout 300 $S --system crossenc --shape v3-large --pairs ${PAIRS:-100,256,2048} ;;
+    cross-encoder-large) timeout 240 $S --system cross-encoder --shape v3-large --pairs 100,256,2048 ;;
+    vllm-bench) mkdir -p "$out/vllm-bench" && timeout 300 bash benchmarks/vllm_bench_rerank.sh \
+      /tmp/crossenc-bench/deberta-v3-base "$out/vllm-bench" --num-prompts 640 --max-concurrency 64 ;;
     crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
