@@ -141,7 +141,9 @@ def main() -> None:
     runs: dict[tuple[str, int], object] = {}
     env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens, "dtype_arg": args.dtype,
                               "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
-                              "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0"}
+                              "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0",
+                              # The crossenc package measured, when not this checkout's (gpu_session.sh crossenc-tree).
+                              "crossenc_tree": os.environ.get("CROSSENC_TREE_LABEL")}
     if args.system in ("crossenc", "vllm-bert"):
         if args.system == "vllm-bert":
             os.environ["VLLM_PLUGINS"] = ""

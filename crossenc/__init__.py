@@ -75,6 +75,9 @@ def _register_all() -> None:
     from crossenc.model_executor.models.registry import register_with_vllm
 
     register_with_vllm()
+    # Embedding models saved by sentence-transformers 5.x or later get their own pooling on the
+    # vLLM releases that know only the older module names.
+    compat.read_new_sentence_transformers_modules()
     # In every process: `vllm serve --api-server-count N` builds the scoring processor in
     # processes that never run the model-config hook.
     score_template.install()

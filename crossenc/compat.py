@@ -21,6 +21,7 @@ a private name that is missing is an `IncompatibleVLLMError` naming it and the v
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -371,6 +372,53 @@ def architecture_defaults() -> tuple[tuple[str, str, str], ...]:
 def get_pooling_config(model: str, revision: str | None = None) -> Any:
     """vLLM's reading of a checkpoint's sentence-transformers pooling module (modules.json)."""
     return _internal("vllm.transformers_utils.config", "get_pooling_config")(model, revision)
+
+
+# Module types that sentence-transformers 5.x and later write to modules.json, as the names
+# vLLM releases before their support (vllm.transformers_utils.config._ST_POOLING_MODULE_TYPES)
+# look for.
+_ST_MODULE_ALIASES = {
+    "sentence_transformers.sentence_transformer.modules.pooling.Pooling": "sentence_transformers.models.Pooling",
+    "sentence_transformers.base.modules.normalize.Normalize": "sentence_transformers.models.Normalize",
+    "sentence_transformers.sentence_transformer.modules.normalize.Normalize": "sentence_transformers.models.Normalize",
+    "sentence_transformers.base.modules.dense.Dense": "sentence_transformers.models.Dense",
+}
+
+
+def _as_older_sentence_transformers(data: Any) -> Any:
+    """A sentence-transformers file as older releases wrote it: module types renamed
+    (`_ST_MODULE_ALIASES`) and a pooling module's `"pooling_mode": "mean"` also said as
+    `"pooling_mode_mean": true`. Anything else is returned as it is."""
+    if isinstance(data, list) and all(isinstance(item, dict) for item in data):
+        return [{**item, "type": _ST_MODULE_ALIASES[item["type"]]}
+                if isinstance(item.get("type"), str) and item["type"] in _ST_MODULE_ALIASES else item
+                for item in data]
+    if isinstance(data, dict) and isinstance(data.get("pooling_mode"), str):
+        return {**data, f"pooling_mode_{data['pooling_mode']}": True}
+    return data
+
+
+def read_new_sentence_transformers_modules() -> bool:
+    """Make a vLLM that knows only the older sentence-transformers names read the modules of a
+    checkpoint saved by sentence-transformers 5.x or later, as newer vLLM releases do: its
+    pooling (mean, CLS, last token), Normalize and Dense modules, which it otherwise ignores
+    (serving such an embedding model with the architecture's default pooling). vLLM's readers
+    (`get_pooling_config`, `try_get_dense_modules`) look up `get_hf_file_to_dict` at call time;
+    it is wrapped there. Nothing to do (False) where vLLM reads them itself; idempotent."""
+    config = _internal("vllm.transformers_utils.config")
+    if hasattr(config, "_ST_POOLING_MODULE_TYPES"):
+        return False
+    read = config.get_hf_file_to_dict
+    if getattr(read, "_crossenc_hook", False):
+        return True
+
+    @functools.wraps(read)
+    def get_hf_file_to_dict(*args, **kwargs):
+        return _as_older_sentence_transformers(read(*args, **kwargs))
+
+    get_hf_file_to_dict._crossenc_hook = True  # type: ignore[attr-defined]
+    config.get_hf_file_to_dict = get_hf_file_to_dict
+    return True
 
 
 def get_tokenizer(model_config: Any) -> Any:

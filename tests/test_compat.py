@@ -247,3 +247,46 @@ def test_vllm_weights_get_plain_torch_function_dispatch(monkeypatch):
 
 def _copy_weight(param, weight):
     param.data.copy_(weight)
+
+
+@needs_vllm
+@pytest.mark.parametrize("mode", ["mean", "cls", "lasttoken"])
+def test_vllm_reads_the_modules_sentence_transformers_saves(tmp_path, mode):
+    """An embedding model saved by the installed sentence-transformers (5.x and later write new
+    module names and `"pooling_mode": "mean"`): vLLM, with crossenc registered, reads its pooling,
+    Normalize and Dense modules on every supported release (older ones through
+    compat.read_new_sentence_transformers_modules)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Normalize
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from vllm.plugins import load_general_plugins
+    from vllm.transformers_utils import config
+
+    load_general_plugins()  # crossenc's register(), as vLLM runs it
+    save_deberta(tmp_path / "backbone", "model", "v3")
+    SentenceTransformer(modules=[
+        Transformer(str(tmp_path / "backbone")), Pooling(32, pooling_mode=mode), Dense(32, 16), Normalize(),
+    ], device="cpu").save(str(tmp_path / "st"))
+    modules = json.loads((tmp_path / "st" / "modules.json").read_text())
+    assert "sentence_transformers.models.Pooling" not in {m["type"] for m in modules}  # the new names
+
+    pooling = compat.get_pooling_config(str(tmp_path / "st"))
+    assert pooling["seq_pooling_type"] == {"mean": "MEAN", "cls": "CLS", "lasttoken": "LAST"}[mode]
+    assert pooling["use_activation"] is True  # the Normalize module
+    dense = config.try_get_dense_modules(str(tmp_path / "st"))
+    assert [(d["in_features"], d["out_features"]) for d in dense] == [(32, 16)]
+
+
+def test_older_sentence_transformers_names():
+    modules = [{"idx": 0, "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+               {"idx": 1, "path": "1_Pooling",
+                "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+               {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+               {"idx": 3, "path": "3_Odd", "type": ["not", "a", "name"]}]
+    assert [m["type"] for m in compat._as_older_sentence_transformers(modules)] == [
+        modules[0]["type"], "sentence_transformers.models.Pooling", "sentence_transformers.models.Normalize",
+        ["not", "a", "name"]]
+    assert compat._as_older_sentence_transformers({"pooling_mode": "mean", "embedding_dimension": 8}) == {
+        "pooling_mode": "mean", "pooling_mode_mean": True, "embedding_dimension": 8}
+    assert compat._as_older_sentence_transformers({"pooling_mode_cls_token": True}) == {"pooling_mode_cls_token": True}
+    assert compat._as_older_sentence_transformers(None) is None
