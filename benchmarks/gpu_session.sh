@@ -18,6 +18,7 @@
 #   cross-encoder       sentence-transformers' CrossEncoder at every batch size
 #   vllm-bert           vLLM's own BERT of the same width
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
+#   client-ceiling      benchmarks/client_ceiling.py: the load generator against a server that answers at once
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
 #   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
 #   http-servers4       ... with --api-server-count 4 only
@@ -50,7 +51,7 @@ run_step() {
     crossenc-large) timeout 300 $S --system crossenc --shape v3-large --pairs ${PAIRS:-100,256,2048} ;;
     cross-encoder-large) timeout 240 $S --system cross-encoder --shape v3-large --pairs 100,256,2048 ;;
     vllm-bench) mkdir -p "$out/vllm-bench" && timeout 300 bash benchmarks/vllm_bench_rerank.sh \
-      /tmp/crossenc-bench/deberta-v3-base "$out/vllm-bench" --num-prompts 640 --max-concurrency 64 ;;
+      /tmp/crossenc-bench/deberta-v3-base "$out/vllm-bench" --num-prompts 20480 --max-concurrency 64 ;;
     crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
@@ -59,7 +60,8 @@ run_step() {
     vllm-bert) timeout 110 $S --system vllm-bert ;;
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
       --profile "$out/profile-crossenc-score.txt" ;;
-    http-default) timeout 120 $H ;;
+    client-ceiling) timeout 100 python3 benchmarks/client_ceiling.py --seconds 4 --out $out/client_ceiling.jsonl ;;
+    http-default) timeout 240 $H ;;
     http-compile) CROSSENC_TORCH_COMPILE=1 timeout 200 $H ;;
     http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
     http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
