@@ -10,7 +10,7 @@
 #                       (benchmarks/vllm_bench_rerank.sh; v3-base, after a step that built it)
 #   crossenc-tree       crossenc-default with the crossenc package of another commit, for an A/B in one
 #                       session: CROSSENC_TREE=DIR holding its crossenc/ (`git archive COMMIT crossenc |
-#                       tar -x -C DIR`), CROSSENC_TREE_LABEL names it in the rows
+#                       tar -x -C DIR`); DIR's name goes in the rows as crossenc_tree
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
@@ -46,7 +46,7 @@ H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.json
 run_step() {
   case $1 in
     crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
-    crossenc-tree) PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc \
+    crossenc-tree) CROSSENC_TREE_LABEL=$(basename "$CROSSENC_TREE") PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc \
       --pairs ${PAIRS:-100,256,2048} ;;
     crossenc-large) timeout 300 $S --system crossenc --shape v3-large --pairs ${PAIRS:-100,256,2048} ;;
     cross-encoder-large) timeout 240 $S --system cross-encoder --shape v3-large --pairs 100,256,2048 ;;
