@@ -33,12 +33,15 @@ from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_S
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# The batch's sizes vary from one engine step to the next: Triton must not compile a variant per
+# value (it specializes integers equal to 1 or divisible by 16), or a server's first requests of
+# a new shape wait for a compilation. One kernel per dtype, head size, terms and tile config.
+@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps"])
 def _disentangled_attention_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_seqs, max_seqlen, qk_scale_log2,
+    num_seqs, max_seqlen, search_steps, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -46,7 +49,6 @@ def _disentangled_attention_fwd(
     HAS_C2P: tl.constexpr,
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -56,7 +58,7 @@ def _disentangled_attention_fwd(
     # with the next, so the last is the one that has tiles).
     lo = tile * 0
     hi = lo + num_seqs
-    for _ in range(SEARCH_STEPS):
+    for _ in range(search_steps):
         mid = (lo + hi) // 2
         right = tl.load(TILES + mid) <= tile
         lo = tl.where(right, mid, lo)
@@ -225,14 +227,12 @@ def triton_disentangled_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-        batch, max_seqlen, float(scale) * _LOG2E,
+        # Binary-search steps that find a tile's sequence among the batch's.
+        batch, max_seqlen, batch.bit_length(), float(scale) * _LOG2E,
         HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        # Enough steps for the batch, in multiples of 4: extra steps change nothing, and few
-        # distinct values mean few compiled variants as batches vary (packed pairs, `pair_packing`).
-        SEARCH_STEPS=-(-batch.bit_length() // 4) * 4,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

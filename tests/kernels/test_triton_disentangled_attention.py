@@ -101,6 +101,23 @@ def test_kernel_tile_configs(config):
     assert _rel_err(out, ref) < REL_TOL[torch.float16]
 
 
+def test_one_compiled_kernel_whatever_the_batch():
+    """A server's steps differ in sequence count, lengths and token count: after the first call,
+    none of them compiles another variant of the kernel (a request would wait for Triton)."""
+    from crossenc.kernels import triton_disentangled_attention as module
+
+    def compiled() -> int:
+        return len(module._disentangled_attention_fwd.device_caches[torch.cuda.current_device()][0])
+
+    batches = [[7], [1], [300, 5], [1] * 17, [16] * 16, [33] * 40, [2] * 1500 + [511], [64] * 2000]
+    for i, lengths in enumerate(batches):
+        out, ref = _run(_packed_inputs(lengths, 2, 64, torch.float16, 256, 512, True, True, seed=i))
+        assert _rel_err(out, ref) < REL_TOL[torch.float16], lengths[:3]
+        if i == 0:
+            first = compiled()
+    assert compiled() == first
+
+
 def test_every_token_written_and_sequences_isolated():
     # Changing one sequence's tokens must leave the other sequences' outputs bit-identical.
     args = list(_packed_inputs([50, 200, 3], 2, 64, torch.float16, 256, 512, True, True, 1, fused=False))
