@@ -406,9 +406,9 @@ def read_new_sentence_transformers_modules() -> bool:
     (`get_pooling_config`, `try_get_dense_modules`) look up `get_hf_file_to_dict` at call time;
     it is wrapped there. Nothing to do (False) where vLLM reads them itself; idempotent."""
     config = _internal("vllm.transformers_utils.config")
-    if hasattr(config, "_ST_POOLING_MODULE_TYPES"):
+    read = getattr(config, "get_hf_file_to_dict", None)
+    if hasattr(config, "_ST_POOLING_MODULE_TYPES") or read is None:
         return False
-    read = config.get_hf_file_to_dict
     if getattr(read, "_crossenc_hook", False):
         return True
 
