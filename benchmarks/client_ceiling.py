@@ -3,7 +3,9 @@ answers every /rerank at once (Starlette, as vLLM's server, on uvicorn; a fixed 
 the rate is the client. Compared with httpx's AsyncClient, which http_rerank.py used before.
 The server runs on core 0 and the clients on core 1 (Linux):
 
-    python benchmarks/client_ceiling.py --out docs/benchmarks_client_ceiling.jsonl
+    python benchmarks/client_ceiling.py --out docs/benchmarks_client_ceiling_cpu.jsonl
+
+(On the GPU machine: `gpu_session.sh ... bench OUT client-ceiling`, docs/benchmarks_client_ceiling_h200.jsonl.)
 """
 
 from __future__ import annotations
