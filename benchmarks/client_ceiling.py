@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PORT = 8811
-BODY = {"model": "m", "query": "which module reads csv files", "documents": ["the csv module reads and writes " * 8] * 32}
+DOCS = 32  # per request, as benchmarks/http_rerank.py sends
+BODY = {"model": "m", "query": "which module reads csv files", "documents": ["the csv module reads and writes " * 8] * DOCS}
 
 
 def _serve() -> None:
@@ -33,7 +34,7 @@ def _serve() -> None:
     from starlette.routing import Route
 
     os.sched_setaffinity(0, {0})
-    answer = {"results": [{"index": i, "relevance_score": 0.5} for i in range(32)]}
+    answer = {"results": [{"index": i, "relevance_score": 0.5} for i in range(DOCS)]}
 
     async def rerank(request):
         await request.json()
@@ -91,10 +92,10 @@ def main() -> None:
                        ("httpx AsyncClient", lambda c: _httpx_load(url, c, args.seconds))):
         for clients in (int(c) for c in args.clients.split(",")):
             res = asyncio.run(load(clients))
-            rate = res["requests_per_s"] if "requests_per_s" in res else res["pairs_per_s"] / len(BODY["documents"])
+            rate = res["requests_per_s"] if "requests_per_s" in res else res["pairs_per_s"] / DOCS
             rows.append({"client": name, "clients": clients, "requests_per_s": rate, "p50_s": res["p50_s"],
                          "p99_s": res["p99_s"], "cpu": platform.processor() or platform.machine()})
-            print(f"{name:26s} {clients:4d} clients: {rate:7.0f} requests/s ({rate * 32:8.0f} pairs/s at 32 documents)"
+            print(f"{name:26s} {clients:4d} clients: {rate:7.0f} requests/s ({rate * DOCS:8.0f} pairs/s at {DOCS} documents)"
                   f" p50 {res['p50_s'] * 1e3:7.1f} ms p99 {res['p99_s'] * 1e3:7.1f} ms", flush=True)
     server.terminate()
     if args.out:

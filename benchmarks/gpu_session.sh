@@ -46,8 +46,8 @@ H="python3 benchmarks/http_rerank.py --seconds 8 --iters 10 --out $out/http.json
 run_step() {
   case $1 in
     crossenc-default) timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
-    crossenc-tree) CROSSENC_TREE_LABEL=$(basename "$CROSSENC_TREE") PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH timeout ${DEFAULT_TIMEOUT:-240} $S --system crossenc \
-      --pairs ${PAIRS:-100,256,2048} ;;
+    crossenc-tree) CROSSENC_TREE_LABEL=$(basename "$CROSSENC_TREE") PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH \
+      run_step crossenc-default ;;
     crossenc-large) timeout 300 $S --system crossenc --shape v3-large --pairs ${PAIRS:-100,256,2048} ;;
     cross-encoder-large) timeout 240 $S --system cross-encoder --shape v3-large --pairs 100,256,2048 ;;
     vllm-bench) mkdir -p "$out/vllm-bench" && timeout 300 bash benchmarks/vllm_bench_rerank.sh \

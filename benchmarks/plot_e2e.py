@@ -26,7 +26,8 @@ def offline_bars(data: list[dict], pairs: int) -> list[tuple[str, float]]:
     last: dict[str, float] = {}
     cross_encoder: dict[str, float] = {}  # batch size -> the last run's pairs/s
     for r in data:
-        # v3-base only; an A/B's other commit (gpu_session.sh crossenc-tree) is not this release.
+        # The GPU's v3-base and the CPU's v3-xsmall rows; not v3-large, nor an A/B's other commit
+        # (gpu_session.sh crossenc-tree), which is not this release.
         if r["pairs"] != pairs or r.get("shape", "v3-base") not in ("v3-base", "v3-xsmall") or r.get("crossenc_tree"):
             continue
         if r["system"].startswith("CrossEncoder"):
