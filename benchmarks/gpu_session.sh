@@ -18,6 +18,11 @@
 #   cross-encoder       sentence-transformers' CrossEncoder at every batch size
 #   vllm-bert           vLLM's own BERT of the same width
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
+#   torch-profile       torch.profiler of crossenc's LLM.score and LLM.classify (256 and 2,048 pairs,
+#                       engine in-process): GPU busy time against wall time, model-runner scopes, kernels
+#   engine-profile      vLLM's torch profiler on the engine's worker through one LLM.score of 256 pairs
+#                       (vLLM's defaults, engine in its own process): trace and table in OUT_DIR/engine-profile
+#   profile-forward     benchmarks/profile_forward.py: the model forward alone, the same kind of batch
 #   client-ceiling      benchmarks/client_ceiling.py: the load generator against a server that answers at once
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
 #   http-tuned          ... with --max-num-batched-tokens 65536 --api-server-count 4
@@ -60,11 +65,17 @@ run_step() {
     vllm-bert) timeout 110 $S --system vllm-bert ;;
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
       --profile "$out/profile-crossenc-score.txt" ;;
+    torch-profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc \
+      --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score.txt" ;;
+    engine-profile) VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc --pairs ${PAIRS:-256} \
+      --engine-profile "$out/engine-profile" ;;
+    profile-forward) timeout 100 python3 benchmarks/profile_forward.py --system crossenc --shape v3-base \
+      --workload rerank-short --rows 30 ;;
     client-ceiling) timeout 100 python3 benchmarks/client_ceiling.py --seconds 4 --out $out/client_ceiling.jsonl ;;
     http-default) timeout 240 $H ;;
     http-compile) CROSSENC_TORCH_COMPILE=1 timeout 200 $H ;;
     http-tuned) timeout 120 $H --serve-args "--max-num-batched-tokens 65536 --api-server-count 4" ;;
-    http-servers4) timeout 120 $H --serve-args "--api-server-count 4" ;;
+    http-servers4) timeout 240 $H --serve-args "--api-server-count 4" ;;
     http-servers8) timeout 130 $H --serve-args "--api-server-count 8" ;;
     http-servers8-unpacked) CROSSENC_PACK_PAIRS=0 timeout 130 $H --serve-args "--api-server-count 8" ;;
     http-pyspy) timeout 300 $H --concurrency 1 --py-spy "$PY_SPY" --profile-out "$out/pyspy-serve" ;;

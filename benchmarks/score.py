@@ -121,6 +121,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="crossenc's and vllm-bert's (vLLM's --dtype)")
     parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
     parser.add_argument("--profile", help="write a cProfile of one 256-pair call here")
+    parser.add_argument("--torch-profile", help="write torch.profiler's summary of one call of the first size here "
+                        "(GPU busy time against wall time, vLLM's model-runner scopes, the kernels)")
+    parser.add_argument("--engine-profile", help="a directory: vLLM's own torch profiler traces the engine's worker "
+                        "through one call of the first size (its trace and table land there)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
@@ -139,6 +143,7 @@ def main() -> None:
     sizes = [int(n) for n in args.pairs.split(",")]
     query, all_docs = rerank_texts(tokenizer, max(sizes), cache=path / "texts.json")
     runs: dict[tuple[str, int], object] = {}
+    adds: list[float] = []
     env: dict[str, object] = {"max_num_batched_tokens_arg": args.max_num_batched_tokens, "dtype_arg": args.dtype,
                               "torch_compile": os.environ.get("CROSSENC_TORCH_COMPILE") == "1",
                               "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0",
@@ -154,6 +159,9 @@ def main() -> None:
 
             TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
         extra = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
+        if args.engine_profile:
+            extra["profiler_config"] = {"profiler": "torch", "torch_profiler_dir": str(Path(args.engine_profile).resolve()),
+                                        "torch_profiler_with_stack": False}
         # On the CPU build this is the share of RAM reserved for the KV cache.
         llm = vllm.LLM(str(path), runner="pooling", max_model_len=args.max_model_len, seed=0, enforce_eager=args.enforce_eager,
                        dtype=args.dtype,
@@ -163,6 +171,14 @@ def main() -> None:
                    max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
                    max_model_len=llm.llm_engine.model_config.max_model_len,
                    in_process=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0")
+        # When each call hands its requests to the engine (the front end's share of the call).
+        add_request = llm.llm_engine.add_request
+
+        def stamped_add_request(*a, **k):
+            adds.append(time.perf_counter())
+            return add_request(*a, **k)
+
+        llm.llm_engine.add_request = stamped_add_request
         label = {"crossenc": "crossenc", "vllm-bert": "vLLM BERT"}[args.system]
         label += "".join(f" ({s})" for s, on in (("enforce_eager", args.enforce_eager),
                                                   ("per-pair tokenization", args.per_pair),
@@ -194,23 +210,41 @@ def main() -> None:
                                                 "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING",
                                                 "CROSSENC_PACK_MAX_PAIRS", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
                     if k in os.environ})
+    if args.system != "cross-encoder":  # the engine's tokenizer alone, in this (the front end's) process
+        engine_tokenizer = llm.get_tokenizer()
+        for n in sizes:
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                engine_tokenizer([query] * n, all_docs[:n], truncation=True, max_length=args.max_model_len)
+                times.append(time.perf_counter() - start)
+            env[f"tokenize_{n}_ms"] = statistics.median(times) * 1e3
+            print(f"the engine's tokenizer alone, {n} pairs: {env[f'tokenize_{n}_ms']:.1f} ms", flush=True)
+        env.update(cpus=len(os.sched_getaffinity(0)), tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
     results = []
     for (name, n), fn in runs.items():
         for _ in range(args.warmup):
             scores = fn()
-        times = []
+        times, first_add, last_add = [], [], []
         for _ in range(args.iters):
             sync()
+            adds.clear()
             start = time.perf_counter()
             fn()
             sync()
             times.append(time.perf_counter() - start)
+            if adds:
+                first_add.append((adds[0] - start) * 1e3)
+                last_add.append((adds[-1] - start) * 1e3)
         med = statistics.median(times)
         row = {"system": name, "shape": args.shape, "pairs": n, "median_s": med, "pairs_per_s": n / med,
                "device": device, "tokenizer": "unigram-128k", **env,
                "scores": [float(s) for s in scores[:256]]}
+        if first_add:  # ms from the call's start to its first and last engine request
+            row.update(first_add_ms=statistics.median(first_add), last_add_ms=statistics.median(last_add))
         results.append(row)
-        print(f"{name:60s} {n:5d} pairs {med * 1e3:8.1f} ms {n / med:9.0f} pairs/s", flush=True)
+        adds_text = f" (engine requests from {row['first_add_ms']:.1f} to {row['last_add_ms']:.1f} ms)" if first_add else ""
+        print(f"{name:60s} {n:5d} pairs {med * 1e3:8.1f} ms {n / med:9.0f} pairs/s{adds_text}", flush=True)
     with open(args.out, "a") as f:
         for row in results:
             f.write(json.dumps(row) + "\n")
@@ -225,6 +259,63 @@ def main() -> None:
         stats.print_stats(45)
         stats.sort_stats("cumulative").print_stats(45)
         Path(args.profile).write_text(text.getvalue())
+    if args.engine_profile and args.system != "cross-encoder":
+        fn = runs[(f"{label} LLM.score", sizes[0])]
+        fn()
+        llm.start_profile()
+        start = time.perf_counter()
+        fn()
+        print(f"engine profile: one LLM.score of {sizes[0]} pairs took {(time.perf_counter() - start) * 1e3:.1f} ms "
+              "(profiled)", flush=True)
+        llm.stop_profile()
+    if args.torch_profile and args.system != "cross-encoder":
+        text = [torch_profile(name, fn, torch, sync) for (name, n), fn in runs.items() if n == sizes[0]]
+        Path(args.torch_profile).write_text("\n\n".join(text))
+
+
+def torch_profile(name: str, fn, torch, sync) -> str:
+    """torch.profiler of one call of `fn` after a warm-up: wall time, the time the GPU ran kernels
+    (the union of their intervals), its idle gaps, the CPU time of vLLM's model-runner scopes
+    (VLLM_CUSTOM_SCOPES_FOR_PROFILING=1) and the kernels by GPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.events()
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
+    busy, gaps, end = 0.0, [], None
+    for s, e in kernels:
+        if end is None or s > end:
+            if end is not None:
+                gaps.append((s - end, end))
+            busy += e - s
+            end = e
+        elif e > end:
+            busy += e - end
+            end = e
+    t0 = min((e.time_range.start for e in events), default=0.0)
+    scopes: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.name.startswith("gpu_model_runner:"):
+            scopes.setdefault(e.name, []).append(e.time_range.elapsed_us())
+    lines = [f"== {name}: wall {wall * 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms "
+             f"({busy / 1e3 / (wall * 1e3):.0%}), {len(kernels)} GPU events"]
+    for scope, times in sorted(scopes.items()):
+        lines.append(f"  {scope:40s} x{len(times):3d} {sum(times) / 1e3:8.1f} ms CPU")
+    lines.append("  largest GPU idle gaps (ms, at ms from the first event):")
+    for gap, at in sorted(gaps, reverse=True)[:12]:
+        lines.append(f"    {gap / 1e3:7.2f} at {(at - t0) / 1e3:8.1f}")
+    if kernels:
+        lines.append(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,41 @@ print(json.dumps(errors))
 """
 
 
-@pytest.fixture(scope="module")
-def interpreted_errors():
+# A loop whose bound is a kernel argument, as the kernel's: the interpreter of some Triton releases
+# (3.6) turns the bound into a Python int with int() of a 1-element array, which NumPy 2.4 refuses.
+_PROBE = r"""
+import torch, triton, triton.language as tl
+
+@triton.jit
+def _loop(X, n):
+    total = 0
+    for _ in range(n):
+        total += 1
+    tl.store(X, total)
+
+x = torch.zeros(1, dtype=torch.int32)
+_loop[(1,)](x, 3)
+assert x.item() == 3
+"""
+
+
+def _interpret(code: str, *args: str) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(CASES)], env=env, capture_output=True,
-                         text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def interpreted_errors():
+    probe = _interpret(_PROBE)
+    if probe.returncode != 0:
+        import numpy
+        import triton
+
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run a loop of a runtime length with "
+                    f"NumPy {numpy.__version__} ({probe.stderr.strip().splitlines()[-1]}); the CUDA tests "
+                    "check the compiled kernel")
+    out = _interpret(_CHILD, json.dumps(CASES))
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.splitlines()[-1])
 
