@@ -50,6 +50,20 @@ def relative_position_index(
     return torch.clamp(rel + att_span, 0, 2 * att_span - 1).to(torch.int32)
 
 
+def saturation_distance(rel_index: torch.Tensor) -> int:
+    """The smallest distance d >= 1 from which the distances of each side share one position row:
+    rel_index[d'] is the same for every d' in d..M-1, and for every d' in -(M-1)..-d (M =
+    max_seqlen; v3's log buckets: ~512, past the buckets). The CUDA kernel takes key tiles that far
+    from a query tile without the window. Read on the host: give it rel_index before it moves to
+    a GPU."""
+    rows = rel_index.tolist()
+    m = (len(rows) + 1) // 2
+    d = m - 1
+    while d > 1 and rows[m - 1 + d - 1] == rows[-1] and rows[m - 1 - (d - 1)] == rows[0]:
+        d -= 1
+    return max(d, 1)
+
+
 # The reference scores a chunk of sequences at a time, each chunk padded to its own longest and
 # holding at most this many scores (heads x L x L per sequence): one ~150-token sequence of 6
 # heads, or many short ones. Padding a whole engine step at once costs more memory traffic than
@@ -192,9 +206,9 @@ def _cuda_kernel(q: torch.Tensor):
     return triton_kernel.triton_disentangled_attention
 
 
-def _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
+def _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
     if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
-        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles)
+        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles, far=far)
     return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
 
 
@@ -210,24 +224,27 @@ def disentangled_attention_op(
     rel_index: torch.Tensor,
     scale: float,
     tiles: torch.Tensor | None = None,
+    far: int | None = None,
 ) -> torch.Tensor:
-    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles)
+    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
 
 
 @disentangled_attention_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
+def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
     return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
 
 
-def disentangled_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None):
+def disentangled_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None,
+                           far=None):
     """[T, H, D] in and out. Under torch.compile the custom op (one graph node); run eagerly, the
     implementation itself: a custom op's dispatch costs 55-170 us per call in Python (measured on
     a CPU), which a forward of 12 layers pays 12 times. `tiles`: `query_tiles(cu_seqlens)` if the
-    caller has it (the CUDA kernel's; else made here)."""
+    caller has it (the CUDA kernel's; else made here); `far`: `saturation_distance(rel_index)`
+    (the CUDA kernel's)."""
     if torch.compiler.is_compiling():
         return disentangled_attention_op(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
-                                         tiles)
-    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles)
+                                         tiles, far)
+    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
 
 
 def attention_scale(head_size: int, scale_factor: int) -> float:

@@ -15,6 +15,13 @@ pair's entry with ``tl.gather`` at column/row i-j+BN-1. That costs two extra til
 per step, against writing and re-reading two [T, H, 2S] tables through device memory (measured
 on an H100: 0.95 ms against 1.18 ms for the table variant on v3-base rerank-short, one layer).
 
+Far from the diagonal the window is redundant: past the buckets (v3: |i-j| >= 512; v2/v1
+linear positions: past max_relative_positions) each side's distances share one position row,
+so for a key tile whose every distance to the query tile is that far, c2p is one value per query
+row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]): two vector products instead
+of the window's two tile products and gathers. Each program walks its key tiles in three ranges
+(far before, near, far after), split at `far` (`saturation_distance`, given by the caller).
+
 Programs are laid out over query tiles, not over (sequence, tile) pairs: ``TILES`` holds each
 sequence's first tile (a prefix sum of ceil(length / BLOCK_M), made on the device), and a
 program finds its sequence by binary search. The grid, cdiv(T, BLOCK_M) + B tiles, is known
@@ -33,15 +40,98 @@ from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_S
 _LOG2E = 1.4426950408889634
 
 
+@triton.jit
+def _attend(
+    q, acc, m_i, l_i, n0, m0, start, length, head,
+    K, V, PK, PQ, REL,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+    max_seqlen, qk_scale_log2, c2p_far, pq_far,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WIN: tl.constexpr,
+    HAS_C2P: tl.constexpr,
+    HAS_P2C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FAR: tl.constexpr,
+):
+    """One key tile [n0, n0 + BLOCK_N) into the online softmax of a query tile. FAR: every
+    distance of the tile pair maps to one position row, whose c2p is `c2p_far` per query row and
+    whose p2c comes from that row of pos_query (`pq_far`), without the window."""
+    offs_i = tl.arange(0, BLOCK_M)
+    offs_j = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows_k = n0 + offs_j
+    mask_k = rows_k < length
+    tok_k = (start + rows_k).to(tl.int64)
+    k = tl.load(
+        K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+        mask=mask_k[:, None], other=0.0,
+    )
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if FAR:
+        if HAS_C2P:
+            s += c2p_far[:, None]
+        if HAS_P2C:
+            s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
+    elif HAS_C2P or HAS_P2C:
+        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
+        # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
+        # pairs: clamp them to stay inside rel_index.
+        offs_w = tl.arange(0, WIN)
+        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
+        dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
+        dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+        rel = tl.load(REL + (dist + max_seqlen - 1))
+        if HAS_C2P:
+            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
+            s += tl.gather(c2p, pick, axis=1)
+        if HAS_P2C:
+            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
+            s += tl.gather(p2c, pick, axis=0)
+    s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
+
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(
+        V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
+        mask=mask_k[:, None], other=0.0,
+    )
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _far_terms(q, PK, PQ, REL, row, head, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+               BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr):
+    """The position terms of one saturated side (`row`: its entry of rel_index): c2p per query
+    row of the tile, and the pos_query row p2c takes per key."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    rel = tl.load(REL + row)
+    c2p = tl.zeros([BLOCK_M], dtype=tl.float32)
+    pq = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    if HAS_C2P:
+        pk = tl.load(PK + rel * stride_pkr + head * stride_pkh + offs_d).to(tl.float32)
+        c2p = tl.sum(q.to(tl.float32) * pk[None, :], axis=1)
+    if HAS_P2C:
+        pq = tl.load(PQ + rel * stride_pqr + head * stride_pqh + offs_d).to(tl.float32)
+    return c2p, pq
+
+
 # The batch's sizes vary from one engine step to the next: Triton must not compile a variant per
 # value (it specializes integers equal to 1 or divisible by 16), or a server's first requests of
 # a new shape wait for a compilation. One kernel per dtype, head size, terms and tile config.
-@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps"])
+@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
 def _disentangled_attention_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_seqs, max_seqlen, search_steps, qk_scale_log2,
+    num_seqs, max_seqlen, search_steps, far, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -69,7 +159,6 @@ def _disentangled_attention_fwd(
     m0 = (tile - tl.load(TILES + seq)) * BLOCK_M
 
     offs_i = tl.arange(0, BLOCK_M)  # query rows local to the tile
-    offs_j = tl.arange(0, BLOCK_N)  # key rows local to the tile
     offs_d = tl.arange(0, HEAD_DIM)
     rows_q = m0 + offs_i
     mask_q = rows_q < length
@@ -78,51 +167,47 @@ def _disentangled_attention_fwd(
         Q + tok_q[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
         mask=mask_q[:, None], other=0.0,
     )
-    if HAS_C2P or HAS_P2C:
-        offs_w = tl.arange(0, WIN)
-        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
 
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    for n0 in range(0, length, BLOCK_N):
-        rows_k = n0 + offs_j
-        mask_k = rows_k < length
-        tok_k = (start + rows_k).to(tl.int64)
-        k = tl.load(
-            K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-            mask=mask_k[:, None], other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        if HAS_C2P or HAS_P2C:
-            # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
-            # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
-            # pairs: clamp them to stay inside rel_index.
-            dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
-            dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-            rel = tl.load(REL + (dist + max_seqlen - 1))
-            if HAS_C2P:
-                pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-                c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-                s += tl.gather(c2p, pick, axis=1)
-            if HAS_P2C:
-                pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-                p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
-                s += tl.gather(p2c, pick, axis=0)
-        s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
-
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
-            mask=mask_k[:, None], other=0.0,
-        )
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-        m_i = m_new
+    # Key tiles in three ranges. From distance `far` on, each side's distances share one
+    # position row (every one past the buckets, `saturation_distance`): key tiles whose every
+    # distance to this query tile is >= far (the keys well before it) or <= -far (well after)
+    # take the position terms as a per-row and a per-key vector; the tiles between, the window.
+    near_lo = 0
+    near_hi = length
+    if HAS_C2P or HAS_P2C:
+        before = m0 - (BLOCK_N - 1) - far  # the last key tile start whose distances are all >= far
+        near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
+        near_hi = tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + far, BLOCK_N) * BLOCK_N, length)
+    if near_lo > 0:
+        c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
+                                     stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+        for n0 in range(0, near_lo, BLOCK_N):
+            acc, m_i, l_i = _attend(
+                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
+                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+    c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
+    pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for n0 in range(near_lo, near_hi, BLOCK_N):
+        acc, m_i, l_i = _attend(
+            q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
+            stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+            max_seqlen, qk_scale_log2, c2p_none, pq_none,
+            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
+    if near_hi < length:
+        c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
+                                     stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+        for n0 in range(near_hi, length, BLOCK_N):
+            acc, m_i, l_i = _attend(
+                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
+                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -176,6 +261,7 @@ def triton_disentangled_attention(
     *,
     config: tuple[int, int, int, int] | None = None,
     tiles: torch.Tensor | None = None,
+    far: int | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
 
@@ -183,6 +269,9 @@ def triton_disentangled_attention(
     ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
     max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages). ``tiles``:
     ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
+    ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
+    share one position row (tile pairs beyond it skip the window); None: every tile pair takes
+    the window.
     """
     if q.ndim != 3:
         raise ValueError(f"q must have shape [T, H, D], got {tuple(q.shape)}")
@@ -203,6 +292,10 @@ def triton_disentangled_attention(
         raise ValueError(
             f"rel_index must have 2*max_seqlen-1 = {2 * max_seqlen - 1} entries, got {rel_index.numel()}"
         )
+    if far is None:
+        far = max_seqlen
+    elif not 1 <= far <= max_seqlen:
+        raise ValueError(f"far must be within 1..max_seqlen ({max_seqlen}), got {far}")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     rel_index = rel_index.to(torch.int32)  # 2*max_seqlen-1 entries: int32 halves the kernel's index loads
     cu_seqlens = cu_seqlens.contiguous()
@@ -228,7 +321,7 @@ def triton_disentangled_attention(
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
         # Binary-search steps that find a tile's sequence among the batch's.
-        batch, max_seqlen, batch.bit_length(), float(scale) * _LOG2E,
+        batch, max_seqlen, batch.bit_length(), far, float(scale) * _LOG2E,
         HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.

@@ -20,6 +20,7 @@ from crossenc.kernels.disentangled_attention import (  # noqa: E402
     attention_scale,
     disentangled_attention_ref,
     relative_position_index,
+    saturation_distance,
 )
 
 pytestmark = [
@@ -54,10 +55,12 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def _run(args, config=None):
+def _run(args, config=None, far=True):
+    """The kernel against the reference; `far`: key tiles past the buckets' saturation take the
+    saturated rows' terms (as the model runs it), else the window everywhere."""
     from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
-    out = triton_disentangled_attention(*args, config=config)
+    out = triton_disentangled_attention(*args, config=config, far=saturation_distance(args[7].cpu()) if far else None)
     ref = disentangled_attention_ref(*args[:3], args[3], args[4], args[5], args[6], args[7], args[8])
     assert out.shape == args[0].shape and out.dtype == args[0].dtype
     assert torch.isfinite(out).all()
@@ -76,11 +79,12 @@ lengths_st = st.lists(st.integers(1, 2048), min_size=1, max_size=4).filter(lambd
     bucket=st.sampled_from(BUCKETS),
     terms=st.sampled_from([(True, True), (True, False), (False, True), (False, False)]),
     seed=st.integers(0, 2**16),
+    far=st.booleans(),
 )
-def test_kernel_matches_reference(lengths, heads, dim, dtype, bucket, terms, seed):
+def test_kernel_matches_reference(lengths, heads, dim, dtype, bucket, terms, seed, far):
     args = _packed_inputs(lengths, heads, dim, dtype, *bucket, *terms, seed)
-    out, ref = _run(args)
-    assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dim, dtype, bucket, terms)
+    out, ref = _run(args, far=far)
+    assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dim, dtype, bucket, terms, far)
 
 
 @pytest.mark.parametrize("dim", [32, 64, 128])
@@ -92,12 +96,13 @@ def test_kernel_mixed_short_and_long_fp32(dim, fused):
     assert _rel_err(out, ref) < REL_TOL[torch.float32]
 
 
+@pytest.mark.parametrize("far", [True, False], ids=["far tiles", "window only"])
 @pytest.mark.parametrize("config", [(32, 32, 2, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (16, 32, 4, 1)])
-def test_kernel_tile_configs(config):
+def test_kernel_tile_configs(config, far):
     # Tiles where BLOCK_M != BLOCK_N get a padded window (next power of two of BM+BN-1 rows);
-    # the 1100-token sequence reaches v3's log buckets.
+    # the 1100-token sequence goes past v3's log buckets (distances >= 512 share a row).
     args = _packed_inputs([1, 31, 33, 100, 257, 64, 1100], 3, 64, torch.float16, 256, 512, True, True, 2)
-    out, ref = _run(args, config)
+    out, ref = _run(args, config, far)
     assert _rel_err(out, ref) < REL_TOL[torch.float16]
 
 
@@ -151,6 +156,8 @@ def test_bad_input_errors():
         triton_disentangled_attention(*bad)
     with pytest.raises(ValueError, match="tiles must be query_tiles"):
         triton_disentangled_attention(*args, tiles=torch.zeros(5, dtype=torch.int32, device="cuda"))
+    with pytest.raises(ValueError, match="far must be within"):
+        triton_disentangled_attention(*args, far=0)
 
 
 def test_tiles_made_once_per_forward_give_the_same_output():

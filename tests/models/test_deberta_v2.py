@@ -8,7 +8,12 @@ from transformers import DebertaV2ForSequenceClassification as HFSeqCls
 from transformers import DebertaV2ForTokenClassification as HFTokenCls
 from transformers import DebertaV2Model as HFModel
 
-from crossenc.kernels.disentangled_attention import log_bucket_position, query_tiles, relative_position_index
+from crossenc.kernels.disentangled_attention import (
+    log_bucket_position,
+    query_tiles,
+    relative_position_index,
+    saturation_distance,
+)
 from crossenc.model_executor.models.deberta_v2 import (
     DebertaV2ForSequenceClassification,
     DebertaV2ForTokenClassification,
@@ -85,6 +90,20 @@ def test_log_buckets_equal_transformers():
                            make_log_bucket_position(rel, buckets, max_pos).long())
     index = relative_position_index(600, 256, 512, 256)
     assert index.min() == 0 and index.max() == 511 and index.shape == (1199,)
+
+
+@pytest.mark.parametrize("max_seqlen,buckets,max_rel,span", [
+    (600, 256, 512, 256), (2048, 256, 512, 256), (128, 256, 512, 256), (300, 16, 32, 16), (90, -1, 24, 24),
+    (1100, -1, 512, 512), (5, 256, 512, 256)])
+def test_saturation_distance_is_where_each_side_keeps_one_row(max_seqlen, buckets, max_rel, span):
+    """The CUDA kernel takes key tiles at least this far from a query tile without the window."""
+    index = relative_position_index(max_seqlen, buckets, max_rel, span).tolist()
+    far = saturation_distance(torch.tensor(index))
+    at = {d: index[d + max_seqlen - 1] for d in range(1 - max_seqlen, max_seqlen)}
+    assert 1 <= far <= max_seqlen - 1 or max_seqlen == 1
+    assert all(at[d] == at[max_seqlen - 1] and at[-d] == at[1 - max_seqlen] for d in range(far, max_seqlen))
+    if far > 1:  # the smallest such distance: one side changes just before it
+        assert at[far - 1] != at[max_seqlen - 1] or at[1 - far] != at[1 - max_seqlen]
 
 
 def test_query_tiles_count_each_sequences_tiles():

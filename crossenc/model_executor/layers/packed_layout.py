@@ -25,6 +25,8 @@ class PackedLayout:
     seq_ids: torch.Tensor  # [T]: which sequence each token belongs to
     # the CUDA attention kernel's query tiles (`query_tiles`), made once per forward for every layer
     query_tiles: torch.Tensor | None = None
+    # ... and the distance from which the position rows saturate (`saturation_distance`)
+    far: int | None = None
 
     @classmethod
     def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,

@@ -27,6 +27,7 @@ from crossenc.kernels.disentangled_attention import (
     kernel_supports,
     query_tiles,
     relative_position_index,
+    saturation_distance,
 )
 from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
 from crossenc.model_executor.layers.cpu_memory import release_freed_memory
@@ -223,7 +224,7 @@ class DebertaV2SelfAttention(nn.Module):
         pos_key, pos_query = self.position_tables(rel_embeddings)
         # Strided views of the stacked projection: the op takes any token and head stride.
         out = disentangled_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, pos_key, pos_query,
-                                     rel_index, self.scale, layout.query_tiles)
+                                     rel_index, self.scale, layout.query_tiles, layout.far)
         return out.reshape(x.shape[0], self.q_size)
 
 
@@ -327,17 +328,19 @@ class DebertaV2Encoder(nn.Module):
         self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
         self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
         self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
-        self._rel_index_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._rel_index_cache: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
 
-    def _relative_position_index(self, max_seqlen: int, device: torch.device) -> torch.Tensor:
-        # Made once per length bound and device: with a bounded layout, every forward reuses it.
+    def _relative_position_index(self, max_seqlen: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """rel_index on `device` and its `saturation_distance`, made once per length bound and
+        device on the host: with a bounded layout, every forward reuses them."""
         key = (max_seqlen, str(device))
         if key not in self._rel_index_cache:
             if len(self._rel_index_cache) >= 64:
                 self._rel_index_cache.clear()
             arch = self.arch
-            self._rel_index_cache[key] = relative_position_index(
-                max_seqlen, arch.position_buckets, arch.max_relative_positions, arch.att_span, device=device)
+            rel_index = relative_position_index(
+                max_seqlen, arch.position_buckets, arch.max_relative_positions, arch.att_span)
+            self._rel_index_cache[key] = rel_index.to(device), saturation_distance(rel_index)
         return self._rel_index_cache[key]
 
     def forward(self, x, layout: PackedLayout) -> torch.Tensor:
@@ -347,7 +350,7 @@ class DebertaV2Encoder(nn.Module):
             rel_embeddings = self.rel_embeddings.weight
             if self.LayerNorm is not None:
                 rel_embeddings = self.LayerNorm(rel_embeddings)
-            rel_index = self._relative_position_index(layout.max_seqlen, x.device)
+            rel_index, layout.far = self._relative_position_index(layout.max_seqlen, x.device)
         else:
             rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
         if x.is_cuda and kernel_supports(arch.head_size, x.dtype):  # the kernel's, once for every layer
