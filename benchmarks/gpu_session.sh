@@ -22,6 +22,9 @@
 #                       engine in-process): GPU busy time against wall time, model-runner scopes, kernels
 #   engine-profile      vLLM's torch profiler on the engine's worker through one LLM.score of 256 pairs
 #                       (vLLM's defaults, engine in its own process): trace and table in OUT_DIR/engine-profile
+#   forward             benchmarks/gpu_forward.py: the model forward alone against its peers, v3-base,
+#                       rerank-short and long-2k
+#   forward-tree        ... crossenc's (and HF's) with the crossenc package of CROSSENC_TREE (an A/B)
 #   profile-forward     benchmarks/profile_forward.py: the model forward alone, the same kind of batch
 #   client-ceiling      benchmarks/client_ceiling.py: the load generator against a server that answers at once
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
@@ -69,6 +72,10 @@ run_step() {
       --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score.txt" ;;
     engine-profile) VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc --pairs ${PAIRS:-256} \
       --engine-profile "$out/engine-profile" ;;
+    forward) timeout 500 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \
+      --out "$out/forward.json" ;;
+    forward-tree) PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH timeout 200 python3 benchmarks/gpu_forward.py --shapes v3-base \
+      --workloads rerank-short long-2k --systems hf-eager crossenc --out "$out/forward-$(basename "$CROSSENC_TREE").json" ;;
     profile-forward) timeout 100 python3 benchmarks/profile_forward.py --system crossenc --shape v3-base \
       --workload rerank-short --rows 30 ;;
     client-ceiling) timeout 100 python3 benchmarks/client_ceiling.py --seconds 4 --out $out/client_ceiling.jsonl ;;
