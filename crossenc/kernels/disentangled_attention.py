@@ -206,7 +206,8 @@ def _cuda_kernel(q: torch.Tensor):
     return triton_kernel.triton_disentangled_attention
 
 
-def _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
+def attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
+    """The attention itself, without the custom op: the CUDA kernel where it runs, else the reference."""
     if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
         return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles, far=far)
     return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
@@ -226,7 +227,7 @@ def disentangled_attention_op(
     tiles: torch.Tensor | None = None,
     far: int | None = None,
 ) -> torch.Tensor:
-    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
+    return attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
 
 
 @disentangled_attention_op.register_fake
@@ -244,7 +245,7 @@ def disentangled_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, 
     if torch.compiler.is_compiling():
         return disentangled_attention_op(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
                                          tiles, far)
-    return _attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
+    return attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
 
 
 def attention_scale(head_size: int, scale_factor: int) -> float:

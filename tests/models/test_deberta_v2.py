@@ -228,3 +228,46 @@ def test_compiled_attention_is_one_custom_op_node_and_equals_eager():
     targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
     assert targets == ["crossenc.disentangled_attention.default"]
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("variant", ["v3", "v2-conv"])
+def test_compiled_encoder_holds_no_layout(variant):
+    """The encoder compiled once (as vLLM compiles it, CROSSENC_TORCH_COMPILE=1: one graph,
+    dynamic token count) scores batches of other sequence counts and lengths as eagerly: its
+    attention is the custom op `crossenc::packed_disentangled_attention`, one node per layer, which
+    reads the batch's layout as it runs."""
+    torch.manual_seed(2)
+    hf = spread(HFModel(deberta_config(variant)))
+    ours = loaded_from(DebertaV2Model, hf)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    encoder = ours.encoder
+    eager = encoder.forward
+    compiled = torch.compile(eager, backend=backend, fullgraph=True, dynamic=True)
+    for seed, lengths in enumerate([(90, 3, 40, 41, 1), (7, 128), (33,)]):
+        g = torch.Generator().manual_seed(seed)
+        seqs = [torch.randint(1, hf.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+        ids, mask = pad_batch(seqs)
+        with torch.no_grad():
+            expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+            encoder.forward = compiled
+            try:
+                got = ours(*pack_batch(seqs))
+            finally:
+                encoder.forward = eager
+        assert (got - expected).abs().max() <= ATOL, lengths
+    assert len(graphs) == 1
+    attention = [n for n in graphs[0].graph.nodes if str(n.target) == "crossenc.packed_disentangled_attention.default"]
+    assert len(attention) == ours.arch.num_layers
+
+
+def test_attention_outside_a_forward_is_refused():
+    from crossenc.model_executor.layers.packed_layout import packed_attention
+
+    q = torch.randn(4, 2, 8)
+    with pytest.raises(RuntimeError, match="no PackedLayout is active"):
+        packed_attention(q, q, q, None, None, 1.0)

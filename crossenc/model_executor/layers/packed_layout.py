@@ -1,10 +1,22 @@
-"""Where the sequences of a packed batch begin and end, computed once per forward."""
+"""Where the sequences of a packed batch begin and end, computed once per forward, and the
+attention that reads them.
+
+A model's forward builds its `PackedLayout` eagerly and makes it the current one (`active`)
+while its layers run; each attention layer reads it (`packed_attention`). The layers thus take
+tensors only: under torch.compile the attention is one custom op that reads the layout when it
+runs, so a compiled graph holds no sequence boundary, length bound or position index of the
+batch it was traced with (as vLLM's own attention reads its metadata from the forward context).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from crossenc.kernels.disentangled_attention import attention_impl
 
 
 @dataclass
@@ -27,6 +39,25 @@ class PackedLayout:
     query_tiles: torch.Tensor | None = None
     # ... and the distance from which the position rows saturate (`saturation_distance`)
     far: int | None = None
+    # the position-table row of each distance (`relative_position_index`), made by the model
+    rel_index: torch.Tensor | None = None
+
+    @contextmanager
+    def active(self) -> Iterator[PackedLayout]:
+        """The layout `packed_attention` reads while the block runs."""
+        previous = _current[0]
+        _current[0] = self
+        try:
+            yield self
+        finally:
+            _current[0] = previous
+
+    @staticmethod
+    def current() -> PackedLayout:
+        layout = _current[0]
+        if layout is None:
+            raise RuntimeError("crossenc: the attention ran outside its model's forward (no PackedLayout is active)")
+        return layout
 
     @classmethod
     def from_positions(cls, positions: torch.Tensor, is_padding: torch.Tensor | None = None, *,
@@ -53,3 +84,33 @@ class PackedLayout:
         cu_seqlens = torch.full((num_seqs + 1,), num_tokens, dtype=torch.long, device=positions.device)
         cu_seqlens.scatter_reduce_(0, seq_ids.clamp(max=num_seqs - 1), tokens, "amin")
         return cls(cu_seqlens.to(torch.int32), max_seqlen, seq_ids)
+
+
+_current: list[PackedLayout | None] = [None]
+
+
+def _attend(q, k, v, pos_key, pos_query, scale: float) -> torch.Tensor:
+    layout = PackedLayout.current()
+    return attention_impl(q, k, v, layout.cu_seqlens, layout.max_seqlen, pos_key, pos_query, layout.rel_index,
+                          scale, layout.query_tiles, layout.far)
+
+
+@torch.library.custom_op("crossenc::packed_disentangled_attention", mutates_args=())
+def packed_disentangled_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                     pos_key: torch.Tensor | None, pos_query: torch.Tensor | None,
+                                     scale: float) -> torch.Tensor:
+    return _attend(q, k, v, pos_key, pos_query, scale)
+
+
+@packed_disentangled_attention_op.register_fake
+def _(q, k, v, pos_key, pos_query, scale):
+    return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
+
+
+def packed_attention(q, k, v, pos_key, pos_query, scale: float) -> torch.Tensor:
+    """Disentangled attention ([T, H, D] in and out) over the active layout's sequences. Under
+    torch.compile the custom op `crossenc::packed_disentangled_attention` (one graph node, which
+    reads the layout as it runs); run eagerly, the implementation itself (no op dispatch)."""
+    if torch.compiler.is_compiling():
+        return packed_disentangled_attention_op(q, k, v, pos_key, pos_query, scale)
+    return _attend(q, k, v, pos_key, pos_query, scale)

@@ -23,7 +23,6 @@ from transformers.activations import ACT2FN
 from crossenc import compat
 from crossenc.kernels.disentangled_attention import (
     attention_scale,
-    disentangled_attention,
     kernel_supports,
     query_tiles,
     relative_position_index,
@@ -31,7 +30,7 @@ from crossenc.kernels.disentangled_attention import (
 )
 from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
 from crossenc.model_executor.layers.cpu_memory import release_freed_memory
-from crossenc.model_executor.layers.packed_layout import PackedLayout
+from crossenc.model_executor.layers.packed_layout import PackedLayout, packed_attention
 from crossenc.model_executor.models.adapters import EncoderForSequenceClassification, EncoderForTokenClassification
 from crossenc.model_executor.models.interfaces import SupportsEmbedding
 from crossenc.model_executor.models.utils import CheckpointMapper, StackedParam, load_checkpoint
@@ -219,12 +218,12 @@ class DebertaV2SelfAttention(nn.Module):
         pos_q = pos_q.view(shape) if self.arch.p2c else None
         return pos_k, pos_q
 
-    def forward(self, x, layout: PackedLayout, rel_embeddings, rel_index) -> torch.Tensor:
+    def forward(self, x, rel_embeddings) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).view(x.shape[0], 3, self.num_heads, self.head_size).unbind(1)
         pos_key, pos_query = self.position_tables(rel_embeddings)
-        # Strided views of the stacked projection: the op takes any token and head stride.
-        out = disentangled_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, pos_key, pos_query,
-                                     rel_index, self.scale, layout.query_tiles, layout.far)
+        # Strided views of the stacked projection: the op takes any token and head stride. The
+        # sequences and position rows are the active PackedLayout's.
+        out = packed_attention(q, k, v, pos_key, pos_query, self.scale)
         return out.reshape(x.shape[0], self.q_size)
 
 
@@ -257,8 +256,8 @@ class DebertaV2Attention(nn.Module):
         self.self = self_attention_cls(arch, layers, prefix=f"{prefix}.self")
         self.output = DebertaV2SelfOutput(arch, layers, prefix=f"{prefix}.output", norm_cls=norm_cls)
 
-    def forward(self, x, layout, rel_embeddings, rel_index):
-        return self.output(self.self(x, layout, rel_embeddings, rel_index), x)
+    def forward(self, x, rel_embeddings):
+        return self.output(self.self(x, rel_embeddings), x)
 
 
 class DebertaV2Intermediate(nn.Module):
@@ -281,8 +280,8 @@ class DebertaV2Layer(nn.Module):
         self.intermediate = DebertaV2Intermediate(arch, layers, prefix=f"{prefix}.intermediate")
         self.output = DebertaV2Output(arch, layers, prefix=f"{prefix}.output", norm_cls=norm_cls)
 
-    def forward(self, x, layout, rel_embeddings, rel_index):
-        x = self.attention(x, layout, rel_embeddings, rel_index)
+    def forward(self, x, rel_embeddings):
+        x = self.attention(x, rel_embeddings)
         return self.output(self.intermediate(x), x)
 
 
@@ -300,14 +299,14 @@ class DebertaV2ConvLayer(nn.Module):
         self.LayerNorm = nn.LayerNorm(h, eps=arch.layer_norm_eps)
         self.act = ACT2FN[arch.conv_act]
 
-    def forward(self, x, residual, layout: PackedLayout):
+    def forward(self, x, residual, seq_ids):
         num_tokens, channels = x.shape
         k, groups = self.conv.kernel_size[0], self.conv.groups
         offsets = torch.arange(k, device=x.device) - (k - 1) // 2
         neighbour = torch.arange(num_tokens, device=x.device)[:, None] + offsets  # [T, k]
         inside = (neighbour >= 0) & (neighbour < num_tokens)
         neighbour = neighbour.clamp(0, num_tokens - 1)
-        inside &= layout.seq_ids[neighbour] == layout.seq_ids[:, None]
+        inside &= seq_ids[neighbour] == seq_ids[:, None]
         windows = x[neighbour] * inside[..., None]  # [T, k, C]
         windows = windows.view(num_tokens, k, groups, channels // groups)
         weight = self.conv.weight.view(groups, channels // groups, channels // groups, k)
@@ -315,10 +314,14 @@ class DebertaV2ConvLayer(nn.Module):
         return self.LayerNorm(residual + self.act(out + self.conv.bias))
 
 
+@compat.maybe_support_torch_compile(x=0, seq_ids=0)
 class DebertaV2Encoder(nn.Module):
-    def __init__(self, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "", *,
+    """The layers, on tensors only (what vLLM's torch.compile takes, CROSSENC_TORCH_COMPILE=1):
+    the model lays the batch out (`lay_out`) and makes the layout active around the call."""
+
+    def __init__(self, *, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "",
                  self_attention_cls: type[nn.Module] = DebertaV2SelfAttention,
-                 norm_cls: type[nn.Module] = nn.LayerNorm):
+                 norm_cls: type[nn.Module] = nn.LayerNorm, vllm_config: Any = None):
         super().__init__()
         self.arch = arch
         self.layer = nn.ModuleList(
@@ -343,23 +346,28 @@ class DebertaV2Encoder(nn.Module):
             self._rel_index_cache[key] = rel_index.to(device), saturation_distance(rel_index)
         return self._rel_index_cache[key]
 
-    def forward(self, x, layout: PackedLayout) -> torch.Tensor:
-        arch = self.arch
-        rel_embeddings = rel_index = None
+    def lay_out(self, layout: PackedLayout, x: torch.Tensor) -> PackedLayout:
+        """What every layer's attention reads besides the sequences, made once per forward: the
+        position rows, and the CUDA kernel's query tiles."""
+        if self.rel_embeddings is not None:
+            layout.rel_index, layout.far = self._relative_position_index(layout.max_seqlen, x.device)
+        else:
+            layout.rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
+        if x.is_cuda and kernel_supports(self.arch.head_size, x.dtype):
+            layout.query_tiles = query_tiles(layout.cu_seqlens)
+        return layout
+
+    def forward(self, x, seq_ids) -> torch.Tensor:
+        rel_embeddings = None
         if self.rel_embeddings is not None:
             rel_embeddings = self.rel_embeddings.weight
             if self.LayerNorm is not None:
                 rel_embeddings = self.LayerNorm(rel_embeddings)
-            rel_index, layout.far = self._relative_position_index(layout.max_seqlen, x.device)
-        else:
-            rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
-        if x.is_cuda and kernel_supports(arch.head_size, x.dtype):  # the kernel's, once for every layer
-            layout.query_tiles = query_tiles(layout.cu_seqlens)
         embedding_output = x
         for i, layer in enumerate(self.layer):
-            x = layer(x, layout, rel_embeddings, rel_index)
+            x = layer(x, rel_embeddings)
             if i == 0 and self.conv is not None:
-                x = self.conv(embedding_output, x, layout)
+                x = self.conv(embedding_output, x, seq_ids)
         return x
 
 
@@ -375,7 +383,6 @@ class DebertaV2ContextPooler(nn.Module):
         return self.act(self.dense(x))
 
 
-@compat.maybe_support_torch_compile(input_ids=0, positions=0, inputs_embeds=0, token_type_ids=0)
 class DebertaV2Model(SupportsEmbedding, nn.Module):
     """The DeBERTa-v2 encoder; served on its own as an embedding model.
 
@@ -417,8 +424,9 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
         self.saw_pair_positions = False
         self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings",
                                               norm_cls=self.norm_cls)
-        self.encoder = DebertaV2Encoder(self.arch, layers, prefix=f"{prefix}.encoder",
-                                        self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls)
+        self.encoder = DebertaV2Encoder(arch=self.arch, layers=layers, prefix=f"{prefix}.encoder",
+                                        self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls,
+                                        vllm_config=vllm_config)
         if with_pooler and self.in_vllm:
             self.pooler = compat.embedding_pooler(vllm_config)
 
@@ -442,7 +450,8 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
         padding = compat.current_padding_mask() if self.in_vllm else None
         layout = PackedLayout.from_positions(positions, padding, **bounds)
         x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
-        x = self.encoder(x, layout)
+        with self.encoder.lay_out(layout, x).active():
+            x = self.encoder(x, layout.seq_ids)
         if self.in_vllm and not x.is_cuda:  # a server's memory stays bounded (cpu_memory)
             release_freed_memory()
         return x
