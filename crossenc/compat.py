@@ -451,12 +451,28 @@ def parallel_linear_layers() -> dict[str, Any]:
 TORCH_COMPILE_ENV = "CROSSENC_TORCH_COMPILE"
 
 
+def torch_compile_enabled() -> bool:
+    return os.environ.get(TORCH_COMPILE_ENV) == "1" and vllm_installed()
+
+
 def maybe_support_torch_compile(**dynamic_arg_dims: int) -> Callable[[type], type]:
     """vLLM's `support_torch_compile` decorator when CROSSENC_TORCH_COMPILE=1, else the identity."""
-    if os.environ.get(TORCH_COMPILE_ENV) != "1" or not vllm_installed():
+    if not torch_compile_enabled():
         return lambda cls: cls
     decorator = _internal("vllm.compilation.decorators", "support_torch_compile")
     return decorator(dynamic_arg_dims=dynamic_arg_dims)
+
+
+def split_compiled_graph_at(vllm_config: Any, op: str) -> None:
+    """Make `op` (e.g. "crossenc::packed_disentangled_attention") one of vLLM's splitting ops:
+    its compiled graph runs the op eagerly between the pieces it captures in CUDA graphs, as it
+    runs its own attention (an op that reads its batch's layout as it runs cannot be replayed
+    from a graph). Call before the first forward, which compiles."""
+    config = vllm_config.compilation_config
+    if config.splitting_ops is None:
+        config.splitting_ops = []
+    if op not in config.splitting_ops:
+        config.splitting_ops.append(op)
 
 
 def head_dtype(vllm_config: Any) -> Any:

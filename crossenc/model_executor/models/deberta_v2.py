@@ -331,6 +331,8 @@ class DebertaV2Encoder(nn.Module):
         self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
         self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
         self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
+        if vllm_config is not None and compat.torch_compile_enabled():
+            compat.split_compiled_graph_at(vllm_config, "crossenc::packed_disentangled_attention")
         self._rel_index_cache: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
 
     def _relative_position_index(self, max_seqlen: int, device: torch.device) -> tuple[torch.Tensor, int]:
