@@ -14,6 +14,7 @@ pytest.importorskip("vllm")
 
 from crossenc.cli import main as cli  # noqa: E402
 from crossenc.entrypoints.pooling import score_template  # noqa: E402
+from crossenc.entrypoints.pooling.pair_encoder import PairEncoder  # noqa: E402
 from tests.utils import DOCUMENTS, QUERY, save_deberta, score_render_params, scoring_processor  # noqa: E402
 
 TEXTS = [QUERY, "", " ", "Größe, naïve café — 日本語のテキスト 🙂", "a " * 600, *DOCUMENTS]
@@ -29,7 +30,7 @@ def processors(tmp_path_factory, causal_lm_dir):
     save_deberta(deberta, "seq_cls", "v3", num_labels=1)
     save_deberta(types, "seq_cls", "token-types", num_labels=1)
     assert cli(["convert", causal_lm_dir("qwen3"), "-o", str(preset), "--preset", "qwen3-reranker"]) == 0
-    return {
+    made = {
         "deberta": scoring_processor(deberta),
         "deberta token types": scoring_processor(types),
         "qwen3-reranker preset": scoring_processor(preset),
@@ -37,6 +38,10 @@ def processors(tmp_path_factory, causal_lm_dir):
         "causal lm, no preset": scoring_processor(causal_lm_dir("qwen2"), hf_overrides={
             "architectures": ["Qwen2ForSequenceClassification"], "num_labels": 1, "crossenc_preset": "none"}),
     }
+    for processor in made.values():  # the Rust backend's copy that `PairEncoder` tokenizes with
+        if getattr(processor, "_pair_encoder", None) is not None:
+            assert processor._pair_encoder.ready(timeout=60)
+    return made
 
 
 def _outcome(processor, render_params, batched: bool):
@@ -68,20 +73,34 @@ def _described(processor, engine_input, batched: bool):
 
 @contextlib.contextmanager
 def _tokenizer_calls(processor):
-    """The `text` argument of every call to the processor's tokenizer while the block runs."""
+    """The `text` argument of every call to the processor's tokenizer while the block runs, and
+    of every `PairEncoder` call (the tokenizer's Rust backend, `encode_batch_fast`)."""
     calls = []
     original = processor.tokenizer.__class__
+    encode = PairEncoder.__call__
 
     class Recording(original):
         def __call__(self, text=None, *args, **kwargs):
             calls.append(text)
             return original.__call__(self, text, *args, **kwargs)
 
+    def recording_encode(self, texts, *args, **kwargs):
+        calls.append(texts)
+        return encode(self, texts, *args, **kwargs)
+
     processor.tokenizer.__class__ = Recording
+    PairEncoder.__call__ = recording_encode
     try:
         yield calls
     finally:
         processor.tokenizer.__class__ = original
+        PairEncoder.__call__ = encode
+
+
+def _transformers_has_tokenizers_backend() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers.tokenization_utils_tokenizers") is not None
 
 
 @pytest.mark.parametrize("kind", ["deberta", "deberta token types", "qwen3-reranker preset", "causal lm, no preset"])
@@ -96,6 +115,9 @@ def test_batched_tokenization_gives_the_per_pair_engine_inputs(processors, kind,
     expected = [_outcome(processor, r, batched=False) for r in per_pair]
     assert got == expected
     assert processor.reads_token_types == (kind == "deberta token types")
+    if kind != "qwen3-reranker preset" and _transformers_has_tokenizers_backend():
+        # The pairs went through the tokenizer's Rust backend in one `encode_batch_fast` call.
+        assert isinstance(processor._pair_encoder, PairEncoder)
     if kind == "deberta token types":
         assert all("compressed_token_type_ids" in o[2] for o in got if isinstance(o[0], list))
     # Every pair that can be served was tokenized with the others.
@@ -232,3 +254,20 @@ def test_an_online_request_of_vllm_0_26_is_tokenized_in_one_call_with_the_per_pa
     if kind != "qwen3-reranker preset":
         assert len(calls) <= 2 and sum(len(c) for c in calls if isinstance(c, list)) == len(documents)
 
+
+
+def test_pair_encoder_takes_only_tokenizers_that_transformers_encodes(processors):
+    """A tokenizer class that changes how it encodes keeps its own call."""
+    tokenizer = processors["deberta"].tokenizer
+    if not _transformers_has_tokenizers_backend():
+        assert PairEncoder.of(tokenizer) is None
+        return
+    assert PairEncoder.of(tokenizer) is not None
+
+    class Lowercasing(type(tokenizer)):
+        def __call__(self, text=None, *args, **kwargs):
+            return super().__call__([t.lower() for t in text], *args, **kwargs)
+
+    custom = copy.copy(tokenizer)
+    custom.__class__ = Lowercasing
+    assert PairEncoder.of(custom) is None

@@ -44,6 +44,7 @@ from vllm import TokensPrompt
 
 from crossenc import compat, presets
 from crossenc.entrypoints.pooling import text_window
+from crossenc.entrypoints.pooling.pair_encoder import PairEncoder
 from crossenc.model_executor.layers import pair_packing
 from crossenc.model_executor.models import registry
 
@@ -131,6 +132,8 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         # CausalLM have none); sent anyway, each pair costs a deep copy of its pooling parameters
         # and the engine expands them per token, for nothing.
         self.reads_token_types = (getattr(self.model_config.hf_config, "type_vocab_size", 0) or 0) > 0
+        if self.batches_pairs and getattr(self, "tokenizer", None) is not None:
+            self._pair_encoder = PairEncoder.of(self.tokenizer)  # its copy of the tokenizer loads meanwhile
         # vLLM renders each pair of an online request in its own hop to the renderer thread
         # (`render_async`); crossenc renders a request's pairs in one.
         self._render_pair_async = getattr(self, "render_async", None)
@@ -371,6 +374,11 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         return out
 
     def _encode(self, texts, text_pairs, encode_kwargs):
+        if not hasattr(self, "_pair_encoder"):  # one Rust call without offsets, where it makes the same ids
+            self._pair_encoder = PairEncoder.of(self.tokenizer)
+        if self._pair_encoder is not None and self._pair_encoder.ready():
+            encoded = self._pair_encoder(texts, text_pairs, encode_kwargs)
+            return [(ids, types if self.reads_token_types else None) for ids, types in encoded]
         encoded = self.tokenizer(text=texts, text_pair=text_pairs, **encode_kwargs)
         types = encoded.get("token_type_ids") if self.reads_token_types else None
         return [(list(ids), None if types is None else list(types[i]))
