@@ -144,6 +144,48 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
                 assert got[i] > got[j]
 
 
+_COMPILED_RUN = """
+import json, sys
+import vllm
+
+if __name__ == "__main__":
+    path, dtype, query, docs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    llm = vllm.LLM(path, runner="pooling", dtype=dtype, max_model_len=512, seed=0, gpu_memory_utilization=0.3)
+    # All the pairs, then batches of other sizes (other CUDA-graph sizes, or none).
+    got = [o.outputs.score for o in llm.score(query, docs)]
+    parts = [[o.outputs.score for o in llm.score(query, docs[i:i + n])] for i, n in ((0, 3), (3, 17), (20, 1))]
+    compiled = llm.apply_model(lambda m: getattr(m.deberta.encoder, "compiled", None))[0]
+    mode = str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode)
+    print("RESULT " + json.dumps({"got": got, "parts": parts, "compiled": compiled, "cudagraph_mode": mode}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_compiled_score_on_gpu_equals_transformers(checkpoint, expected, dtype):
+    """CROSSENC_TORCH_COMPILE=1 with vLLM's defaults otherwise: the encoder compiled (CUDA graphs
+    around the attention op) scores as transformers, whatever the batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    query, docs, want, _, hf_error = expected
+    env = {**os.environ, "CROSSENC_TORCH_COMPILE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    out = subprocess.run([sys.executable, "-c", _COMPILED_RUN, str(checkpoint), dtype, query, json.dumps(docs)],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["compiled"] is True
+    got = torch.tensor(result["got"])
+    diff = (got - want).abs().max().item()
+    bound = _bound(dtype, hf_error)
+    print(f"\ncompiled {dtype} ({result['cudagraph_mode']}): max |Δscore| {diff:.3g} (bound {bound:.3g})")
+    assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
+    parts = torch.tensor([s for part in result["parts"] for s in part])
+    assert (parts - got[:len(parts)]).abs().max().item() <= bound
+
+
 def _vllm_weight_handlers(model):
     from vllm.model_executor.parameter import BasevLLMParameter
 
