@@ -271,3 +271,42 @@ def test_attention_outside_a_forward_is_refused():
     q = torch.randn(4, 2, 8)
     with pytest.raises(RuntimeError, match="no PackedLayout is active"):
         packed_attention(q, q, q, None, None, 1.0)
+
+
+def test_vllms_graph_split_runs_the_attention_between_the_pieces():
+    """Where vLLM captures CUDA graphs it splits the compiled graph at its splitting ops; with
+    CROSSENC_TORCH_COMPILE=1 crossenc's attention op is one (`compat.split_compiled_graph_at`):
+    each layer's attention is a piece of its own, run as it is, and the split graph scores as the
+    eager model."""
+    pytest.importorskip("vllm")
+    from vllm.compilation.backends import split_graph
+
+    op = "crossenc::packed_disentangled_attention"
+    torch.manual_seed(3)
+    hf = spread(HFModel(deberta_config("v3")))
+    ours = loaded_from(DebertaV2Model, hf)
+    splits = []
+
+    def backend(gm, example_inputs):
+        split, items = split_graph(gm, [op])
+        splits.append(items)
+        return split.forward
+
+    encoder = ours.encoder
+    eager = encoder.forward
+    seqs = random_sequences(hf.config.vocab_size, seed=3)
+    ids, mask = pad_batch(seqs)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        encoder.forward = torch.compile(eager, backend=backend, fullgraph=True, dynamic=True)
+        try:
+            got = ours(*pack_batch(seqs))
+        finally:
+            encoder.forward = eager
+    [items] = splits
+    attention = [item for item in items if item.is_splitting_graph]
+    assert len(attention) == ours.arch.num_layers
+    for item in attention:
+        targets = [str(n.target) for n in item.graph.graph.nodes if n.op == "call_function"]
+        assert targets == ["crossenc.packed_disentangled_attention.default"]
+    assert (got - expected).abs().max() <= ATOL
