@@ -455,12 +455,17 @@ def torch_compile_enabled() -> bool:
     return os.environ.get(TORCH_COMPILE_ENV) == "1" and vllm_installed()
 
 
-def maybe_support_torch_compile(**dynamic_arg_dims: int) -> Callable[[type], type]:
-    """vLLM's `support_torch_compile` decorator when CROSSENC_TORCH_COMPILE=1, else the identity."""
-    if not torch_compile_enabled():
-        return lambda cls: cls
-    decorator = _internal("vllm.compilation.decorators", "support_torch_compile")
-    return decorator(dynamic_arg_dims=dynamic_arg_dims)
+def torch_compiled(cls: type, **dynamic_arg_dims: int) -> type:
+    """A subclass of `cls` marked for vLLM's torch.compile (`support_torch_compile`, with the
+    `dynamic_arg_dims` of its forward's tensors), made once; build it with `vllm_config=`. `cls`
+    itself stays as it is: built outside vLLM, or with CROSSENC_TORCH_COMPILE unset, it runs eagerly."""
+    compiled = cls.__dict__.get("_crossenc_compiled")
+    if compiled is None:
+        decorator = _internal("vllm.compilation.decorators", "support_torch_compile")
+        subclass = type(cls.__name__, (cls,), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+        compiled = decorator(dynamic_arg_dims=dynamic_arg_dims)(subclass)
+        cls._crossenc_compiled = compiled
+    return compiled
 
 
 def split_compiled_graph_at(vllm_config: Any, op: str) -> None:

@@ -1,9 +1,9 @@
 """CROSSENC_TORCH_COMPILE=1: the encoder compiled by vLLM (its default compilation mode; on the CPU
 build, Inductor traced once with a dynamic token count) scores as transformers does.
 
-The variable is read when crossenc's model module is imported, so each engine runs in a fresh
-interpreter; the engine runs in that process (VLLM_ENABLE_V1_MULTIPROCESSING=0) and reports
-whether vLLM compiled the encoder. (The convolution branch of DeBERTa-v2, whose sequence
+The variable is read when the engine builds the model; each engine runs in a fresh interpreter
+with it set, in that process (VLLM_ENABLE_V1_MULTIPROCESSING=0), and reports whether vLLM
+compiled the encoder. (The convolution branch of DeBERTa-v2, whose sequence
 boundaries are a tensor input of the graph, is compiled in tests/models/test_deberta_v2.py.)
 """
 

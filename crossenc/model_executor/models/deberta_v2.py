@@ -314,14 +314,13 @@ class DebertaV2ConvLayer(nn.Module):
         return self.LayerNorm(residual + self.act(out + self.conv.bias))
 
 
-@compat.maybe_support_torch_compile(x=0, seq_ids=0)
 class DebertaV2Encoder(nn.Module):
     """The layers, on tensors only (what vLLM's torch.compile takes, CROSSENC_TORCH_COMPILE=1):
     the model lays the batch out (`lay_out`) and makes the layout active around the call."""
 
     def __init__(self, *, arch: DebertaV2Arch, layers: ParallelLayers, prefix: str = "",
                  self_attention_cls: type[nn.Module] = DebertaV2SelfAttention,
-                 norm_cls: type[nn.Module] = nn.LayerNorm, vllm_config: Any = None):
+                 norm_cls: type[nn.Module] = nn.LayerNorm):
         super().__init__()
         self.arch = arch
         self.layer = nn.ModuleList(
@@ -331,8 +330,6 @@ class DebertaV2Encoder(nn.Module):
         self.rel_embeddings = nn.Embedding(2 * arch.att_span, arch.hidden_size) if arch.relative_attention else None
         self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps) if arch.norm_rel_ebd else None
         self.conv = DebertaV2ConvLayer(arch) if arch.conv_kernel_size else None
-        if vllm_config is not None and compat.torch_compile_enabled():
-            compat.split_compiled_graph_at(vllm_config, "crossenc::packed_disentangled_attention")
         self._rel_index_cache: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
 
     def _relative_position_index(self, max_seqlen: int, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -426,9 +423,15 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
         self.saw_pair_positions = False
         self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings",
                                               norm_cls=self.norm_cls)
-        self.encoder = DebertaV2Encoder(arch=self.arch, layers=layers, prefix=f"{prefix}.encoder",
-                                        self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls,
-                                        vllm_config=vllm_config)
+        encoder_cls, compile_args = DebertaV2Encoder, {}
+        if self.in_vllm and compat.torch_compile_enabled():  # CROSSENC_TORCH_COMPILE=1
+            encoder_cls = compat.torch_compiled(DebertaV2Encoder, x=0, seq_ids=0)
+            compile_args = dict(vllm_config=vllm_config)
+            # Where vLLM captures CUDA graphs, they hold the pieces between the attention ops.
+            compat.split_compiled_graph_at(vllm_config, "crossenc::packed_disentangled_attention")
+        self.encoder = encoder_cls(arch=self.arch, layers=layers, prefix=f"{prefix}.encoder",
+                                   self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls,
+                                   **compile_args)
         if with_pooler and self.in_vllm:
             self.pooler = compat.embedding_pooler(vllm_config)
 
