@@ -25,6 +25,9 @@
 #   forward             benchmarks/gpu_forward.py: the model forward alone against its peers, v3-base,
 #                       rerank-short and long-2k
 #   forward-tree        ... crossenc's (and HF's) with the crossenc package of CROSSENC_TREE (an A/B)
+#   forward-compile     ... crossenc eager against its encoder compiled (torch.compile, Inductor)
+#   front-end           benchmarks/front_end_tokenize.py: the front end's PairEncoder against the
+#                       tokenizer's call, 256 pairs, on this host's cores
 #   profile-forward     benchmarks/profile_forward.py: the model forward alone, the same kind of batch
 #   client-ceiling      benchmarks/client_ceiling.py: the load generator against a server that answers at once
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
@@ -76,6 +79,9 @@ run_step() {
       --out "$out/forward.json" ;;
     forward-tree) PYTHONPATH=$CROSSENC_TREE:$PYTHONPATH timeout 200 python3 benchmarks/gpu_forward.py --shapes v3-base \
       --workloads rerank-short long-2k --systems hf-eager crossenc --out "$out/forward-$(basename "$CROSSENC_TREE").json" ;;
+    forward-compile) timeout 300 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \
+      --systems crossenc crossenc+compile --out "$out/forward-compile.json" ;;
+    front-end) timeout 120 python3 benchmarks/front_end_tokenize.py --pairs 256 --out "$out/front_end.jsonl" ;;
     profile-forward) timeout 100 python3 benchmarks/profile_forward.py --system crossenc --shape v3-base \
       --workload rerank-short --rows 30 ;;
     client-ceiling) timeout 100 python3 benchmarks/client_ceiling.py --seconds 4 --out $out/client_ceiling.jsonl ;;
@@ -104,6 +110,6 @@ case $3 in
       if [ -n "${STALL_DUMP_S:-}" ]; then (sleep "$STALL_DUMP_S"; pkill -ABRT -f EngineCore) & dump=$!; STALL_DUMP_S=; fi
       run_step "$s" > "$out/$s.log" 2>&1; echo "== $s (rc $?) $(date +%T)"
       [ -n "$dump" ] && kill "$dump" 2>/dev/null
-      grep -E "pairs/s|docs:|Traceback|Error" "$out/$s.log" | tail -12
+      grep -E "pairs/s|tok/s|256 pairs|docs:|Traceback|Error" "$out/$s.log" | tail -12
     done ;;
 esac
