@@ -206,11 +206,15 @@ def _cuda_kernel(q: torch.Tensor):
     return triton_kernel.triton_disentangled_attention
 
 
-def attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
-    """The attention itself, without the custom op: the CUDA kernel where it runs, else the reference."""
+def attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None,
+                   out=None):
+    """The attention itself, without the custom op: the CUDA kernel where it runs, else the
+    reference; written into `out` if given."""
     if q.is_cuda and (kernel := _cuda_kernel(q)) is not None:
-        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles, far=far)
-    return disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
+        return kernel(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=tiles, far=far,
+                      out=out)
+    result = disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
+    return result if out is None else out.copy_(result)
 
 
 @torch.library.custom_op("crossenc::disentangled_attention", mutates_args=())

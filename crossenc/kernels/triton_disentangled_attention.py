@@ -262,6 +262,7 @@ def triton_disentangled_attention(
     config: tuple[int, int, int, int] | None = None,
     tiles: torch.Tensor | None = None,
     far: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
 
@@ -271,7 +272,8 @@ def triton_disentangled_attention(
     ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
-    the window.
+    the window. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    and head stride), else a new tensor.
     """
     if q.ndim != 3:
         raise ValueError(f"q must have shape [T, H, D], got {tuple(q.shape)}")
@@ -300,7 +302,11 @@ def triton_disentangled_attention(
     rel_index = rel_index.to(torch.int32)  # 2*max_seqlen-1 entries: int32 halves the kernel's index loads
     cu_seqlens = cu_seqlens.contiguous()
 
-    out = torch.empty((total, heads, dim), dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty((total, heads, dim), dtype=q.dtype, device=q.device)
+    elif out.shape != (total, heads, dim) or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be [T, H, D] = {(total, heads, dim)} of q's dtype and device with "
+                         f"unit stride in D, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0:
         return out

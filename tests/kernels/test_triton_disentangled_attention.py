@@ -158,6 +158,21 @@ def test_bad_input_errors():
         triton_disentangled_attention(*args, tiles=torch.zeros(5, dtype=torch.int32, device="cuda"))
     with pytest.raises(ValueError, match="far must be within"):
         triton_disentangled_attention(*args, far=0)
+    with pytest.raises(ValueError, match="out must be"):
+        triton_disentangled_attention(*args, out=torch.empty(10, 2, 64, device="cuda", dtype=torch.float32))
+
+
+def test_output_written_where_the_caller_asks():
+    """Into a strided view the caller allocated (vLLM's compiled graphs hand the attention a
+    buffer of the graph before it): the same numbers, nothing outside the view touched."""
+    from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+
+    args = _packed_inputs([70, 600, 3], 2, 64, torch.float16, 256, 512, True, True, 0)
+    expected = triton_disentangled_attention(*args)
+    buffer = torch.full((676, 3, 64), float("nan"), device="cuda", dtype=torch.float16)
+    out = triton_disentangled_attention(*args, out=buffer[:, 1:])
+    assert out.data_ptr() == buffer[:, 1:].data_ptr()
+    assert torch.equal(buffer[:, 1:], expected) and buffer[:, 0].isnan().all()
 
 
 def test_tiles_made_once_per_forward_give_the_same_output():

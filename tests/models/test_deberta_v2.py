@@ -276,8 +276,8 @@ def test_attention_outside_a_forward_is_refused():
 def test_vllms_graph_split_runs_the_attention_between_the_pieces():
     """Where vLLM captures CUDA graphs it splits the compiled graph at its splitting ops; with
     CROSSENC_TORCH_COMPILE=1 crossenc's attention op is one (`compat.split_compiled_graph_at`):
-    each layer's attention is a piece of its own, run as it is, and the split graph scores as the
-    eager model."""
+    each layer's attention is a piece of its own, run as it is, writing into an output the piece
+    before it allocated, and the split graph scores as the eager model."""
     pytest.importorskip("vllm")
     from vllm.compilation.backends import split_graph
 
@@ -309,4 +309,8 @@ def test_vllms_graph_split_runs_the_attention_between_the_pieces():
     for item in attention:
         targets = [str(n.target) for n in item.graph.graph.nodes if n.op == "call_function"]
         assert targets == ["crossenc.packed_disentangled_attention.default"]
+        # Its output is allocated by the piece before it (a CUDA graph's own buffer there).
+        before = items[items.index(item) - 1]
+        assert not before.is_splitting_graph
+        assert any(n.target == "new_empty" for n in before.graph.graph.nodes if n.op == "call_method")
     assert (got - expected).abs().max() <= ATOL

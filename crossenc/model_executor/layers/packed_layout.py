@@ -89,28 +89,33 @@ class PackedLayout:
 _current: list[PackedLayout | None] = [None]
 
 
-def _attend(q, k, v, pos_key, pos_query, scale: float) -> torch.Tensor:
+def _attend(q, k, v, pos_key, pos_query, scale: float, out=None) -> torch.Tensor:
     layout = PackedLayout.current()
     return attention_impl(q, k, v, layout.cu_seqlens, layout.max_seqlen, pos_key, pos_query, layout.rel_index,
-                          scale, layout.query_tiles, layout.far)
+                          scale, layout.query_tiles, layout.far, out=out)
 
 
-@torch.library.custom_op("crossenc::packed_disentangled_attention", mutates_args=())
+@torch.library.custom_op("crossenc::packed_disentangled_attention", mutates_args=("output",))
 def packed_disentangled_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                      pos_key: torch.Tensor | None, pos_query: torch.Tensor | None,
-                                     scale: float) -> torch.Tensor:
-    return _attend(q, k, v, pos_key, pos_query, scale)
+                                     output: torch.Tensor, scale: float) -> None:
+    _attend(q, k, v, pos_key, pos_query, scale, out=output)
 
 
 @packed_disentangled_attention_op.register_fake
-def _(q, k, v, pos_key, pos_query, scale):
-    return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
+def _(q, k, v, pos_key, pos_query, output, scale):
+    return None
 
 
 def packed_attention(q, k, v, pos_key, pos_query, scale: float) -> torch.Tensor:
     """Disentangled attention ([T, H, D] in and out) over the active layout's sequences. Under
     torch.compile the custom op `crossenc::packed_disentangled_attention` (one graph node, which
-    reads the layout as it runs); run eagerly, the implementation itself (no op dispatch)."""
+    reads the layout as it runs) writes into an output allocated before it, in the graph: where
+    vLLM captures CUDA graphs around the op, that buffer belongs to the graph before it and keeps
+    its address from one replay to the next (as vLLM's own attention's output does). Run
+    eagerly, the implementation itself (no op dispatch)."""
     if torch.compiler.is_compiling():
-        return packed_disentangled_attention_op(q, k, v, pos_key, pos_query, scale)
+        output = q.new_empty(q.shape)
+        packed_disentangled_attention_op(q, k, v, pos_key, pos_query, output, scale)
+        return output
     return _attend(q, k, v, pos_key, pos_query, scale)
