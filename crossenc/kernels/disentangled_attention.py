@@ -8,10 +8,10 @@ DeBERTa's attention score between query token i and key token j of one sequence 
 relative distance to a row of the per-layer position tables (`rel_index`). Sequences are
 packed back to back ([T, H, D], `cu_seqlens`), and no token attends across a boundary.
 
-`disentangled_attention` is registered as the torch custom op `crossenc::disentangled_attention`
-so a compiled graph holds it as one node (run eagerly, it skips the op's dispatch). On CUDA it runs the fused Triton kernel
-(`triton_disentangled_attention`); elsewhere the vectorised reference below, which pads a chunk
-of sequences to [B, L] with one gather, scores them at once and unpads.
+`attention_impl` runs it: on CUDA the fused Triton kernel (`triton_disentangled_attention`);
+elsewhere the vectorised reference below, which pads a chunk of sequences to [B, L] with one
+gather, scores them at once and unpads. A model calls it through `packed_attention`
+(model_executor/layers/packed_layout.py), the custom op a compiled graph holds as one node.
 """
 
 from __future__ import annotations
@@ -215,41 +215,6 @@ def attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_inde
                       out=out)
     result = disentangled_attention_ref(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale)
     return result if out is None else out.copy_(result)
-
-
-@torch.library.custom_op("crossenc::disentangled_attention", mutates_args=())
-def disentangled_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    pos_key: torch.Tensor | None,
-    pos_query: torch.Tensor | None,
-    rel_index: torch.Tensor,
-    scale: float,
-    tiles: torch.Tensor | None = None,
-    far: int | None = None,
-) -> torch.Tensor:
-    return attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
-
-
-@disentangled_attention_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None, far=None):
-    return q.new_empty(q.shape)  # the kernels return contiguous outputs whatever q's strides
-
-
-def disentangled_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles=None,
-                           far=None):
-    """[T, H, D] in and out. Under torch.compile the custom op (one graph node); run eagerly, the
-    implementation itself: a custom op's dispatch costs 55-170 us per call in Python (measured on
-    a CPU), which a forward of 12 layers pays 12 times. `tiles`: `query_tiles(cu_seqlens)` if the
-    caller has it (the CUDA kernel's; else made here); `far`: `saturation_distance(rel_index)`
-    (the CUDA kernel's)."""
-    if torch.compiler.is_compiling():
-        return disentangled_attention_op(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
-                                         tiles, far)
-    return attention_impl(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, far)
 
 
 def attention_scale(head_size: int, scale_factor: int) -> float:

@@ -205,28 +205,30 @@ def test_sequences_scored_in_chunks_equal_transformers(monkeypatch, variant, chu
 
 
 def test_compiled_attention_is_one_custom_op_node_and_equals_eager():
-    """Under torch.compile the attention is the custom op `crossenc::disentangled_attention`, one
-    graph node; run eagerly, its implementation is called directly (no op dispatch)."""
-    from crossenc.kernels.disentangled_attention import attention_scale, disentangled_attention
+    """Under torch.compile the attention is the custom op `crossenc::packed_disentangled_attention`,
+    one graph node; run eagerly, its implementation is called directly (no op dispatch)."""
+    from crossenc.kernels.disentangled_attention import attention_scale
+    from crossenc.model_executor.layers.packed_layout import PackedLayout, packed_attention
 
     torch.manual_seed(0)
     lengths, heads, dim, span = [5, 17, 9], 2, 32, 8
     total = sum(lengths)
     q, k, v = (torch.randn(total, heads, dim) for _ in range(3))
     pos_key, pos_query = torch.randn(2 * span, heads, dim), torch.randn(2 * span, heads, dim)
-    cu_seqlens = torch.tensor([0, 5, 22, 31], dtype=torch.int32)
-    rel_index = relative_position_index(max(lengths), span, 4 * span, span)
-    args = (q, k, v, cu_seqlens, max(lengths), pos_key, pos_query, rel_index, attention_scale(dim, 3))
+    layout = PackedLayout.from_positions(torch.cat([torch.arange(n) for n in lengths]))
+    layout.rel_index = relative_position_index(max(lengths), span, 4 * span, span)
+    args = (q, k, v, pos_key, pos_query, attention_scale(dim, 3))
     graphs = []
 
     def backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
 
-    eager = disentangled_attention(*args)
-    compiled = torch.compile(disentangled_attention, backend=backend, fullgraph=True)(*args)
+    with layout.active():
+        eager = packed_attention(*args)
+        compiled = torch.compile(packed_attention, backend=backend, fullgraph=True)(*args)
     targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
-    assert targets == ["crossenc.disentangled_attention.default"]
+    assert targets == ["crossenc.packed_disentangled_attention.default"]
     assert torch.equal(compiled, eager)
 
 
