@@ -293,6 +293,8 @@ def torch_profile(name: str, fn, torch, sync) -> str:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    from trace_summary import busy_time
+
     fn()
     sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -303,16 +305,7 @@ def torch_profile(name: str, fn, torch, sync) -> str:
         wall = time.perf_counter() - start
     events = prof.events()
     kernels = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
-    busy, gaps, end = 0.0, [], None
-    for s, e in kernels:
-        if end is None or s > end:
-            if end is not None:
-                gaps.append((s - end, end))
-            busy += e - s
-            end = e
-        elif e > end:
-            busy += e - end
-            end = e
+    busy, gaps = busy_time(kernels)
     t0 = min((e.time_range.start for e in events), default=0.0)
     scopes: dict[str, list[float]] = {}
     for e in events:
