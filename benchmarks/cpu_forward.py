@@ -23,16 +23,8 @@ import torch
 from transformers import DebertaV2Config
 from transformers import DebertaV2ForSequenceClassification as HFSeqCls
 
+from gpu_forward import deberta_config
 from score import SHAPES
-
-
-def deberta_config(shape: str) -> DebertaV2Config:
-    """DeBERTa-v3's configuration at `shape` (log buckets, shared keys, no absolute positions)."""
-    return DebertaV2Config(
-        vocab_size=128100, max_position_embeddings=512, relative_attention=True, position_buckets=256,
-        max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
-        position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7, hidden_act="gelu", num_labels=1,
-        **SHAPES[shape])
 
 
 def matmul_flops(config: DebertaV2Config, lengths: list[int]) -> float:

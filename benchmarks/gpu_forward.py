@@ -35,13 +35,17 @@ SYSTEMS = ("hf-eager", "flashdeberta", "disentangled-flash", "bert-sdpa", "cross
 
 
 def deberta_config(shape: str):
+    """DeBERTa-v3's configuration (log buckets, shared keys, no absolute positions) at `shape`, one
+    of benchmarks/score.py's shapes (SHAPES above, and the smaller ones the CPU runs)."""
     from transformers import DebertaV2Config
+
+    from score import SHAPES as ALL_SHAPES
 
     return DebertaV2Config(
         vocab_size=VOCAB, max_position_embeddings=512, relative_attention=True, position_buckets=256,
         max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
         pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
-        hidden_act="gelu", num_labels=1, **SHAPES[shape],
+        hidden_act="gelu", num_labels=1, **ALL_SHAPES[shape],
     )
 
 
