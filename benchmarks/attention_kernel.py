@@ -1,9 +1,11 @@
 """Attention op alone on one GPU: the Triton kernel's tile configurations.
 
 For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log buckets) times
-`triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages), and the same kernel with
-no position terms ("no-position": a plain varlen FlashAttention, the floor for the fused kernel).
-Each variant is first checked against the fp32 torch reference on the same inputs.
+`triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages): "far" as the model calls it
+(key tiles past the buckets' saturation without the window), "window" with every tile pair
+through the window, and the same kernel with no position terms ("no-position": a plain varlen
+FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
+torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper.
 
     python benchmarks/attention_kernel.py --out kernel.json
 """
@@ -20,17 +22,21 @@ from crossenc.kernels.disentangled_attention import (
     attention_scale,
     disentangled_attention_ref,
     relative_position_index,
+    saturation_distance,
 )
 from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
 WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
 # (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
 VARIANTS = {
-    64: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)]]
+    64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "window")]
     + [("no-position", c) for c in [(128, 64, 8, 2)]],
-    32: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
-    128: [("gather", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
+    32: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
+    128: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
 }
+# More tile shapes, warps and pipeline depths (`--sweep`), for the position-term kernel.
+SWEEP = [(32, 32, 1, 2), (32, 32, 2, 3), (32, 32, 2, 4), (16, 32, 1, 2), (32, 16, 2, 2), (32, 64, 2, 2),
+         (32, 64, 4, 2), (64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (128, 32, 8, 2)]
 
 
 def inputs(workload: str, heads: int, dim: int, dtype: torch.dtype, seed: int = 0):
@@ -52,6 +58,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dims", nargs="+", type=int, default=[64])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--sweep", action="store_true", help="also the SWEEP tile configurations (far mode)")
     args = parser.parse_args()
     rows = []
     for dim in args.dims:
@@ -61,11 +68,14 @@ def main() -> None:
             ref = disentangled_attention_ref(*op_args).float()
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
-            for mode, config in VARIANTS[dim]:
+            far = saturation_distance(op_args[7])
+            variants = VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])
+            for mode, config in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
+                options = dict(config=config, far=far if mode == "far" else None)
 
                 def fn():
-                    return triton_disentangled_attention(*call_args, config=config)
+                    return triton_disentangled_attention(*call_args, **options)
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
                 try:
@@ -87,7 +97,7 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("gather", "no-position"):
+            for mode in ("far", "window", "no-position"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:

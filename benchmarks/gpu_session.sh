@@ -26,6 +26,10 @@
 #                       rerank-short and long-2k
 #   forward-tree        ... crossenc's (and HF's) with the crossenc package of CROSSENC_TREE (an A/B)
 #   forward-compile     ... crossenc eager against its encoder compiled (torch.compile, Inductor)
+#   kernel              benchmarks/attention_kernel.py: the attention op alone per tile configuration,
+#                       far tiles on and off, and the --sweep configurations (Hopper tuning)
+#   crossenc-v2         crossenc-default on vLLM's V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1), one
+#                       engine request per pair; crossenc-v2-packed ... with CROSSENC_PACK_PAIRS_V2=1
 #   front-end           benchmarks/front_end_tokenize.py: the front end's PairEncoder against the
 #                       tokenizer's call, 256 pairs, on this host's cores
 #   profile-forward     benchmarks/profile_forward.py: the model forward alone, the same kind of batch
@@ -81,6 +85,10 @@ run_step() {
       --workloads rerank-short long-2k --systems hf-eager crossenc --out "$out/forward-$(basename "$CROSSENC_TREE").json" ;;
     forward-compile) timeout 300 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \
       --systems crossenc crossenc+compile --out "$out/forward-compile.json" ;;
+    kernel) timeout 500 python3 benchmarks/attention_kernel.py --sweep --out "$out/kernel.json" ;;
+    crossenc-v2) VLLM_USE_V2_MODEL_RUNNER=1 timeout 240 $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
+    crossenc-v2-packed) VLLM_USE_V2_MODEL_RUNNER=1 CROSSENC_PACK_PAIRS_V2=1 timeout 240 $S --system crossenc \
+      --pairs ${PAIRS:-100,256,2048} ;;
     front-end) timeout 120 python3 benchmarks/front_end_tokenize.py --pairs 256 --out "$out/front_end.jsonl" ;;
     profile-forward) timeout 100 python3 benchmarks/profile_forward.py --system crossenc --shape v3-base \
       --workload rerank-short --rows 30 ;;

@@ -208,7 +208,9 @@ def main() -> None:
     env.update(load_avg_start=list(os.getloadavg()),
                env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "VLLM_CPU_NUM_OF_RESERVED_CPU",
                                                 "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING",
-                                                "CROSSENC_PACK_MAX_PAIRS", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+                                                "CROSSENC_PACK_MAX_PAIRS", "VLLM_ALLOW_LONG_MAX_MODEL_LEN",
+                                                # the model runner (crossenc sets "0" where vLLM has V1)
+                                                "VLLM_USE_V2_MODEL_RUNNER", "CROSSENC_PACK_PAIRS_V2")
                     if k in os.environ})
     if args.system != "cross-encoder":  # the engine's tokenizer alone, in this (the front end's) process
         engine_tokenizer = llm.get_tokenizer()
