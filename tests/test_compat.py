@@ -31,7 +31,8 @@ def test_parse_version(version, parsed):
 
 @pytest.mark.parametrize("version,status", [
     ("0.26.0", "tested"), ("0.26.0+cpu", "tested"), ("0.29.1", "tested"), ("0.32.3+cpu", "tested"),
-    ("0.33.0", "tested"), ("0.33.1.dev4+gabc", "tested"), ("0.25.1", "older"), ("0.34.0rc1", "newer"),
+    ("0.33.0", "tested"), ("0.33.1.dev4+gabc", "tested"), ("0.34.2", "tested"), ("0.25.1", "older"),
+    ("0.35.0rc1", "newer"),
     ("1.0.0", "newer"), ("main", "unknown"),
 ])
 def test_version_status(version, status):
@@ -73,7 +74,13 @@ def test_installed_vllm_is_tested_and_has_every_internal():
     version, problems, warning = compat.compatibility()
     import vllm
 
-    for module, name in compat.LAZY_INTERNALS:  # present on every tested release
+    release = compat.parse_version(version)
+    for module, name in compat.LAZY_INTERNALS:  # present on every tested release that has the runner
+        if module == compat.V1_MODEL_RUNNER_MODULE and release >= (0, 34, 0):
+            assert not compat.has_v1_model_runner()  # vLLM 0.34 and later: V2 only
+            continue
+        if module == compat.V2_ENCODER_ONLY_STATE and release < (0, 32, 0):
+            continue  # vLLM's encoder-only model state came later; the default one is the base
         assert compat._lazy_internal(module, name) is not None
 
     assert compat.parse_version(version) == compat.parse_version(vllm.__version__)
@@ -123,7 +130,7 @@ print(json.dumps(results))
 """
 
 _MISSING = 'compat.REQUIRED_INTERNALS += (("vllm.forward_context", "moved_by_a_later_release"),)'
-_NEWER = ["0.34.0rc1", "1.2.0", "main"]
+_NEWER = ["0.35.0rc1", "1.2.0", "main"]
 _UNUSABLE = [
     (_MISSING, "lacks 1 internal(s) crossenc needs: vllm.forward_context.moved_by_a_later_release"),
     ("compat.installed_vllm_version = lambda: '0.25.2'", "vLLM 0.25.2 is older than crossenc supports"),
@@ -219,7 +226,8 @@ def test_serve_entry_point_runs_vllms_cli():
 @needs_vllm
 def test_vllm_weights_get_plain_torch_function_dispatch(monkeypatch):
     """compat.plain_parameter_dispatch: vLLM's weight classes stay what they were for isinstance,
-    weight loading and pickling, with torch functions dispatched as for a plain nn.Parameter."""
+    weight loading and pickling, with torch functions dispatched as for a plain nn.Parameter
+    (vLLM 0.34 and later dispatch them so themselves: nothing to change)."""
     import pickle
 
     import torch
@@ -231,9 +239,11 @@ def test_vllm_weights_get_plain_torch_function_dispatch(monkeypatch):
     layer.weight = parameter.ModelWeightParameter(data=torch.zeros(4, 8), input_dim=1, output_dim=0,
                                                   weight_loader=_copy_weight)
     layer.norm = torch.nn.LayerNorm(4)  # a plain parameter: left alone
-    assert compat.plain_parameter_dispatch(layer) == 1
+    own_handler = "__torch_function__" in parameter.BasevLLMParameter.__dict__
+    assert compat.plain_parameter_dispatch(layer) == int(own_handler)
     weight = layer.weight
-    assert isinstance(weight, parameter.ModelWeightParameter) and type(weight) is not parameter.ModelWeightParameter
+    assert isinstance(weight, parameter.ModelWeightParameter)
+    assert (type(weight) is not parameter.ModelWeightParameter) == own_handler
     assert type(weight).__torch_function__ is torch._C._disabled_torch_function_impl
     assert type(layer.norm.weight) is torch.nn.Parameter
     new = torch.randn(4, 8)

@@ -26,6 +26,13 @@ the user's to choose (`--dtype bfloat16`), as is any dtype they pass.
 crossenc's cross-encoders score several pairs per engine request, up to 16,384 tokens within the
 engine's step (`pair_packing`); the engine's own process takes them, `max_model_len` stays the
 model's everywhere a user sees it.
+
+vLLM has two model runners from 0.26 through 0.33; 0.32 and 0.33 run every model on the newer
+one (V2) on a GPU by default, 0.26 runs pooling models on V1. crossenc's encoders are served and
+measured on V1 (each packed pair's positions and the token types come from it), so they run on
+V1 wherever vLLM has it and the user has not chosen (`VLLM_USE_V2_MODEL_RUNNER`). From 0.34 on
+vLLM has V2 only: the front end then sends one engine request per pair
+(`pair_packing.engine_splits_pairs`).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES, crossen
 
 # Tokens per engine step for crossenc's encoders on a GPU.
 ENCODER_MAX_NUM_BATCHED_TOKENS = 65536
-# The CPU reserve crossenc set in this process, if any (`apply_encoder_defaults`).
-_own_reserve: str | None = None
+# Environment variables crossenc set in this process for an engine, and their values
+# (`apply_encoder_defaults`): not the user's, so not kept for the next engine.
+_own_env: dict[str, str] = {}
 
 
 def encoder_max_num_batched_tokens(
@@ -75,6 +83,18 @@ def cpu_reserved_cores(architecture: str | None, runner_type: str, device_type: 
     if environ.get(compat.CPU_THREADS_BIND_ENV, "auto") != "auto":
         return None
     return "0"
+
+
+def model_runner_env(architecture: str | None, runner_type: str, has_v1_runner: bool,
+                     environ: Mapping[str, str]) -> str | None:
+    """The `VLLM_USE_V2_MODEL_RUNNER` crossenc sets for an engine, or None to keep vLLM's choice:
+    "0" (the V1 model runner) for crossenc's encoders where vLLM has it (0.26 through 0.33) and
+    the user did not choose a runner."""
+    from crossenc import compat
+
+    if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or not has_v1_runner:
+        return None
+    return None if compat.V2_MODEL_RUNNER_ENV in environ else "0"
 
 
 # CPU flags (Linux /proc/cpuinfo: x86 "flags", Arm "Features") of native half-precision arithmetic.
@@ -151,16 +171,23 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
             compat.logger.info(
                 "crossenc: %s runs in %s on the CPU (dtype %r); pass --dtype to choose", architecture,
                 str(chosen_dtype).removeprefix("torch."), engine_args.dtype)
-    global _own_reserve
-    # A reserve crossenc set for an earlier engine of this process is not the user's.
-    if _own_reserve is not None and os.environ.get(compat.CPU_RESERVED_CORES_ENV) == _own_reserve:
-        del os.environ[compat.CPU_RESERVED_CORES_ENV]
-    _own_reserve = None
+    # What crossenc set for an earlier engine of this process is not the user's.
+    for name, value in _own_env.items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    _own_env.clear()
+    # Both are read by vLLM where it builds the engine's configuration and starts its worker,
+    # in this process or in one started after it.
+    runner = model_runner_env(architecture, model_config.runner_type, compat.has_v1_model_runner(), os.environ)
+    if runner is not None:
+        os.environ[compat.V2_MODEL_RUNNER_ENV] = _own_env[compat.V2_MODEL_RUNNER_ENV] = runner
+        compat.logger.info(
+            "crossenc: %s runs on vLLM's V1 model runner (%s=%s), the one crossenc is tested and measured "
+            "on; set %s to choose", architecture, compat.V2_MODEL_RUNNER_ENV, runner, compat.V2_MODEL_RUNNER_ENV)
     world_size = engine_args.tensor_parallel_size * engine_args.pipeline_parallel_size
     reserved = cpu_reserved_cores(architecture, model_config.runner_type, device, world_size, os.environ)
     if reserved is not None:
-        # Read where vLLM starts the worker, in a process started after this one's config.
-        os.environ[compat.CPU_RESERVED_CORES_ENV] = _own_reserve = reserved
+        os.environ[compat.CPU_RESERVED_CORES_ENV] = _own_env[compat.CPU_RESERVED_CORES_ENV] = reserved
         compat.logger.info(
             "crossenc: the model's threads get every core (%s=%s; vLLM's default leaves one core per "
             "worker to its own processes); set %s to choose", compat.CPU_RESERVED_CORES_ENV, reserved,

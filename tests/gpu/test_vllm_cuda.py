@@ -155,32 +155,60 @@ if __name__ == "__main__":
     got = [o.outputs.score for o in llm.score(query, docs)]
     parts = [[o.outputs.score for o in llm.score(query, docs[i:i + n])] for i, n in ((0, 3), (3, 17), (20, 1))]
     compiled = llm.apply_model(lambda m: getattr(m.deberta.encoder, "compiled", None))[0]
-    mode = str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode)
-    print("RESULT " + json.dumps({"got": got, "parts": parts, "compiled": compiled, "cudagraph_mode": mode}))
+    config = llm.llm_engine.vllm_config
+    print("RESULT " + json.dumps({
+        "got": got, "parts": parts, "compiled": compiled, "cudagraph_mode": str(config.compilation_config.cudagraph_mode),
+        "v2": bool(getattr(config, "use_v2_model_runner", True)),
+        "packs": llm.pooling_io_processors["cross-encoder"].packs_pairs}))
 """
+
+
+def _run_engine(checkpoint, dtype, query, docs, **env) -> dict:
+    """`_COMPILED_RUN` in a fresh interpreter with `env` added (an in-process engine)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env}
+    out = subprocess.run([sys.executable, "-c", _COMPILED_RUN, str(checkpoint), dtype, query, json.dumps(docs)],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_compiled_score_on_gpu_equals_transformers(checkpoint, expected, dtype):
     """CROSSENC_TORCH_COMPILE=1 with vLLM's defaults otherwise: the encoder compiled (CUDA graphs
     around the attention op) scores as transformers, whatever the batch."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     query, docs, want, _, hf_error = expected
-    env = {**os.environ, "CROSSENC_TORCH_COMPILE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    out = subprocess.run([sys.executable, "-c", _COMPILED_RUN, str(checkpoint), dtype, query, json.dumps(docs)],
-                         capture_output=True, text=True, timeout=900, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    [line] = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    result = json.loads(line.removeprefix("RESULT "))
+    result = _run_engine(checkpoint, dtype, query, docs, CROSSENC_TORCH_COMPILE="1")
     assert result["compiled"] is True
     got = torch.tensor(result["got"])
     diff = (got - want).abs().max().item()
     bound = _bound(dtype, hf_error)
     print(f"\ncompiled {dtype} ({result['cudagraph_mode']}): max |Δscore| {diff:.3g} (bound {bound:.3g})")
+    assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
+    parts = torch.tensor([s for part in result["parts"] for s in part])
+    assert (parts - got[:len(parts)]).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["request-per-pair", "packed"])
+def test_score_on_vllms_v2_model_runner_equals_transformers(checkpoint, expected, packed):
+    """vLLM's V2 model runner (vLLM 0.34's only one; chosen here with VLLM_USE_V2_MODEL_RUNNER=1),
+    which asks the model for its state (`pair_packing.model_state_cls`): scores as transformers,
+    one engine request per pair (crossenc's default on V2) and with packed requests
+    (CROSSENC_PACK_PAIRS_V2=1, each pair's positions from crossenc's model state), in float16."""
+    query, docs, want, _, hf_error = expected
+    result = _run_engine(checkpoint, "float16", query, docs, VLLM_USE_V2_MODEL_RUNNER="1",
+                         CROSSENC_PACK_PAIRS_V2="1" if packed else "0")
+    assert result["v2"] is True and result["packs"] is packed
+    got = torch.tensor(result["got"])
+    diff = (got - want).abs().max().item()
+    bound = _bound("float16", hf_error)
+    print(f"\nV2 model runner, {'packed' if packed else 'one request per pair'}: max |Δscore| {diff:.3g} "
+          f"(bound {bound:.3g})")
     assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
     parts = torch.tensor([s for part in result["parts"] for s in part])
     assert (parts - got[:len(parts)]).abs().max().item() <= bound

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from crossenc import compat
 from crossenc.model_executor.layers import pair_packing
 from tests.conftest import VllmRunner, release
 from tests.utils import DOCUMENTS, QUERY, save_deberta
@@ -182,23 +183,21 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
     assert np.ptp(packed) > 3 * ATOL
 
 
-def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path):
+def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path, monkeypatch):
     """What the server does with a request's rendered pairs, on the processor vLLM builds."""
-    from types import SimpleNamespace
-
     pytest.importorskip("vllm")
     from vllm.outputs import PoolingOutput, PoolingRequestOutput
 
-    from tests.utils import score_render_params, scoring_processor
+    from tests.utils import scoring_processor
 
+    if not compat.has_v1_model_runner():
+        pytest.skip(f"vLLM {compat.installed_vllm_version()} has no V1 model runner: no packed requests "
+                    "(test_the_front_end_packs_pairs_only_for_an_engine_that_splits_them)")
+    monkeypatch.setenv(compat.V2_MODEL_RUNNER_ENV, "0")  # as crossenc's engine defaults set it
     processor = scoring_processor(save_deberta(tmp_path / "m", "seq_cls", "v3", num_labels=1),
                                   max_model_len=MAX_MODEL_LEN)
-    render_params = [score_render_params(processor, QUERY, d) for d in PAIRS_DOCS]
-    for rp in render_params:
-        rp["params"] = render_params[0]["params"]  # one request's
-    processor._pretokenize(render_params)  # as for a request's pairs (`_RequestRendering`)
-    inputs = [processor.render(rp) for rp in render_params]
-    ctx = SimpleNamespace(engine_inputs=inputs, pooling_params=render_params[0]["params"], final_res_batch=[])
+    assert pair_packing.engine_splits_pairs(processor.vllm_config)
+    inputs, ctx = _rendered_request(processor)
     processor.pack_engine_inputs(ctx)
     packed = ctx.engine_inputs
     assert len(packed) < len(inputs) / 2
@@ -208,7 +207,7 @@ def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path
         n = len(engine_input["prompts"]["prompt_token_ids"])
         assert n <= MAX_MODEL_LEN
         assert pair_packing.pair_lens(engine_input["params"]) == lens and (lens is None or sum(lens) == n)
-    assert render_params[0]["params"].extra_kwargs is None  # the request's parameters are not touched
+    assert ctx.pooling_params.extra_kwargs is None  # the request's parameters are not touched
     # Each packed output (its pairs' outputs stacked) becomes one output per pair, in order.
     ctx.final_res_batch = [
         PoolingRequestOutput(request_id=str(k), outputs=PoolingOutput(data=torch.rand(len(lens or [0]), 1).squeeze(0)
@@ -220,3 +219,116 @@ def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path
     processor.post_process_online(ctx)
     assert [list(o.prompt_token_ids) for o in ctx.final_res_batch] == ids
     assert all(torch.equal(o.outputs.data, r) and o.outputs.data.shape == (1,) for o, r in zip(ctx.final_res_batch, rows))
+
+
+def _rendered_request(processor):
+    """A /score or /rerank request's pairs as vLLM's pooling server hands them to the processor:
+    (the engine inputs, the server's context)."""
+    from types import SimpleNamespace
+
+    from tests.utils import score_render_params
+
+    render_params = [score_render_params(processor, QUERY, d) for d in PAIRS_DOCS]
+    for rp in render_params:
+        rp["params"] = render_params[0]["params"]  # one request's
+    processor._pretokenize(render_params)  # as for a request's pairs (`_RequestRendering`)
+    inputs = [processor.render(rp) for rp in render_params]
+    return inputs, SimpleNamespace(engine_inputs=list(inputs), pooling_params=render_params[0]["params"],
+                                   final_res_batch=[])
+
+
+def test_the_front_end_packs_pairs_only_for_an_engine_that_splits_them(tmp_path, monkeypatch):
+    """vLLM's V2 model runner (chosen with VLLM_USE_V2_MODEL_RUNNER=1 on a platform with Triton,
+    the only one from vLLM 0.34 on): crossenc's model state there has not yet run in an engine, so
+    the front end sends one engine request per pair, exactly the inputs it rendered, unless
+    CROSSENC_PACK_PAIRS_V2=1 on a GPU (where that state applies)."""
+    pytest.importorskip("vllm")
+    import vllm.config.vllm as vllm_config_module
+
+    from tests.utils import scoring_processor
+
+    monkeypatch.setattr(vllm_config_module, "HAS_TRITON", True, raising=False)  # as on a GPU
+    monkeypatch.setenv(compat.V2_MODEL_RUNNER_ENV, "1")
+    processor = scoring_processor(save_deberta(tmp_path / "m", "seq_cls", "v3", num_labels=1),
+                                  max_model_len=MAX_MODEL_LEN)
+    assert getattr(processor.vllm_config, "use_v2_model_runner", True)
+    assert not pair_packing.engine_splits_pairs(processor.vllm_config) and not processor.packs_pairs
+    inputs, ctx = _rendered_request(processor)
+    processor.pack_engine_inputs(ctx)
+    assert ctx.engine_inputs == inputs
+    assert all(pair_packing.pair_lens(i["params"]) is None for i in inputs)
+    monkeypatch.setenv(pair_packing.V2_PACK_ENV, "1")
+    assert not pair_packing.engine_splits_pairs(processor.vllm_config)  # the CPU: no model state of crossenc's
+    monkeypatch.setattr(compat, "device_type", lambda: "cuda")
+    assert pair_packing.engine_splits_pairs(processor.vllm_config)
+    monkeypatch.setenv(pair_packing.V2_PACK_ENV, "0")
+    assert not pair_packing.engine_splits_pairs(processor.vllm_config)
+
+
+def test_vllms_v2_model_runner_gets_pair_positions_and_token_types_from_crossencs_model_state(tmp_path,
+                                                                                             monkeypatch):
+    """vLLM's V2 model runner on a GPU asks the model for its state (`get_model_state_cls`):
+    crossenc's, built on vLLM's own classes (the encoder-only one, which passes token types, from
+    0.32 on), adds each packed pair's positions to the model's inputs as the V1 hook does, and
+    keeps vLLM's token types. Here on vLLM's real classes with the state's device on the CPU (no
+    engine: vLLM's V2 runner needs a GPU); the model sees `step_inputs`, which the engine tests
+    check against one request per pair."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    from tests.utils import score_render_params, scoring_processor
+
+    cls = compat.encoder_model_state_cls(pair_packing.pair_lens, pair_packing.step_inputs, "cuda")
+    if cls is None:
+        pytest.skip(f"vLLM {compat.installed_vllm_version()} has no V2 model runner")
+    assert compat.encoder_model_state_cls(pair_packing.pair_lens, pair_packing.step_inputs, "cpu") is None
+    assert not hasattr(_model_on_this_machine(), "get_model_state_cls")  # vLLM chooses here
+
+    path = save_deberta(tmp_path / "types", "seq_cls", "token-types", num_labels=1)
+    vllm_config = EngineArgs(model=str(path), runner="pooling", max_model_len=MAX_MODEL_LEN).create_engine_config()
+    state = cls(vllm_config, torch.nn.Module(), None, torch.device("cpu"))
+    processor = scoring_processor(path, max_model_len=MAX_MODEL_LEN)
+    alone = processor.render(score_render_params(processor, QUERY, DOCUMENTS[0]))  # token types, one pair
+    ids = alone["prompts"]["prompt_token_ids"]
+    packed_params = alone["params"].clone()
+    packed_params.extra_kwargs = {pair_packing.PAIRS_KEY: [3, 5, 2]}
+
+    def new_request(req_id, n, params):
+        return SimpleNamespace(req_id=req_id, prompt_token_ids=list(range(n)), prefill_token_ids=list(range(n)),
+                               pooling_params=params, mm_features=[], sampling_params=None, lora_request=None)
+
+    state.add_request(0, new_request("alone", len(ids), alone["params"]))
+    state.add_request(1, new_request("packed", 10, packed_params))
+    counts = np.array([len(ids), 10], dtype=np.int32)
+    batch = SimpleNamespace(req_ids=["alone", "packed"], num_reqs=2, num_scheduled_tokens=counts,
+                            num_tokens=int(counts.sum()), num_tokens_after_padding=int(counts.sum()) + 4,
+                            num_computed_tokens_np=np.zeros(2, dtype=np.int32),
+                            idx_mapping_np=np.array([0, 1], dtype=np.int32))
+    inputs = state.prepare_inputs(batch, None)
+    expected = pair_packing.step_inputs([len(ids), 10], {1: [3, 5, 2]}, "cpu")
+    assert inputs["pair_positions"].tolist() == expected["pair_positions"].tolist() == (
+        list(range(len(ids))) + [0, 1, 2, 0, 1, 2, 3, 4, 0, 1])
+    assert inputs["num_pair_seqs"] == expected["num_pair_seqs"] == 4
+    if any(c.__name__ == "EncoderOnlyModelState" for c in cls.__mro__):  # vLLM 0.32 and later
+        types = inputs["token_type_ids"][:len(ids)].tolist()
+        assert types == _transformers_token_types(path, QUERY, DOCUMENTS[0]) and 1 in types
+    state.remove_request("packed")
+    assert "pair_positions" not in state.prepare_inputs(
+        SimpleNamespace(**{**vars(batch), "req_ids": ["alone"], "num_reqs": 1}), None)
+    monkeypatch.setattr(compat, "device_type", lambda: "cuda")  # what a model on a GPU gives vLLM
+    assert _model_on_this_machine().get_model_state_cls() is cls
+
+
+def _model_on_this_machine():
+    from crossenc.model_executor.models.deberta_v2 import DebertaV2ForSequenceClassification
+    from tests.utils import deberta_config
+
+    return DebertaV2ForSequenceClassification(config=deberta_config("v3", num_labels=1))
+
+
+def _transformers_token_types(path, query, document):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))(query, document)["token_type_ids"]

@@ -85,10 +85,11 @@ pytest.importorskip("vllm")
 
 @pytest.fixture(autouse=True)
 def _own_environment(monkeypatch):
-    """The CPU reserve crossenc sets while a test builds engine configs ends with the test."""
+    """The environment crossenc sets while a test builds engine configs ends with the test."""
     monkeypatch.delenv(compat.CPU_RESERVED_CORES_ENV, raising=False)
     monkeypatch.delenv(compat.CPU_THREADS_BIND_ENV, raising=False)
-    monkeypatch.setattr(scheduler, "_own_reserve", None)
+    monkeypatch.delenv(compat.V2_MODEL_RUNNER_ENV, raising=False)
+    monkeypatch.setattr(scheduler, "_own_env", {})
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,35 @@ def test_vllm_engine_config_on_the_cpu_gives_crossencs_encoders_every_core(check
     monkeypatch.setenv(compat.CPU_THREADS_BIND_ENV, "0")
     _scheduler(checkpoints["deberta"])
     assert key not in os.environ
+
+
+def test_crossencs_encoders_run_on_vllms_v1_model_runner_where_vllm_has_it(checkpoints, monkeypatch):
+    """Where vLLM's platform has Triton (a GPU), vLLM 0.32 and 0.33 choose their V2 model runner
+    by default; crossenc's encoders get V1 through the environment (read by the processes vLLM
+    starts after the config). vLLM's own models and a user's choice keep vLLM's; a vLLM without
+    V1 (0.34 and later) gets nothing, and its engine takes no packed requests."""
+    import os
+
+    import vllm.config.vllm as vllm_config_module
+
+    from crossenc.model_executor.layers import pair_packing
+
+    key = compat.V2_MODEL_RUNNER_ENV
+    monkeypatch.setattr(vllm_config_module, "HAS_TRITON", True, raising=False)  # as on a GPU
+    _engine_config(checkpoints["bert"])
+    assert key not in os.environ
+    deberta = _engine_config(checkpoints["deberta"])
+    if not compat.has_v1_model_runner():
+        assert key not in os.environ and not pair_packing.engine_splits_pairs(deberta)
+        return
+    assert os.environ[key] == "0"
+    assert not deberta.use_v2_model_runner and pair_packing.engine_splits_pairs(deberta)
+    _engine_config(checkpoints["bert"])  # crossenc's own setting does not outlive its engine
+    assert key not in os.environ
+    monkeypatch.setenv(key, "1")  # the user's choice
+    chosen = _engine_config(checkpoints["deberta"])
+    assert os.environ[key] == "1"
+    assert chosen.use_v2_model_runner and not pair_packing.engine_splits_pairs(chosen)
 
 
 _SAY = r"""

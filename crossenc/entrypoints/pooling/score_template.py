@@ -142,10 +142,12 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         if self.renders_requests:
             self.render_async = self._render_request_async
         # Several pairs per engine request (`pair_packing`): crossenc's encoder cross-encoders,
-        # whose forward takes each pair's positions; not with token types (one split per request).
+        # whose forward takes each pair's positions; not with token types (one split per request),
+        # and only on an engine that splits them.
         spec = registry.crossenc_archs().get(self.model_config.architecture)
         self.packs_pairs = (spec is not None and spec.head == "seq_cls" and self.template is None
-                            and not self.reads_token_types and pair_packing.enabled())
+                            and not self.reads_token_types and pair_packing.enabled()
+                            and pair_packing.engine_splits_pairs(self.vllm_config))
         if self.packs_pairs:  # online: vLLM's pooling servers hand over a request's rendered pairs
             compat.add_scoring_preprocessing_hook()
             # Requests longer than max_model_len where the engine takes them (each pair within it).

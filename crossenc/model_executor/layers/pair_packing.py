@@ -22,6 +22,12 @@ end lets a packed request through when each pair is within `max_model_len`
 (`packed_prompt_fits`). An engine in the front end's own process
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) shares its configuration: requests of `max_model_len` then.
 
+The positions come from crossenc's hook in vLLM's V1 model runner, where crossenc's encoders run
+wherever vLLM has it (`config/scheduler.py`). vLLM's V2 runner (the only one from vLLM 0.34 on)
+asks the model for a model state, and crossenc's passes the positions (`model_state_cls`); until
+that has run in a V2 engine on a GPU, an engine on V2 gets one request per pair unless
+`CROSSENC_PACK_PAIRS_V2=1` (`engine_splits_pairs`).
+
 `CROSSENC_PACK_PAIRS=0` sends one engine request per pair again.
 `CROSSENC_PACK_MAX_PAIRS` (default 4096) bounds the pairs of one request.
 """
@@ -37,6 +43,7 @@ import numpy as np
 PAIRS_KEY = "crossenc_pair_lens"
 PACK_ENV = "CROSSENC_PACK_PAIRS"
 MAX_PAIRS_ENV = "CROSSENC_PACK_MAX_PAIRS"
+V2_PACK_ENV = "CROSSENC_PACK_PAIRS_V2"
 # Pairs per engine request at most, unless MAX_PAIRS_ENV says otherwise.
 MAX_PAIRS_PER_REQUEST = 4096
 # Tokens of a packed engine request at most (and within the engine's step). Measured on an H200
@@ -139,16 +146,33 @@ def request_budget(model_config) -> int:
     return offer[0] if offer else model_config.max_model_len
 
 
+def engine_splits_pairs(vllm_config) -> bool:
+    """An engine of `vllm_config` gives each pair of a packed request its own positions and
+    pools it on its own: vLLM's V1 model runner, through crossenc's hook (`add_pair_positions`).
+    On vLLM's V2 runner (the only one from vLLM 0.34 on, or chosen with VLLM_USE_V2_MODEL_RUNNER=1)
+    crossenc's model state passes the positions on a GPU (`model_state_cls`), not yet run in a
+    V2 engine: one engine request per pair there unless `CROSSENC_PACK_PAIRS_V2=1`."""
+    from crossenc import compat
+
+    if compat.uses_v1_model_runner(vllm_config):
+        return True
+    return os.environ.get(V2_PACK_ENV) == "1" and compat.device_type() == "cuda"
+
+
 def take_long_requests(vllm_config) -> None:
     """Engine hook (`compat.add_engine_config_hook`), before the engine builds its workers and
     scheduler: an engine in a process of its own takes the offered request length as its
     `max_model_len`; one in the front end's process shares the front end's configuration and
-    declines (its requests stay within `max_model_len`)."""
+    declines (its requests stay within `max_model_len`), as does one that takes no packed
+    requests (`engine_splits_pairs`)."""
     from crossenc import compat
 
     model_config = vllm_config.model_config
     offer = getattr(model_config, _OFFER_ATTR, None)
     if not offer:
+        return
+    if not engine_splits_pairs(vllm_config):
+        setattr(model_config, _OFFER_ATTR, None)
         return
     tokens, pid = offer
     if pid == os.getpid():
@@ -196,19 +220,31 @@ def segment_positions(sequences: Sequence[int]) -> np.ndarray:
     return np.arange(int(seg.sum()), dtype=np.int64) - starts
 
 
+def step_inputs(seq_lens: Sequence[int], pairs: dict[int, Sequence[int]], device) -> dict:
+    """The model's inputs for a step with packed requests (`seq_lens` tokens each, `pairs`:
+    request index -> its pair lengths): each token's position within its pair (`pair_positions`)
+    and how many sequences the step holds (`num_pair_seqs`)."""
+    import torch
+
+    sequences = segments(seq_lens, pairs)
+    positions = torch.from_numpy(segment_positions(sequences))
+    return {"pair_positions": positions.to(device, non_blocking=True), "num_pair_seqs": len(sequences)}
+
+
 def add_pair_positions(model_runner, model_kwargs: dict) -> None:
-    """vLLM model-runner hook (`compat.add_model_kwargs_hook`): for a step with packed
-    requests, each token's position within its pair (`pair_positions`) and how many sequences
-    the step holds (`num_pair_seqs`), for the model."""
+    """vLLM's V1 model-runner hook (`compat.add_model_kwargs_hook`): `step_inputs` for a step
+    with packed requests."""
     from crossenc import compat
 
     params = compat.step_requests_params(model_runner)
     pairs = {i: lens for i, p in enumerate(params) if (lens := pair_lens(p))}
-    if not pairs:
-        return
-    import torch
+    if pairs:
+        model_kwargs.update(step_inputs(compat.step_seq_lens(model_runner), pairs, model_runner.device))
 
-    sequences = segments(compat.step_seq_lens(model_runner), pairs)
-    positions = torch.from_numpy(segment_positions(sequences))
-    model_kwargs["pair_positions"] = positions.to(model_runner.device, non_blocking=True)
-    model_kwargs["num_pair_seqs"] = len(sequences)
+
+def model_state_cls():
+    """The state vLLM's V2 model runner keeps for crossenc's encoders on a GPU
+    (`compat.encoder_model_state_cls`: the token types and `step_inputs`), or None (vLLM's own)."""
+    from crossenc import compat
+
+    return compat.encoder_model_state_cls(pair_lens, step_inputs, compat.device_type())

@@ -138,9 +138,10 @@ class EncoderForSequenceClassification(SupportsSequenceClassification, _EncoderH
             # weights registered once, under `projector`.
             self.pooler = compat.seq_cls_pooler(vllm_config, lambda x: self.projector(x), self.classifier)
             # Several pairs per engine request (`pair_packing`): the model runner (in this
-            # process, where vLLM built it) passes the pairs' positions; scored pair by pair.
-            if hasattr(self.backbone, "saw_pair_positions") and compat.add_model_kwargs_hook(
-                    pair_packing.add_pair_positions):
+            # process, where vLLM built it) passes the pairs' positions, through crossenc's hook
+            # in V1 or the model state it asks the model for in V2; scored pair by pair.
+            if hasattr(self.backbone, "saw_pair_positions"):
+                compat.add_model_kwargs_hook(pair_packing.add_pair_positions)
                 compat.pooler_over_pairs(self.pooler, pair_packing.pair_lens,
                                          lambda: self.backbone.saw_pair_positions)
 

@@ -21,6 +21,19 @@ class PoolingEncoder:
     pooling_tasks: ClassVar[tuple[str, ...]]
     head_kind: ClassVar[Literal["seq_cls", "token", "embed"]]
 
+    @property
+    def get_model_state_cls(self):
+        """What vLLM's V2 model runner asks a model for (`hasattr(model, "get_model_state_cls")`,
+        then a call): on a GPU, the state that passes crossenc's encoders their token types and
+        each packed pair's positions (`pair_packing.model_state_cls`). Elsewhere the attribute is
+        absent (AttributeError), so vLLM chooses its own, as for a model without one."""
+        from crossenc.model_executor.layers import pair_packing
+
+        cls = pair_packing.model_state_cls()
+        if cls is None:
+            raise AttributeError("get_model_state_cls")
+        return lambda: cls
+
 
 class SupportsSequenceClassification(PoolingEncoder):
     """One vector per sequence through a classifier: vLLM's `score` for one label (the pair
