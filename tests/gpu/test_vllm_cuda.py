@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 vllm = pytest.importorskip("vllm")
 
+from crossenc import compat  # noqa: E402
 from tests.utils import WORDS, save_deberta  # noqa: E402
 
 TOL = {"float16": 5e-3, "bfloat16": 4e-2}
@@ -194,6 +195,10 @@ def test_compiled_score_on_gpu_equals_transformers(checkpoint, expected, dtype):
     assert (parts - got[:len(parts)]).abs().max().item() <= bound
 
 
+@pytest.mark.skipif((compat.parse_version(compat.installed_vllm_version()) or (0, 0, 0)) < (0, 32, 0),
+                    reason="vLLM 0.26's V2 model runner does not start a model without a KV cache (its "
+                           "warmup_kernels divides by the KV blocks per request, 0 for an encoder: "
+                           "ZeroDivisionError, seen on an H200); 0.32 on skip that step for encoders")
 @pytest.mark.parametrize("packed", [False, True], ids=["request-per-pair", "packed"])
 def test_score_on_vllms_v2_model_runner_equals_transformers(checkpoint, expected, packed):
     """vLLM's V2 model runner (vLLM 0.34's only one; chosen here with VLLM_USE_V2_MODEL_RUNNER=1),
