@@ -150,12 +150,13 @@ V2_DEFAULT_STATE = "vllm.v1.worker.gpu.model_states.default"
 # imported them already: the model runner (in the engine's worker; importing it elsewhere can
 # initialise CUDA before vLLM starts its engine processes) and the pooling servers. Missing, the
 # speed-up stays off (several pairs per engine request, and engine requests longer than
-# max_model_len: `pair_packing`).
+# max_model_len: `pair_packing`; `LLM.score`'s requests added while the rest is tokenized).
 LAZY_INTERNALS: tuple[tuple[str, str | None], ...] = (
     (V1_MODEL_RUNNER_MODULE, "GPUModelRunner"),  # vLLM 0.26 through 0.33 (`has_v1_model_runner`)
     ("vllm.entrypoints.pooling.base.serving", "PoolingBaseServing"),
     ("vllm.v1.executor.abstract", "Executor"),
     ("vllm.v1.engine.input_processor", "InputProcessor"),
+    ("vllm.entrypoints.pooling.offline", "PoolingOfflineMixin"),  # `LLM.score`'s loop
     # vLLM's V2 model runner on a GPU: a model's per-step state (`encoder_model_state_cls`);
     # the encoder-only one (token types) from 0.32 on, the default one before.
     (V2_ENCODER_ONLY_STATE, "EncoderOnlyModelState"),
@@ -754,6 +755,28 @@ def add_scoring_preprocessing_hook() -> bool:
 
     with_hook._crossenc_hook = True  # type: ignore[attr-defined]
     serving._preprocessing = with_hook
+    return True
+
+
+def add_offline_loop_hook(loop: Callable[..., list], streamed: type) -> bool:
+    """Run `loop(llm, io_processor, factory, num_requests, use_tqdm)` in place of vLLM's offline
+    pooling loop (`PoolingOfflineMixin._run_tiling_engine`, which `LLM.score` calls) for a request
+    factory of type `streamed`; idempotent. A vLLM without that loop, or without the
+    `_render_and_add_requests` it adds requests with: False."""
+    mixin = _lazy_internal("vllm.entrypoints.pooling.offline", "PoolingOfflineMixin")
+    base = getattr(mixin, "_run_tiling_engine", None)
+    if base is None or not hasattr(mixin, "_render_and_add_requests"):
+        return False
+    if getattr(base, "_crossenc_hook", False):
+        return True
+
+    def with_hook(self, io_processor, request_factory, num_requests, use_tqdm=True):
+        if isinstance(request_factory, streamed) and num_requests:
+            return loop(self, io_processor, request_factory, num_requests, use_tqdm)
+        return base(self, io_processor, request_factory, num_requests, use_tqdm=use_tqdm)
+
+    with_hook._crossenc_hook = True  # type: ignore[attr-defined]
+    mixin._run_tiling_engine = with_hook
     return True
 
 

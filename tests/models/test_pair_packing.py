@@ -110,17 +110,22 @@ def checkpoints(tmp_path_factory):
             for variant in ("v3", "v2-conv", "absolute")}
 
 
-def _scores(llm, queries, documents, packed: bool):
+def _scores(llm, queries, documents, packed: bool, events: list | None = None):
+    """Scores, each pair's token ids and the engine requests of `llm.score`; `events` (if given)
+    gets ("tokenize", pairs) and ("add", None) in the order the call tokenized and added."""
     processor = llm.pooling_io_processors["cross-encoder"]
     processor.packs_pairs = packed
-    sizes, packs = [], processor._packs
-    processor._packs = lambda requests: sizes.append(len(p := packs(requests))) or p
+    events = [] if events is None else events
+    engine, pretokenize = llm.llm_engine, processor._pretokenize
+    add_request = engine.add_request
+    engine.add_request = lambda *a, **k: events.append(("add", None)) or add_request(*a, **k)
+    processor._pretokenize = lambda requests: events.append(("tokenize", len(requests))) or pretokenize(requests)
     try:
         outputs = llm.score(queries, documents)
     finally:
-        processor._packs = packs
+        del engine.add_request, processor._pretokenize  # the class's own again
         processor.packs_pairs = True
-    return [o.outputs.score for o in outputs], [list(o.prompt_token_ids) for o in outputs], sizes
+    return [o.outputs.score for o in outputs], [list(o.prompt_token_ids) for o in outputs], events.count(("add", None))
 
 
 @vllm_needed
@@ -141,7 +146,7 @@ def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints,
         mixed_alone, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=False)
     finally:
         release(llm)
-    assert sizes and sizes[0] < len(PAIRS_DOCS) / 2  # packing happened
+    assert sizes < len(PAIRS_DOCS) / 2  # packing happened
     assert packed_ids == alone_ids
     assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
     assert np.max(np.abs(np.subtract(mixed, mixed_alone))) <= EXACT
@@ -159,7 +164,9 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
     """`LLM` with its engine in a process of its own (vLLM's default): a call's pairs fill
     requests of up to `request_budget` tokens, more than max_model_len; scores and token ids are
     each pair's alone, a pair over max_model_len is refused by its own length, and the front end
-    keeps the model's max_model_len."""
+    keeps the model's max_model_len. A call of several requests' pairs goes to the engine request
+    by request while the rest is tokenized (`offline.run_streamed`), with the same scores, and a
+    pair refused late in such a call aborts the requests already added."""
     pytest.importorskip("vllm")
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     memory = {"gpu_memory_utilization": 0.3 if torch.cuda.is_available() else 0.1}
@@ -171,12 +178,24 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
         alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
         with pytest.raises(Exception, match=f"maximum (context|model) length (is|of) {MAX_MODEL_LEN}"):
             llm.score(QUERY, [PAIRS_DOCS[0], "word " * (2 * MAX_MODEL_LEN), PAIRS_DOCS[1]])
+        # Pairs of up to ~60 tokens, several requests' worth.
+        many = [("document %d " % i) * 12 for i in range(4 * budget // 40)]
+        events: list = []
+        streamed, streamed_ids, requests = _scores(llm, QUERY, many, packed=True, events=events)
+        one_each, one_each_ids, _ = _scores(llm, QUERY, many, packed=False)
+        with pytest.raises(Exception, match=f"maximum (context|model) length (is|of) {MAX_MODEL_LEN}"):
+            llm.score(QUERY, many[:-1] + ["word " * (2 * MAX_MODEL_LEN)])
         again, _, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=True)  # and it keeps serving
     finally:
         release(llm)
+    assert 4 <= requests < len(many) / 10
+    first_add, last_tokenize = events.index(("add", None)), max(i for i, e in enumerate(events) if e[0] == "tokenize")
+    assert first_add < last_tokenize  # the engine had requests while pairs were still being tokenized
+    assert streamed_ids == one_each_ids
+    assert np.max(np.abs(np.subtract(streamed, one_each))) <= EXACT
     assert model_config.max_model_len == MAX_MODEL_LEN
     assert budget > sum(len(ids) for ids in packed_ids) > 4 * MAX_MODEL_LEN
-    assert sizes == [1]  # every pair of the call in one engine request
+    assert sizes == 1  # every pair of the call in one engine request
     assert packed_ids == alone_ids
     assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
     assert packed == again

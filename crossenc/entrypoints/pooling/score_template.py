@@ -12,7 +12,8 @@ vLLM's. Pairs that are
 not plain text, or that ask for a chat template, a saved template, per-query or per-document
 token limits or padding, go through vLLM's per-pair code. For crossenc's DeBERTa cross-encoders
 the rendered pairs then share engine requests (`pair_packing`),
-and each packed request's output is split back into its pairs' outputs.
+and each packed request's output is split back into its pairs' outputs; `LLM.score` makes them a
+chunk of pairs at a time and hands each to the engine as soon as it is made (`offline`).
 
 vLLM formats a cross-encoder pair in `CrossEncoderIOProcessor.get_score_prompt`; its own hooks
 (`SupportsScoreTemplate`, a classmethod of the model class, and `--chat-template`) see neither
@@ -43,7 +44,7 @@ from typing import Any
 from vllm import TokensPrompt
 
 from crossenc import compat, presets
-from crossenc.entrypoints.pooling import text_window
+from crossenc.entrypoints.pooling import offline, text_window
 from crossenc.entrypoints.pooling.pair_encoder import PairEncoder
 from crossenc.model_executor.layers import pair_packing
 from crossenc.model_executor.models import registry
@@ -58,6 +59,10 @@ _REQUEST_KEY = "crossenc_request"
 _PACK_KEY = "crossenc_pack"
 _LENS_KEY = "crossenc_pack_lens"  # its pairs' lengths once rendered
 
+
+# Offline, a call's pairs are tokenized this many at a time, while the engine runs the requests
+# made from the earlier ones (`offline.run_streamed`).
+STREAM_CHUNK_PAIRS = 32
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -152,6 +157,9 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
             compat.add_scoring_preprocessing_hook()
             # Requests longer than max_model_len where the engine takes them (each pair within it).
             pair_packing.accept_long_requests(self.model_config)
+        # `LLM.score`: each packed request to the engine as soon as it is made.
+        self.streams_offline = self.packs_pairs and compat.add_offline_loop_hook(
+            offline.run_streamed, offline.StreamedRequests)
         # vLLM 0.33+: the template a sentence-transformers checkpoint saved, if any.
         self.saved_template = getattr(self, "saved_chat_template", None)
         if self.template is not None and self.saved_template is not None:
@@ -184,10 +192,11 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 
         if self.packs_pairs:
             requests = list(factory())
+            self._offline_packs = []  # `post_process_offline` splits the outputs, which come in this order
+            if self.streams_offline:
+                return offline.StreamedRequests(lambda: self._streamed_packs(requests), _pairs_in), len(requests)
             self._pretokenize(requests)
-            packs = self._packs(requests)
-            # `post_process_offline` splits the outputs, which come in this order.
-            self._offline_packs = packs
+            self._offline_packs = packs = self._packs(requests)
             return (lambda: iter(packs)), len(packs)
 
         def pretokenized():
@@ -202,12 +211,29 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def _packs(self, requests) -> list:
         """The render params of an offline call, consecutive tokenized pairs packed into one
         (`_PACK_KEY`) up to `pair_packing.request_budget` tokens; the others as they are."""
+        return [_packed(requests, g) for g in self._pack_groups(requests)]
+
+    def _pack_groups(self, requests) -> list[list[int]]:
         lengths = [len(rp[_TOKENS_KEY][0]) if _TOKENS_KEY in rp else None for rp in requests]
-        groups = pair_packing.pack_runs(lengths, [_pack_key(rp) for rp in requests],
-                                        pair_packing.request_budget(self.model_config),
-                                        self.model_config.max_model_len)
-        return [requests[g[0]] if len(g) == 1 else {**requests[g[0]], _PACK_KEY: [requests[k] for k in g]}
-                for g in groups]
+        return pair_packing.pack_runs(lengths, [_pack_key(rp) for rp in requests],
+                                      pair_packing.request_budget(self.model_config),
+                                      self.model_config.max_model_len)
+
+    def _streamed_packs(self, requests):
+        """`_packs(requests)` made as the engine loop asks for them (`offline.run_streamed`): the
+        pairs tokenized STREAM_CHUNK_PAIRS at a time, each packed request handed on once no
+        later pair can join it."""
+        pending: list = []
+        for start in range(0, len(requests), STREAM_CHUNK_PAIRS):
+            chunk = requests[start:start + STREAM_CHUNK_PAIRS]
+            self._pretokenize(chunk)
+            pending += chunk
+            groups = self._pack_groups(pending)
+            last = start + STREAM_CHUNK_PAIRS >= len(requests)
+            for group in groups if last else groups[:-1]:  # more pairs can join only the last group
+                self._offline_packs.append(pack := _packed(pending, group))
+                yield pack
+            pending = [pending[k] for k in groups[-1]]
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
@@ -471,6 +497,17 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 def _pack_key(render_params) -> tuple:
     """What the pairs of one engine request must share."""
     return (id(render_params["params"]), render_params.get("lora_requests"), render_params.get("priorities"))
+
+
+def _packed(requests, group: list[int]) -> dict:
+    """The render params of one engine request: a pair's own, or several pairs' (`_PACK_KEY`)."""
+    if len(group) == 1:
+        return requests[group[0]]
+    return {**requests[group[0]], _PACK_KEY: [requests[k] for k in group]}
+
+
+def _pairs_in(render_params) -> int:
+    return len(render_params.get(_PACK_KEY) or (render_params,))
 
 
 def _merged(members) -> dict:
