@@ -762,10 +762,16 @@ def add_offline_loop_hook(loop: Callable[..., list], streamed: type) -> bool:
     """Run `loop(llm, io_processor, factory, num_requests, use_tqdm)` in place of vLLM's offline
     pooling loop (`PoolingOfflineMixin._run_tiling_engine`, which `LLM.score` calls) for a request
     factory of type `streamed`; idempotent. A vLLM without that loop, or without the
-    `_render_and_add_requests` it adds requests with: False."""
+    `_render_and_add_requests(prompts, params, lora_requests, priorities)` it adds requests
+    with: False."""
+    import inspect
+
     mixin = _lazy_internal("vllm.entrypoints.pooling.offline", "PoolingOfflineMixin")
     base = getattr(mixin, "_run_tiling_engine", None)
-    if base is None or not hasattr(mixin, "_render_and_add_requests"):
+    add = getattr(mixin, "_render_and_add_requests", None)
+    if base is None or add is None:
+        return False
+    if not {"prompts", "params", "lora_requests", "priorities"} <= set(inspect.signature(add).parameters):
         return False
     if getattr(base, "_crossenc_hook", False):
         return True

@@ -300,3 +300,41 @@ def test_older_sentence_transformers_names():
         "pooling_mode": "mean", "pooling_mode_mean": True, "embedding_dimension": 8}
     assert compat._as_older_sentence_transformers({"pooling_mode_cls_token": True}) == {"pooling_mode_cls_token": True}
     assert compat._as_older_sentence_transformers(None) is None
+
+
+def test_offline_loop_hook_takes_only_crossencs_calls_and_stands_aside_on_another_loop(monkeypatch):
+    """`add_offline_loop_hook`: vLLM's loop keeps every call but crossenc's streamed ones, and is
+    left alone where `_render_and_add_requests` does not take what crossenc's loop passes."""
+
+    class Streamed:
+        pass
+
+    def make_mixin(add_params: str):
+        namespace: dict = {}
+        exec(f"def _render_and_add_requests(self, {add_params}): pass", namespace)
+
+        class Mixin:
+            def _run_tiling_engine(self, io_processor, request_factory, num_requests, use_tqdm=True):
+                return "vllm's"
+
+        Mixin._render_and_add_requests = namespace["_render_and_add_requests"]
+        return Mixin
+
+    def ours(llm, io_processor, factory, num_requests, use_tqdm):
+        return "crossenc's"
+
+    other = make_mixin("prompts, params, *, lora_request=None")
+    monkeypatch.setattr(compat, "_lazy_internal", lambda module, name: other)
+    base = other._run_tiling_engine
+    assert not compat.add_offline_loop_hook(ours, Streamed)
+    assert other._run_tiling_engine is base
+
+    mixin = make_mixin("prompts, params, *, lora_requests=None, priorities=None")
+    monkeypatch.setattr(compat, "_lazy_internal", lambda module, name: mixin)
+    assert compat.add_offline_loop_hook(ours, Streamed)
+    hooked = mixin._run_tiling_engine
+    assert compat.add_offline_loop_hook(ours, Streamed) and mixin._run_tiling_engine is hooked  # wrapped once
+    llm = mixin()
+    assert llm._run_tiling_engine(None, Streamed(), 3) == "crossenc's"
+    assert llm._run_tiling_engine(None, Streamed(), 0) == "vllm's"  # vLLM's error for an empty call
+    assert llm._run_tiling_engine(None, lambda: iter(()), 3, use_tqdm=False) == "vllm's"
