@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This checkout's crossenc after PYTHONPATH's: an A/B puts another commit's package first
+# (gpu_session.sh crossenc-tree), and spawned engine processes inherit this order.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

@@ -42,7 +42,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This checkout's crossenc after PYTHONPATH's: an A/B puts another commit's package first
+# (gpu_session.sh crossenc-tree), and spawned engine processes inherit this order.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHAPES = {
@@ -149,6 +151,10 @@ def main() -> None:
                               "pack_pairs": os.environ.get("CROSSENC_PACK_PAIRS", "1") != "0",
                               # The crossenc package measured, when not this checkout's (gpu_session.sh crossenc-tree).
                               "crossenc_tree": os.environ.get("CROSSENC_TREE_LABEL")}
+    if args.system == "crossenc":  # which crossenc package the call ran
+        import crossenc
+
+        env["crossenc_package"] = str(Path(crossenc.__file__).parent)
     if args.system in ("crossenc", "vllm-bert"):
         if args.system == "vllm-bert":
             os.environ["VLLM_PLUGINS"] = ""
