@@ -83,42 +83,34 @@ def _attend(
             s += c2p_far[:, None]
         if HAS_P2C:
             s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
-    elif BAND and (HAS_C2P or HAS_P2C):
-        span = BLOCK_M + BLOCK_N - 1
+    elif HAS_C2P or HAS_P2C:
+        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w. Distances outside
+        # +-(max_seqlen-1) only occur for masked pairs: clamp them to stay inside rel_index.
         offs_w = tl.arange(0, WIN)
         dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
         dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
         rel = tl.load(REL + (dist + max_seqlen - 1))
-        r0 = tl.min(tl.where(offs_w < span, rel, 1 << 30), axis=0)
-        r_top = tl.max(tl.where(offs_w < span, rel, 0), axis=0)
-        rows = tl.minimum(r0 + tl.arange(0, BAND_ROWS), r_top)  # rows past r_top: never picked
-        pair = (m0 - n0) + offs_i[:, None] - offs_j[None, :]
-        pair = tl.minimum(tl.maximum(pair, 1 - max_seqlen), max_seqlen - 1)
-        pick = tl.minimum(tl.load(REL + (pair + max_seqlen - 1)) - r0, BAND_ROWS - 1)
+        if BAND:
+            # The products run over BAND_ROWS rows from the window's smallest; pair (i, j)
+            # reads its own distance's row.
+            span = BLOCK_M + BLOCK_N - 1
+            r0 = tl.min(tl.where(offs_w < span, rel, 1 << 30), axis=0)
+            r_top = tl.max(tl.where(offs_w < span, rel, 0), axis=0)
+            rows = tl.minimum(r0 + tl.arange(0, BAND_ROWS), r_top)  # rows past r_top: never picked
+            pair = (m0 - n0) + offs_i[:, None] - offs_j[None, :]
+            pair = tl.minimum(tl.maximum(pair, 1 - max_seqlen), max_seqlen - 1)
+            pick = tl.minimum(tl.load(REL + (pair + max_seqlen - 1)) - r0, BAND_ROWS - 1)
+        else:
+            # The products run over the window's rows; pair (i, j) reads row i - j + BLOCK_N - 1.
+            rows = rel
+            pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
         if HAS_C2P:
             pk = tl.load(PK + rows[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, BAND_ROWS]
+            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, rows]
             s += tl.gather(c2p, pick, axis=1)
         if HAS_P2C:
             pq = tl.load(PQ + rows[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [BAND_ROWS, BLOCK_N]
-            s += tl.gather(p2c, pick, axis=0)
-    elif HAS_C2P or HAS_P2C:
-        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
-        # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
-        # pairs: clamp them to stay inside rel_index.
-        offs_w = tl.arange(0, WIN)
-        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
-        dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
-        dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-        rel = tl.load(REL + (dist + max_seqlen - 1))
-        if HAS_C2P:
-            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-            s += tl.gather(c2p, pick, axis=1)
-        if HAS_P2C:
-            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
+            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [rows, BLOCK_N]
             s += tl.gather(p2c, pick, axis=0)
     s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
 
