@@ -4,7 +4,8 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages): "far" as the model calls it
 (key tiles past the buckets' saturation without the window), "band" with also the tile pairs past
 `band_distance` through a product over BAND_ROWS position rows, "window" with every tile pair
-through the window, and the same kernel with no position terms ("no-position": a plain varlen
+through the window, "tables" with the near tile pairs reading position scores written first (per
+tile, every distance its sequence meets), and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
 torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper.
 
@@ -33,6 +34,7 @@ WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "lon
 VARIANTS = {
     64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "band", "window")]
     + [("band", c) for c in [(32, 32, 1, 2)]]
+    + [("tables", c) for c in [(32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 2, 3), (64, 64, 4, 2)]]
     + [("no-position", c) for c in [(128, 64, 8, 2)]],
     32: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
     128: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
@@ -76,7 +78,8 @@ def main() -> None:
             variants = VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])
             for mode, config in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
-                options = dict(config=config, far=far if mode in ("far", "band") else None,
+                options = dict(config=config, far=far if mode in ("far", "band", "tables") else None,
+                               tables=mode == "tables",
                                band=band_distance(op_args[7], config[0] + config[1] - 1) if mode == "band" else None)
 
                 def fn():
@@ -84,7 +87,11 @@ def main() -> None:
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
                 try:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
                     out = fn()
+                    row["peak_over_inputs_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
                     if mode != "no-position":
                         row["rel_err"] = ((out.float() - ref).norm() / ref.norm()).item()
                     row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
@@ -96,7 +103,8 @@ def main() -> None:
                 row["tflops_qk_pv"] = flops / row["ms"] / 1e9
                 rows.append(row)
                 print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} {row['ms']:7.3f} ms "
-                      f"{row['tflops_qk_pv']:6.1f} TFLOP/s err {row.get('rel_err', 0):.1e}", flush=True)
+                      f"{row['tflops_qk_pv']:6.1f} TFLOP/s err {row.get('rel_err', 0):.1e} "
+                      f"+{row['peak_over_inputs_mib']:.0f} MiB", flush=True)
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=1)
     print("\nbest per workload/mode:")
