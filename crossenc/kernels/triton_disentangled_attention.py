@@ -29,8 +29,8 @@ take the products over those rows (q @ rows^T is [BM, 32]) and pick each pair's 
 
 Or the skew can be left to memory (`tables`, opt-in until timed on a GPU): a first kernel writes,
 for each tile of BLOCK_M tokens, the c2p of its queries and the p2c of its keys at every distance
-their sequence meets (per token, length + BLOCK_M - 1 columns: plain [BLOCK_M, 64] products over
-consecutive distances), and the attention kernel reads each pair's two terms at its column: two
+of its near tile pairs (per token, up to length + BLOCK_M - 1 columns, fewer with far tiles: plain
+[BLOCK_M, 64] products over consecutive distances), and the attention kernel reads each pair's two terms at its column: two
 [BM, BN] loads per tile pair instead of two window products and two gathers.
 
 Programs are laid out over query tiles, not over (sequence, tile) pairs: ``TILES`` holds each
@@ -56,7 +56,7 @@ def _attend(
     q, acc, m_i, l_i, n0, m0, start, length, head,
     K, V, PK, PQ, REL,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    max_seqlen, qk_scale_log2, c2p_far, pq_far, CQ, PKS, stride_sg, stride_sr,
+    max_seqlen, qk_scale_log2, c2p_far, pq_far, CQ, PKS, stride_sg, stride_sr, c2p_base, reach,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -93,14 +93,15 @@ def _attend(
         if HAS_P2C:
             s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
     elif TABLE:
-        # Query row i's c2p at distance d = i - j sits in column d - (m0 - (length - 1)) of its
-        # row; key j's p2c in column d + (n0 + BLOCK_N - 1) of its row in its key tile.
+        # Query row i's c2p at distance d = i - j sits in column d - c2p_base of its row; key j's
+        # p2c in column d + (n0 + BLOCK_N - 1) - max(0, n0 - reach) of its row in its key tile
+        # (`_position_scores_fwd`).
         mask_q = (m0 + offs_i) < length
         if HAS_C2P:
-            col = offs_i[:, None] - rows_k[None, :] + (length - 1)
+            col = (m0 - c2p_base) + offs_i[:, None] - rows_k[None, :]
             s += tl.load(CQ + offs_i[:, None] * stride_sr + col, mask=mask_k[None, :], other=0.0).to(tl.float32)
         if HAS_P2C:
-            col = (m0 + offs_i)[:, None] - offs_j[None, :] + (BLOCK_N - 1)
+            col = (m0 + offs_i)[:, None] - offs_j[None, :] + (BLOCK_N - 1 - tl.maximum(n0 - reach, 0))
             s += tl.load(PKS + (n0 // BLOCK_N) * stride_sg + offs_j[None, :] * stride_sr + col,
                          mask=mask_q[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
     elif HAS_C2P or HAS_P2C:
@@ -182,12 +183,12 @@ def _tile_sequence(TILES, CU, tile, num_seqs, search_steps, BLOCK_M: tl.constexp
     return first, start, length, (tile - first) * BLOCK_M
 
 
-@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps"])
+@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
 def _position_scores_fwd(
     Q, K, PK, PQ, REL, CU, TILES, CQ, PKS,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
     stride_sg, stride_sh, stride_sr,
-    num_seqs, max_seqlen, search_steps,
+    num_seqs, max_seqlen, search_steps, far,
     HEAD_DIM: tl.constexpr,
     BLOCK: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -195,10 +196,12 @@ def _position_scores_fwd(
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The position scores of one tile of BLOCK tokens, at every distance its sequence meets:
-    c2p (its tokens as queries: q_i . pos_key[rel(d)] for d from m0 - (length - 1) up) into CQ
-    and p2c (as keys: k_j . pos_query[rel(d)] for d from -(m0 + BLOCK - 1) up) into PKS, rows of
-    length + BLOCK - 1 columns, CHUNK columns per product."""
+    """The position scores of one tile of BLOCK tokens, at every distance a near tile pair
+    (`_disentangled_attention_fwd`: distances below `far`, give or take the tiles) of its sequence
+    meets: c2p (its tokens as queries: q_i . pos_key[rel(d)]) into CQ, from d = c2p_base up, and
+    p2c (as keys: k_j . pos_query[rel(d)]) into PKS, from d = max(0, m0 - reach) - (m0 + BLOCK - 1)
+    up, with reach = far + 2 * BLOCK; rows of at most stride_sr columns, CHUNK columns a product.
+    Without far tiles (far = max_seqlen), every distance of the sequence."""
     tile = tl.program_id(0)
     head = tl.program_id(1)
     if tile >= tl.load(TILES + num_seqs):
@@ -210,22 +213,25 @@ def _position_scores_fwd(
     rows = m0 + offs_i
     tok = (start + rows).to(tl.int64)
     mask = rows < length
-    width = length + BLOCK - 1
+    reach = far + 2 * BLOCK
+    width = tl.minimum(length + BLOCK - 1, stride_sr)
     out = tile.to(tl.int64) * stride_sg + head * stride_sh + offs_i[:, None] * stride_sr
     if HAS_C2P:
         q = tl.load(Q + tok[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=mask[:, None], other=0.0)
+        base = m0 - tl.minimum(length - 1, m0 + reach)
         for c0 in range(0, width, CHUNK):
             c = c0 + offs_c
-            dist = tl.minimum(tl.maximum(m0 - (length - 1) + c, 1 - max_seqlen), max_seqlen - 1)
+            dist = tl.minimum(tl.maximum(base + c, 1 - max_seqlen), max_seqlen - 1)
             rel = tl.load(REL + (dist + max_seqlen - 1))
             pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
             x = tl.dot(q, tl.trans(pk), input_precision=PRECISION)
             tl.store(CQ + out + c[None, :], x.to(CQ.dtype.element_ty), mask=(c < width)[None, :])
     if HAS_P2C:
         k = tl.load(K + tok[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask[:, None], other=0.0)
+        base = tl.maximum(m0 - reach, 0) - (m0 + BLOCK - 1)
         for c0 in range(0, width, CHUNK):
             c = c0 + offs_c
-            dist = tl.minimum(tl.maximum(c - (m0 + BLOCK - 1), 1 - max_seqlen), max_seqlen - 1)
+            dist = tl.minimum(tl.maximum(base + c, 1 - max_seqlen), max_seqlen - 1)
             rel = tl.load(REL + (dist + max_seqlen - 1))
             pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
             x = tl.dot(k, tl.trans(pq), input_precision=PRECISION)
@@ -260,6 +266,8 @@ def _disentangled_attention_fwd(
     # HAS_TABLE: this query tile's c2p rows, and its sequence's first key tile's p2c rows.
     cq = CQ + tile.to(tl.int64) * stride_sg + head * stride_sh
     pks = PKS + first.to(tl.int64) * stride_sg + head * stride_sh
+    reach = far + 2 * BLOCK_M
+    c2p_base = m0 - tl.minimum(length - 1, m0 + reach)
 
     offs_i = tl.arange(0, BLOCK_M)  # query rows local to the tile
     offs_d = tl.arange(0, HEAD_DIM)
@@ -304,27 +312,27 @@ def _disentangled_attention_fwd(
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr, c2p_base, reach,
                 HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS, False)
     if HAS_BAND:
         for n0 in range(near_lo, win_lo, BLOCK_N):
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr,
+                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
                 HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS, False)
     for n0 in range(win_lo, win_hi, BLOCK_N):
         acc, m_i, l_i = _attend(
             q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
             stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-            max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr,
+            max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
             HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, False, BAND_ROWS, HAS_TABLE)
     if HAS_BAND:
         for n0 in range(win_hi, near_hi, BLOCK_N):
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr,
+                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
                 HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS, False)
     if near_hi < length:
         c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
@@ -333,7 +341,7 @@ def _disentangled_attention_fwd(
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr, c2p_base, reach,
                 HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS, False)
 
     acc = acc / l_i[:, None]
@@ -404,8 +412,8 @@ def triton_disentangled_attention(
     the window. ``band``: ``band_distance(rel_index, BLOCK_M + BLOCK_N - 1)`` for the
     configuration's tiles, within 1..far (tile pairs beyond it multiply BAND_ROWS position rows
     instead of the window's); None: no such tiles. ``tables``: the position scores of every
-    tile at every distance its sequence meets are written first (`_position_scores_fwd`: per
-    token, max_seqlen + BLOCK_M - 1 columns per term, in q's dtype) and the near tile pairs read
+    tile at every distance of its near tile pairs are written first (`_position_scores_fwd`: per
+    token and term, min(max_seqlen + BLOCK_M - 1, 2 far + 5 BLOCK_M) columns, in q's dtype) and the near tile pairs read
     theirs instead of multiplying the window (BLOCK_N must equal BLOCK_M; band is then unused). ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
@@ -461,8 +469,9 @@ def triton_disentangled_attention(
                          f"{tiles.dtype} {tuple(tiles.shape)}")
     grid = (triton.cdiv(total, block_m) + batch, heads)
     search_steps = batch.bit_length()  # binary-search steps that find a tile's sequence
-    # Columns per row of the position scores; a multiple of 16, so Triton compiles one variant.
-    width = (max_seqlen + block_m - 1 + 15) // 16 * 16 if tables else 0
+    # Columns per row of the position scores (the distances of the near tile pairs: below far,
+    # give or take the tiles); a multiple of 16, so Triton compiles one variant.
+    width = (min(max_seqlen + block_m - 1, 2 * far + 5 * block_m) + 15) // 16 * 16 if tables else 0
     # Where the position scores go (q: a placeholder, never read).
     cq, pks = (torch.empty((grid[0], heads, block_m, width), dtype=q.dtype, device=q.device) if tables and on else q
                for on in (pos_key is not None, pos_query is not None))
@@ -471,7 +480,7 @@ def triton_disentangled_attention(
             q, k, pk, pq, rel_index, cu_seqlens, tiles, cq, pks,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
             heads * block_m * width, block_m * width, width,
-            batch, max_seqlen, search_steps,
+            batch, max_seqlen, search_steps, far,
             HEAD_DIM=dim, BLOCK=block_m, CHUNK=64, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
         )
