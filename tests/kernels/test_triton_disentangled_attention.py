@@ -64,7 +64,7 @@ def _run(args, config=None, mode="far"):
     from crossenc.kernels.triton_disentangled_attention import default_config, triton_disentangled_attention
 
     rel = args[7].cpu()
-    block_m, block_n = (config or default_config(args[0].shape[-1], args[0].dtype))[:2]
+    block_m, block_n = (config or default_config(args[0].shape[-1], args[0].dtype, args[4]))[:2]
     far = None if mode == "window" else saturation_distance(rel)
     band = band_distance(rel, block_m + block_n - 1) if mode == "band" else None
     out = triton_disentangled_attention(*args, config=config, far=far, band=band, tables=mode == "tables")
