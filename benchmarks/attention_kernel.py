@@ -4,8 +4,7 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages): "far" as the model calls it
 (key tiles past the buckets' saturation without the window), "band" with also the tile pairs past
 `band_distance` through a product over BAND_ROWS position rows, "window" with every tile pair
-through the window, "tables" with the near tile pairs reading position scores written first (per
-tile, every distance its sequence meets), and the same kernel with no position terms ("no-position": a plain varlen
+through the window, and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
 torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper.
 
@@ -34,7 +33,6 @@ WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "lon
 VARIANTS = {
     64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "band", "window")]
     + [(mode, (32, 32, 1, 2)) for mode in ("far", "band")]
-    + [("tables", c) for c in [(32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 2, 3), (64, 64, 4, 2)]]
     + [("no-position", c) for c in [(128, 64, 8, 2)]],
     32: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
     128: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
@@ -78,8 +76,7 @@ def main() -> None:
             variants = VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])
             for mode, config in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
-                options = dict(config=config, far=far if mode in ("far", "band", "tables") else None,
-                               tables=mode == "tables",
+                options = dict(config=config, far=far if mode in ("far", "band") else None,
                                band=band_distance(op_args[7], config[0] + config[1] - 1) if mode == "band" else None)
 
                 def fn():

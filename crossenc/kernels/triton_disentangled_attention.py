@@ -27,12 +27,6 @@ pair's 63 distances beyond ~160 meet at most BAND_ROWS (32) consecutive rows. Su
 take the products over those rows (q @ rows^T is [BM, 32]) and pick each pair's entry by its row
 (`band`, from `band_distance`; off unless the caller gives it: slower than the window on an H200).
 
-Or the skew can be left to memory (`tables`, off: slower on an H200, and ~14 KB per token): a first kernel writes,
-for each tile of BLOCK_M tokens, the c2p of its queries and the p2c of its keys at every distance
-of its near tile pairs (per token, up to length + BLOCK_M - 1 columns, fewer with far tiles: plain
-[BLOCK_M, 64] products over consecutive distances), and the attention kernel reads each pair's two terms at its column: two
-[BM, BN] loads per tile pair instead of two window products and two gathers.
-
 Programs are laid out over query tiles, not over (sequence, tile) pairs: ``TILES`` holds each
 sequence's first tile (a prefix sum of ceil(length / BLOCK_M), made on the device), and a
 program finds its sequence by binary search. The grid, cdiv(T, BLOCK_M) + B tiles, is known
@@ -56,7 +50,7 @@ def _attend(
     q, acc, m_i, l_i, n0, m0, start, length, head,
     K, V, PK, PQ, REL,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    max_seqlen, qk_scale_log2, c2p_far, pq_far, CQ, PKS, stride_sg, stride_sr, c2p_base, reach,
+    max_seqlen, qk_scale_log2, c2p_far, pq_far,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -67,15 +61,12 @@ def _attend(
     FAR: tl.constexpr,
     BAND: tl.constexpr,
     BAND_ROWS: tl.constexpr,
-    TABLE: tl.constexpr,
 ):
     """One key tile [n0, n0 + BLOCK_N) into the online softmax of a query tile. FAR: every
     distance of the tile pair maps to one position row, whose c2p is `c2p_far` per query row and
     whose p2c comes from that row of pos_query (`pq_far`), without the window. BAND: the tile
     pair's distances meet position rows within BAND_ROWS of their smallest (`band_distance`):
-    the products run over those rows, not over the window's. TABLE: the terms are read from the
-    position scores `_position_scores_fwd` wrote (CQ: this query tile's rows; PKS: the sequence's
-    first key tile's), each pair at its distance's column."""
+    the products run over those rows, not over the window's."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -92,18 +83,6 @@ def _attend(
             s += c2p_far[:, None]
         if HAS_P2C:
             s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
-    elif TABLE:
-        # Query row i's c2p at distance d = i - j sits in column d - c2p_base of its row; key j's
-        # p2c in column d + (n0 + BLOCK_N - 1) - max(0, n0 - reach) of its row in its key tile
-        # (`_position_scores_fwd`).
-        mask_q = (m0 + offs_i) < length
-        if HAS_C2P:
-            col = (m0 - c2p_base) + offs_i[:, None] - rows_k[None, :]
-            s += tl.load(CQ + offs_i[:, None] * stride_sr + col, mask=mask_k[None, :], other=0.0).to(tl.float32)
-        if HAS_P2C:
-            col = (m0 + offs_i)[:, None] - offs_j[None, :] + (BLOCK_N - 1 - tl.maximum(n0 - reach, 0))
-            s += tl.load(PKS + (n0 // BLOCK_N) * stride_sg + offs_j[None, :] * stride_sr + col,
-                         mask=mask_q[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
     elif HAS_C2P or HAS_P2C:
         # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w. Distances outside
         # +-(max_seqlen-1) only occur for masked pairs: clamp them to stay inside rel_index.
@@ -165,87 +144,14 @@ def _far_terms(q, PK, PQ, REL, row, head, stride_pkr, stride_pkh, stride_pqr, st
     return c2p, pq
 
 
-@triton.jit
-def _tile_sequence(TILES, CU, tile, num_seqs, search_steps, BLOCK_M: tl.constexpr):
-    """The sequence of a query tile (the last seq with TILES[seq] <= tile: empty ones share a
-    value with the next, so the last is the one that has tiles): its first tile, first token,
-    length, and the tile's first row in it."""
-    lo = tile * 0
-    hi = lo + num_seqs
-    for _ in range(search_steps):
-        mid = (lo + hi) // 2
-        right = tl.load(TILES + mid) <= tile
-        lo = tl.where(right, mid, lo)
-        hi = tl.where(right, hi, mid)
-    first = tl.load(TILES + lo)
-    start = tl.load(CU + lo)
-    length = tl.load(CU + lo + 1) - start
-    return first, start, length, (tile - first) * BLOCK_M
-
-
-@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
-def _position_scores_fwd(
-    Q, K, PK, PQ, REL, CU, TILES, CQ, PKS,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    stride_sg, stride_sh, stride_sr,
-    num_seqs, max_seqlen, search_steps, far,
-    HEAD_DIM: tl.constexpr,
-    BLOCK: tl.constexpr,
-    CHUNK: tl.constexpr,
-    HAS_C2P: tl.constexpr,
-    HAS_P2C: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """The position scores of one tile of BLOCK tokens, at every distance a near tile pair
-    (`_disentangled_attention_fwd`: distances below `far`, give or take the tiles) of its sequence
-    meets: c2p (its tokens as queries: q_i . pos_key[rel(d)]) into CQ, from d = c2p_base up, and
-    p2c (as keys: k_j . pos_query[rel(d)]) into PKS, from d = max(0, m0 - reach) - (m0 + BLOCK - 1)
-    up, with reach = far + 2 * BLOCK; rows of at most stride_sr columns, CHUNK columns a product.
-    Without far tiles (far = max_seqlen), every distance of the sequence."""
-    tile = tl.program_id(0)
-    head = tl.program_id(1)
-    if tile >= tl.load(TILES + num_seqs):
-        return
-    _, start, length, m0 = _tile_sequence(TILES, CU, tile, num_seqs, search_steps, BLOCK)
-    offs_i = tl.arange(0, BLOCK)
-    offs_c = tl.arange(0, CHUNK)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = m0 + offs_i
-    tok = (start + rows).to(tl.int64)
-    mask = rows < length
-    reach = far + 2 * BLOCK
-    width = tl.minimum(length + BLOCK - 1, stride_sr)
-    out = tile.to(tl.int64) * stride_sg + head * stride_sh + offs_i[:, None] * stride_sr
-    if HAS_C2P:
-        q = tl.load(Q + tok[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=mask[:, None], other=0.0)
-        base = m0 - tl.minimum(length - 1, m0 + reach)
-        for c0 in range(0, width, CHUNK):
-            c = c0 + offs_c
-            dist = tl.minimum(tl.maximum(base + c, 1 - max_seqlen), max_seqlen - 1)
-            rel = tl.load(REL + (dist + max_seqlen - 1))
-            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-            x = tl.dot(q, tl.trans(pk), input_precision=PRECISION)
-            tl.store(CQ + out + c[None, :], x.to(CQ.dtype.element_ty), mask=(c < width)[None, :])
-    if HAS_P2C:
-        k = tl.load(K + tok[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask[:, None], other=0.0)
-        base = tl.maximum(m0 - reach, 0) - (m0 + BLOCK - 1)
-        for c0 in range(0, width, CHUNK):
-            c = c0 + offs_c
-            dist = tl.minimum(tl.maximum(base + c, 1 - max_seqlen), max_seqlen - 1)
-            rel = tl.load(REL + (dist + max_seqlen - 1))
-            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-            x = tl.dot(k, tl.trans(pq), input_precision=PRECISION)
-            tl.store(PKS + out + c[None, :], x.to(PKS.dtype.element_ty), mask=(c < width)[None, :])
-
-
 # The batch's sizes vary from one engine step to the next: Triton must not compile a variant per
 # value (it specializes integers equal to 1 or divisible by 16), or a server's first requests of
 # a new shape wait for a compilation. One kernel per dtype, head size, terms and tile config.
 @triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far", "band"])
 def _disentangled_attention_fwd(
-    Q, K, V, O, PK, PQ, REL, CU, TILES, CQ, PKS,
+    Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    stride_pkr, stride_pkh, stride_pqr, stride_pqh, stride_sg, stride_sh, stride_sr,
+    stride_pkr, stride_pkh, stride_pqr, stride_pqh,
     num_seqs, max_seqlen, search_steps, far, band, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -256,18 +162,24 @@ def _disentangled_attention_fwd(
     PRECISION: tl.constexpr,
     HAS_BAND: tl.constexpr,
     BAND_ROWS: tl.constexpr,
-    HAS_TABLE: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
     if tile >= tl.load(TILES + num_seqs):
         return
-    first, start, length, m0 = _tile_sequence(TILES, CU, tile, num_seqs, search_steps, BLOCK_M)
-    # HAS_TABLE: this query tile's c2p rows, and its sequence's first key tile's p2c rows.
-    cq = CQ + tile.to(tl.int64) * stride_sg + head * stride_sh
-    pks = PKS + first.to(tl.int64) * stride_sg + head * stride_sh
-    reach = far + 2 * BLOCK_M
-    c2p_base = m0 - tl.minimum(length - 1, m0 + reach)
+    # The sequence of this tile: the last seq with TILES[seq] <= tile (empty ones share a value
+    # with the next, so the last is the one that has tiles).
+    lo = tile * 0
+    hi = lo + num_seqs
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        right = tl.load(TILES + mid) <= tile
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    seq = lo
+    start = tl.load(CU + seq)
+    length = tl.load(CU + seq + 1) - start
+    m0 = (tile - tl.load(TILES + seq)) * BLOCK_M
 
     offs_i = tl.arange(0, BLOCK_M)  # query rows local to the tile
     offs_d = tl.arange(0, HEAD_DIM)
@@ -312,28 +224,28 @@ def _disentangled_attention_fwd(
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr, c2p_base, reach,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS, False)
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS)
     if HAS_BAND:
         for n0 in range(near_lo, win_lo, BLOCK_N):
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS, False)
+                max_seqlen, qk_scale_log2, c2p_none, pq_none,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS)
     for n0 in range(win_lo, win_hi, BLOCK_N):
         acc, m_i, l_i = _attend(
             q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
             stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-            max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
-            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, False, BAND_ROWS, HAS_TABLE)
+            max_seqlen, qk_scale_log2, c2p_none, pq_none,
+            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, False, BAND_ROWS)
     if HAS_BAND:
         for n0 in range(win_hi, near_hi, BLOCK_N):
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none, cq, pks, stride_sg, stride_sr, c2p_base, reach,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS, False)
+                max_seqlen, qk_scale_log2, c2p_none, pq_none,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS)
     if near_hi < length:
         c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
                                      stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
@@ -341,8 +253,8 @@ def _disentangled_attention_fwd(
             acc, m_i, l_i = _attend(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far, cq, pks, stride_sg, stride_sr, c2p_base, reach,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS, False)
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -399,7 +311,6 @@ def triton_disentangled_attention(
     tiles: torch.Tensor | None = None,
     far: int | None = None,
     band: int | None = None,
-    tables: bool = False,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
@@ -412,10 +323,7 @@ def triton_disentangled_attention(
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``band``: ``band_distance(rel_index, BLOCK_M + BLOCK_N - 1)`` for the
     configuration's tiles, within 1..far (tile pairs beyond it multiply BAND_ROWS position rows
-    instead of the window's); None: no such tiles. ``tables``: the position scores of every
-    tile at every distance of its near tile pairs are written first (`_position_scores_fwd`: per
-    token and term, min(max_seqlen + BLOCK_M - 1, 2 far + 5 BLOCK_M) columns, in q's dtype) and the near tile pairs read
-    theirs instead of multiplying the window (BLOCK_N must equal BLOCK_M; band is then unused). ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    instead of the window's); None: no such tiles. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -459,9 +367,6 @@ def triton_disentangled_attention(
     win = triton.next_power_of_2(block_m + block_n - 1)
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
-    tables = tables and (pos_key is not None or pos_query is not None)
-    if tables and block_n != block_m:
-        raise ValueError(f"tables need BLOCK_N == BLOCK_M, got config {(block_m, block_n)}")
     # Each sequence's first query tile, on the device: no lengths come back to the host.
     if tiles is None or block_m != QUERY_TILE:
         tiles = query_tiles(cu_seqlens, block_m)
@@ -469,35 +374,18 @@ def triton_disentangled_attention(
         raise ValueError(f"tiles must be query_tiles(cu_seqlens): int32 [{batch + 1}], got "
                          f"{tiles.dtype} {tuple(tiles.shape)}")
     grid = (triton.cdiv(total, block_m) + batch, heads)
-    search_steps = batch.bit_length()  # binary-search steps that find a tile's sequence
-    # Columns per row of the position scores (the distances of the near tile pairs: below far,
-    # give or take the tiles); a multiple of 16, so Triton compiles one variant.
-    width = (min(max_seqlen + block_m - 1, 2 * far + 5 * block_m) + 15) // 16 * 16 if tables else 0
-    # Where the position scores go (q: a placeholder, never read).
-    cq, pks = (torch.empty((grid[0], heads, block_m, width), dtype=q.dtype, device=q.device) if tables and on else q
-               for on in (pos_key is not None, pos_query is not None))
-    if tables:
-        _position_scores_fwd[grid](
-            q, k, pk, pq, rel_index, cu_seqlens, tiles, cq, pks,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-            heads * block_m * width, block_m * width, width,
-            batch, max_seqlen, search_steps, far,
-            HEAD_DIM=dim, BLOCK=block_m, CHUNK=64, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
-        )
-        band = None
     _disentangled_attention_fwd[grid](
-        q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles, cq, pks,
+        q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-        heads * block_m * width, block_m * width, width,
-        batch, max_seqlen, search_steps, far, band or far, float(scale) * _LOG2E,
+        # Binary-search steps that find a tile's sequence among the batch's.
+        batch, max_seqlen, batch.bit_length(), far, band or far, float(scale) * _LOG2E,
         HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_BAND=band is not None, BAND_ROWS=BAND_ROWS, HAS_TABLE=tables,
+        HAS_BAND=band is not None, BAND_ROWS=BAND_ROWS,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
