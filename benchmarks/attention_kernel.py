@@ -2,8 +2,7 @@
 
 For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log buckets) times
 `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages): "far" as the model calls it
-(key tiles past the buckets' saturation without the window), "band" with also the tile pairs past
-`band_distance` through a product over BAND_ROWS position rows, "window" with every tile pair
+(key tiles past the buckets' saturation without the window), "window" with every tile pair
 through the window, and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
 torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper.
@@ -21,7 +20,6 @@ import triton
 
 from crossenc.kernels.disentangled_attention import (
     attention_scale,
-    band_distance,
     disentangled_attention_ref,
     relative_position_index,
     saturation_distance,
@@ -31,8 +29,8 @@ from crossenc.kernels.triton_disentangled_attention import triton_disentangled_a
 WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
 # (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
 VARIANTS = {
-    64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "band", "window")]
-    + [(mode, (32, 32, 1, 2)) for mode in ("far", "band")]
+    64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "window")]
+    + [("far", (32, 32, 1, 2))]
     + [("no-position", c) for c in [(128, 64, 8, 2)]],
     32: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
     128: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
@@ -76,8 +74,7 @@ def main() -> None:
             variants = VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])
             for mode, config in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
-                options = dict(config=config, far=far if mode in ("far", "band") else None,
-                               band=band_distance(op_args[7], config[0] + config[1] - 1) if mode == "band" else None)
+                options = dict(config=config, far=far if mode == "far" else None)
 
                 def fn():
                     return triton_disentangled_attention(*call_args, **options)
@@ -107,7 +104,7 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("far", "band", "window", "no-position"):
+            for mode in ("far", "window", "no-position"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:

@@ -64,30 +64,6 @@ def saturation_distance(rel_index: torch.Tensor) -> int:
     return max(d, 1)
 
 
-# Position rows one "band" tile pair of the CUDA kernel multiplies (`band_distance`).
-BAND_ROWS = 32
-
-
-def band_distance(rel_index: torch.Tensor, span: int, rows: int = BAND_ROWS) -> int:
-    """The smallest distance d >= 1 from which any `span` consecutive distances of one side
-    (all >= d, or all <= -d; a tile pair's, span = BLOCK_M + BLOCK_N - 1) meet position rows
-    within `rows` of their smallest. Key tiles that far from a query tile can take the position
-    terms from a product over those `rows` rows instead of the window (v3's log buckets, 32x32
-    tiles: ~160; linear positions: no such distance before `saturation_distance`, which it
-    never exceeds). Read on the host, as `saturation_distance`."""
-    r = rel_index.tolist()
-    m = (len(r) + 1) // 2
-    d = m - 1
-    while d > 1:
-        s = d - 1  # do windows starting at distance s (and at -s) qualify too?
-        ahead = r[m - 1 + s: m - 1 + min(s + span, m)]
-        behind = r[max(m - 1 - s - span + 1, 0): m - s]
-        if max(ahead) - min(ahead) >= rows or max(behind) - min(behind) >= rows:
-            break
-        d = s
-    return min(max(d, 1), saturation_distance(rel_index))
-
-
 # The reference scores a chunk of sequences at a time, each chunk padded to its own longest and
 # holding at most this many scores (heads x L x L per sequence): one ~150-token sequence of 6
 # heads, or many short ones. Padding a whole engine step at once costs more memory traffic than

@@ -21,11 +21,9 @@ so for a key tile whose every distance to the query tile is that far, c2p is one
 row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]): two vector products instead
 of the window's two tile products and gathers. Each program walks its key tiles in three ranges
 (far before, near, far after), split at `far` (`saturation_distance`, given by the caller).
-
-Between the two, the window is wider than the rows it meets: with v3's log buckets a tile
-pair's 63 distances beyond ~160 meet at most BAND_ROWS (32) consecutive rows. Such tile pairs can
-take the products over those rows (q @ rows^T is [BM, 32]) and pick each pair's entry by its row
-(`band`, from `band_distance`; off unless the caller gives it: slower than the window on an H200).
+Two other treatments of the near tiles were timed slower on an H200 and dropped
+(docs/benchmarks.md): products over only the position rows a tile pair meets, and per-tile
+position tables written by a first kernel.
 
 Programs are laid out over query tiles, not over (sequence, tile) pairs: ``TILES`` holds each
 sequence's first tile (a prefix sum of ceil(length / BLOCK_M), made on the device), and a
@@ -40,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from crossenc.kernels.disentangled_attention import BAND_ROWS, KERNEL_DTYPES, KERNEL_HEAD_SIZES, QUERY_TILE, query_tiles
+from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES, QUERY_TILE, query_tiles
 
 _LOG2E = 1.4426950408889634
 
@@ -59,14 +57,10 @@ def _attend(
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
     FAR: tl.constexpr,
-    BAND: tl.constexpr,
-    BAND_ROWS: tl.constexpr,
 ):
     """One key tile [n0, n0 + BLOCK_N) into the online softmax of a query tile. FAR: every
     distance of the tile pair maps to one position row, whose c2p is `c2p_far` per query row and
-    whose p2c comes from that row of pos_query (`pq_far`), without the window. BAND: the tile
-    pair's distances meet position rows within BAND_ROWS of their smallest (`band_distance`):
-    the products run over those rows, not over the window's."""
+    whose p2c comes from that row of pos_query (`pq_far`), without the window."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -84,33 +78,21 @@ def _attend(
         if HAS_P2C:
             s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
     elif HAS_C2P or HAS_P2C:
-        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w. Distances outside
-        # +-(max_seqlen-1) only occur for masked pairs: clamp them to stay inside rel_index.
+        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
+        # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
+        # pairs: clamp them to stay inside rel_index.
         offs_w = tl.arange(0, WIN)
+        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
         dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
         dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
         rel = tl.load(REL + (dist + max_seqlen - 1))
-        if BAND:
-            # The products run over BAND_ROWS rows from the window's smallest; pair (i, j)
-            # reads its own distance's row.
-            span = BLOCK_M + BLOCK_N - 1
-            r0 = tl.min(tl.where(offs_w < span, rel, 1 << 30), axis=0)
-            r_top = tl.max(tl.where(offs_w < span, rel, 0), axis=0)
-            rows = tl.minimum(r0 + tl.arange(0, BAND_ROWS), r_top)  # rows past r_top: never picked
-            pair = (m0 - n0) + offs_i[:, None] - offs_j[None, :]
-            pair = tl.minimum(tl.maximum(pair, 1 - max_seqlen), max_seqlen - 1)
-            pick = tl.minimum(tl.load(REL + (pair + max_seqlen - 1)) - r0, BAND_ROWS - 1)
-        else:
-            # The products run over the window's rows; pair (i, j) reads row i - j + BLOCK_N - 1.
-            rows = rel
-            pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
         if HAS_C2P:
-            pk = tl.load(PK + rows[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, rows]
+            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
             s += tl.gather(c2p, pick, axis=1)
         if HAS_P2C:
-            pq = tl.load(PQ + rows[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [rows, BLOCK_N]
+            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
             s += tl.gather(p2c, pick, axis=0)
     s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
 
@@ -147,12 +129,12 @@ def _far_terms(q, PK, PQ, REL, row, head, stride_pkr, stride_pkh, stride_pqr, st
 # The batch's sizes vary from one engine step to the next: Triton must not compile a variant per
 # value (it specializes integers equal to 1 or divisible by 16), or a server's first requests of
 # a new shape wait for a compilation. One kernel per dtype, head size, terms and tile config.
-@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far", "band"])
+@triton.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
 def _disentangled_attention_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_seqs, max_seqlen, search_steps, far, band, qk_scale_log2,
+    num_seqs, max_seqlen, search_steps, far, qk_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -160,8 +142,6 @@ def _disentangled_attention_fwd(
     HAS_C2P: tl.constexpr,
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
-    HAS_BAND: tl.constexpr,
-    BAND_ROWS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -195,28 +175,16 @@ def _disentangled_attention_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # Key tiles in five ranges. From distance `far` on, each side's distances share one
+    # Key tiles in three ranges. From distance `far` on, each side's distances share one
     # position row (every one past the buckets, `saturation_distance`): key tiles whose every
     # distance to this query tile is >= far (the keys well before it) or <= -far (well after)
-    # take the position terms as a per-row and a per-key vector. From distance `band` on (at most
-    # far), a tile pair's distances meet at most BAND_ROWS position rows (`band_distance`): those
-    # key tiles take the products over those rows. The tiles between, the window.
+    # take the position terms as a per-row and a per-key vector; the tiles between, the window.
     near_lo = 0
     near_hi = length
-    win_lo = 0
-    win_hi = length
     if HAS_C2P or HAS_P2C:
         before = m0 - (BLOCK_N - 1) - far  # the last key tile start whose distances are all >= far
         near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
         near_hi = tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + far, BLOCK_N) * BLOCK_N, length)
-        win_lo = near_lo
-        win_hi = near_hi
-        if HAS_BAND:
-            before = m0 - (BLOCK_N - 1) - band
-            win_lo = tl.maximum(tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0), near_lo)
-            win_hi = tl.maximum(tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + band, BLOCK_N) * BLOCK_N, near_hi), win_lo)
-    c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
-    pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
     if near_lo > 0:
         c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
                                      stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
@@ -225,27 +193,15 @@ def _disentangled_attention_fwd(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS)
-    if HAS_BAND:
-        for n0 in range(near_lo, win_lo, BLOCK_N):
-            acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS)
-    for n0 in range(win_lo, win_hi, BLOCK_N):
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+    c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
+    pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for n0 in range(near_lo, near_hi, BLOCK_N):
         acc, m_i, l_i = _attend(
             q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
             stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
             max_seqlen, qk_scale_log2, c2p_none, pq_none,
-            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, False, BAND_ROWS)
-    if HAS_BAND:
-        for n0 in range(win_hi, near_hi, BLOCK_N):
-            acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_none, pq_none,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, True, BAND_ROWS)
+            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
     if near_hi < length:
         c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
                                      stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
@@ -254,7 +210,7 @@ def _disentangled_attention_fwd(
                 q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, False, BAND_ROWS)
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -310,7 +266,6 @@ def triton_disentangled_attention(
     config: tuple[int, int, int, int] | None = None,
     tiles: torch.Tensor | None = None,
     far: int | None = None,
-    band: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
@@ -321,9 +276,7 @@ def triton_disentangled_attention(
     ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
-    the window. ``band``: ``band_distance(rel_index, BLOCK_M + BLOCK_N - 1)`` for the
-    configuration's tiles, within 1..far (tile pairs beyond it multiply BAND_ROWS position rows
-    instead of the window's); None: no such tiles. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    the window. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -349,8 +302,6 @@ def triton_disentangled_attention(
         far = max_seqlen
     elif not 1 <= far <= max_seqlen:
         raise ValueError(f"far must be within 1..max_seqlen ({max_seqlen}), got {far}")
-    if band is not None and not 1 <= band <= far:
-        raise ValueError(f"band must be within 1..far ({far}), got {band}")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     rel_index = rel_index.to(torch.int32)  # 2*max_seqlen-1 entries: int32 halves the kernel's index loads
     cu_seqlens = cu_seqlens.contiguous()
@@ -380,12 +331,11 @@ def triton_disentangled_attention(
         out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
         # Binary-search steps that find a tile's sequence among the batch's.
-        batch, max_seqlen, batch.bit_length(), far, band or far, float(scale) * _LOG2E,
+        batch, max_seqlen, batch.bit_length(), far, float(scale) * _LOG2E,
         HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, WIN=win,
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_BAND=band is not None, BAND_ROWS=BAND_ROWS,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -41,8 +41,7 @@ _CHILD = r"""
 import json, sys
 import torch
 from crossenc.kernels.disentangled_attention import (
-    attention_scale, band_distance, disentangled_attention_ref, query_tiles, relative_position_index,
-    saturation_distance)
+    attention_scale, disentangled_attention_ref, query_tiles, relative_position_index, saturation_distance)
 from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
 errors = {}
@@ -67,13 +66,10 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
                                      None if pos_query is None else pos_query.float(), rel, scale)
     # With the far tiles as the model runs it, and (short cases; the long ones cost ~10 s each
     # interpreted) with the window everywhere.
-    # With the band tiles too, where the positions have them (tile pairs ~160 to ~511 apart).
-    far, band = saturation_distance(rel), band_distance(rel, 63)
-    runs = [(far, None, name)] + ([(None, None, name + ", window only")] if total <= 256 else [])
-    runs += [(far, band, name + ", band tiles")] if band < far and max(lengths) > band else []
-    for far, band, label in runs:
+    runs = [(saturation_distance(rel), name)] + ([(None, name + ", window only")] if total <= 256 else [])
+    for far, label in runs:
         out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale, tiles=tiles,
-                                            far=far, band=band)
+                                            far=far)
         errors[label] = ((out.float() - ref).norm() / ref.norm()).item()
     if name == "v3 log buckets":  # into an output the caller allocated, a strided view (vLLM's graphs' buffers)
         buffer = torch.full((total, heads + 1, dim), float("nan"), dtype=dtype)
@@ -128,16 +124,15 @@ def interpreted_errors():
 def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     name, dtype = case[0], case[4]
     labels = [label for label in interpreted_errors
-              if label in (name, name + ", window only", name + ", into a given output", name + ", band tiles")]
+              if label in (name, name + ", window only", name + ", into a given output")]
     assert name in labels
     for label in labels:
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
 
 
-@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,band", [("fp16", 64, True, True, False), ("fp16", 64, True, True, True),
-                                                         ("bf16", 128, False, True, True),
-                                                         ("fp32", 32, True, False, False)])
-def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, band):
+@pytest.mark.parametrize("dtype,head_dim,c2p,p2c", [("fp16", 64, True, True), ("bf16", 128, False, True),
+                                                    ("fp32", 32, True, False)])
+def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c):
     """The compiled kernel, not only the interpreted one: Triton lowers it for an H100/H200
     (sm_90) with the ptxas it ships, no GPU needed; every batch-dependent integer is left
     unspecialized (one kernel whatever the batch)."""
@@ -152,11 +147,10 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, band):
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("this Triton ships no ptxas")
     fn = module._disentangled_attention_fwd
-    assert {"num_seqs", "max_seqlen", "search_steps", "far", "band"} <= {
-        p.name for p in fn.params if p.do_not_specialize}
+    assert {"num_seqs", "max_seqlen", "search_steps", "far"} <= {p.name for p in fn.params if p.do_not_specialize}
     names = list(inspect.signature(fn.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=32, BLOCK_N=32, WIN=64, HAS_C2P=c2p, HAS_P2C=p2c,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_BAND=band, BAND_ROWS=module.BAND_ROWS)
+                      PRECISION="ieee" if dtype == "fp32" else "tf32")
     pointers = {"Q", "K", "V", "O", "PK", "PQ"}
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
