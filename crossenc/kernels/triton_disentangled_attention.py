@@ -21,6 +21,9 @@ so for a key tile whose every distance to the query tile is that far, c2p is one
 row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]): two vector products instead
 of the window's two tile products and gathers. Each program walks its key tiles in three ranges
 (far before, near, far after), split at `far` (`saturation_distance`, given by the caller).
+Where no distance reaches `far` (max_seqlen <= far: every v3 batch of up to 512 tokens) the far
+ranges are compiled out (HAS_FAR): the kernel then spills less (ptxas for sm_90, one warp per
+32x32 tile: 520 bytes of stack per thread instead of 1,312).
 Two other treatments of the near tiles were timed slower on an H200 and dropped
 (docs/benchmarks.md): products over only the position rows a tile pair meets, and per-tile
 position tables written by a first kernel.
@@ -142,6 +145,7 @@ def _disentangled_attention_fwd(
     HAS_C2P: tl.constexpr,
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
+    HAS_FAR: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -181,19 +185,20 @@ def _disentangled_attention_fwd(
     # take the position terms as a per-row and a per-key vector; the tiles between, the window.
     near_lo = 0
     near_hi = length
-    if HAS_C2P or HAS_P2C:
-        before = m0 - (BLOCK_N - 1) - far  # the last key tile start whose distances are all >= far
-        near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
-        near_hi = tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + far, BLOCK_N) * BLOCK_N, length)
-    if near_lo > 0:
-        c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
-                                     stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
-        for n0 in range(0, near_lo, BLOCK_N):
-            acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+    if HAS_FAR:  # compiled out where no distance reaches `far` (v3 up to 512 tokens): fewer registers
+        if HAS_C2P or HAS_P2C:
+            before = m0 - (BLOCK_N - 1) - far  # the last key tile start whose distances are all >= far
+            near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
+            near_hi = tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + far, BLOCK_N) * BLOCK_N, length)
+        if near_lo > 0:
+            c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
+                                         stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+            for n0 in range(0, near_lo, BLOCK_N):
+                acc, m_i, l_i = _attend(
+                    q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
+                    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                    max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                    HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
     pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
     for n0 in range(near_lo, near_hi, BLOCK_N):
@@ -202,15 +207,16 @@ def _disentangled_attention_fwd(
             stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
             max_seqlen, qk_scale_log2, c2p_none, pq_none,
             HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
-    if near_hi < length:
-        c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
-                                     stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
-        for n0 in range(near_hi, length, BLOCK_N):
-            acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+    if HAS_FAR:
+        if near_hi < length:
+            c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
+                                         stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+            for n0 in range(near_hi, length, BLOCK_N):
+                acc, m_i, l_i = _attend(
+                    q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
+                    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                    max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                    HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -336,6 +342,8 @@ def triton_disentangled_attention(
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        # Far tiles need a distance >= far; none below max_seqlen: their code is compiled out.
+        HAS_FAR=far < max_seqlen,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -130,9 +130,9 @@ def test_interpreted_kernel_matches_reference(interpreted_errors, case):
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
 
 
-@pytest.mark.parametrize("dtype,head_dim,c2p,p2c", [("fp16", 64, True, True), ("bf16", 128, False, True),
-                                                    ("fp32", 32, True, False)])
-def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c):
+@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,far", [("fp16", 64, True, True, True), ("fp16", 64, True, True, False),
+                                                        ("bf16", 128, False, True, True), ("fp32", 32, True, False, False)])
+def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far):
     """The compiled kernel, not only the interpreted one: Triton lowers it for an H100/H200
     (sm_90) with the ptxas it ships, no GPU needed; every batch-dependent integer is left
     unspecialized (one kernel whatever the batch)."""
@@ -150,7 +150,7 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c):
     assert {"num_seqs", "max_seqlen", "search_steps", "far"} <= {p.name for p in fn.params if p.do_not_specialize}
     names = list(inspect.signature(fn.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=32, BLOCK_N=32, WIN=64, HAS_C2P=c2p, HAS_P2C=p2c,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32")
+                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far)
     pointers = {"Q", "K", "V", "O", "PK", "PQ"}
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
