@@ -1,0 +1,66 @@
+"""Registers and spill stack of the Triton attention kernel as compiled for Hopper (sm_90).
+
+No GPU needed: Triton lowers the kernel with the ptxas it ships, and its cuobjdump reads the
+resource use of the cubin. One row per tile configuration, position terms and far ranges.
+
+    python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from crossenc.kernels import triton_disentangled_attention as module
+
+CONFIGS = [(32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2)]
+TERMS = [(True, True), (True, False), (False, False)]
+
+
+def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool) -> dict:
+    fn = module._disentangled_attention_fwd
+    names = list(inspect.signature(fn.fn).parameters)
+    block_m, block_n, warps, stages = config
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+                      WIN=triton.next_power_of_2(block_m + block_n - 1), HAS_C2P=c2p, HAS_P2C=p2c,
+                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far)
+    signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in ("Q", "K", "V", "O", "PK", "PQ")
+                 else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
+                 for n in names}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "num_stages": stages})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(registers=int(match.group(1)), stack_bytes=int(match.group(2)), shared_bytes=kernel.metadata.shared)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--head-dim", type=int, default=64)
+    args = parser.parse_args()
+    print(f"triton {triton.__version__}, sm_90, {args.dtype}, head_dim {args.head_dim}")
+    print("config (BM, BN, warps, stages) | c2p | p2c | far ranges | registers | stack B | shared B")
+    for config in CONFIGS:
+        for c2p, p2c in TERMS:
+            for far in ((True, False) if c2p or p2c else (False,)):
+                r = resources(config, args.dtype, args.head_dim, c2p, p2c, far)
+                print(f"{config} | {c2p} | {p2c} | {far} | {r['registers']} | {r['stack_bytes']} | {r['shared_bytes']}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
