@@ -30,6 +30,7 @@ from crossenc.kernels.disentangled_attention import (
 )
 from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
 from crossenc.model_executor.layers.cpu_memory import release_freed_memory
+from crossenc.model_executor.layers.layernorm import add_layer_norm
 from crossenc.model_executor.layers.packed_layout import PackedLayout, packed_attention
 from crossenc.model_executor.models.adapters import EncoderForSequenceClassification, EncoderForTokenClassification
 from crossenc.model_executor.models.interfaces import SupportsEmbedding
@@ -238,7 +239,7 @@ class DebertaV2Output(nn.Module):
         self.LayerNorm = norm_cls(arch.hidden_size, eps=arch.layer_norm_eps)
 
     def forward(self, x, residual):
-        return self.LayerNorm(self.dense(x) + residual)
+        return add_layer_norm(self.dense(x), residual, self.LayerNorm)
 
 
 class DebertaV2SelfOutput(DebertaV2Output):

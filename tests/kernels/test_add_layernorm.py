@@ -1,0 +1,45 @@
+"""The fused residual add + LayerNorm on a CUDA device against torch's LayerNorm (fp32 math),
+and the encoder blocks' dispatch to it. Skipped without CUDA; the interpreter test in
+test_triton_interpreted.py runs the kernel's logic anywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crossenc.model_executor.layers.layernorm import add_layer_norm, can_fuse
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,hidden", [(41_000, 768), (7, 1024), (1, 1536), (333, 96)])
+def test_fused_add_layer_norm_matches_torch(dtype, rows, hidden):
+    gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
+    x = torch.randn(rows, hidden, device="cuda", generator=gen).mul(4).add(2).to(dtype)
+    residual = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+    norm = torch.nn.LayerNorm(hidden, eps=1e-7, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        norm.weight.normal_(generator=gen)
+        norm.bias.normal_(generator=gen)
+    assert can_fuse(x, residual, norm)
+    ref = torch.nn.functional.layer_norm(x.float() + residual.float(), (hidden,), norm.weight.float(),
+                                         norm.bias.float(), norm.eps)
+    out = add_layer_norm(x, residual, norm)
+    assert out.dtype == dtype and out.shape == x.shape
+    # The sum and statistics stay in fp32: one rounding of the output away from the fp32 result
+    # (torch's add then LayerNorm also rounds the sum).
+    err = (out.float() - ref).abs().max().item()
+    assert err <= torch.finfo(dtype).eps * ref.abs().max().item() + 1e-5, err
+
+
+def test_other_norms_and_layouts_take_torch():
+    x = torch.randn(8, 64, device="cuda")
+    norm = torch.nn.LayerNorm(64, device="cuda")
+    assert not can_fuse(x.t().contiguous().t(), x, norm)  # a strided view
+    assert not can_fuse(x, x, torch.nn.LayerNorm(64, elementwise_affine=False, device="cuda"))
+    assert not can_fuse(x.cpu(), x.cpu(), norm.cpu())
+    assert torch.allclose(add_layer_norm(x.t().contiguous().t(), x, norm), norm(x + x))
