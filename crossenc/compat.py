@@ -494,6 +494,15 @@ def split_compiled_graph_at(vllm_config: Any, op: str) -> None:
         config.splitting_ops.append(op)
 
 
+def copy_compiled_inputs(vllm_config: Any) -> None:
+    """Have vLLM copy a compiled module's batch-sized inputs into buffers of its own before each
+    call (`cudagraph_copy_inputs`). vLLM's CUDA graphs replay from the addresses they captured,
+    which a model compiled whole meets by taking its ids from the runner's persistent buffers; a
+    compiled part (the encoder after the embeddings) gets new tensors every forward, and would
+    replay stale ones. Call before the first forward, which compiles."""
+    vllm_config.compilation_config.cudagraph_copy_inputs = True
+
+
 def head_dtype(vllm_config: Any) -> Any:
     """The dtype vLLM runs pooling heads in (`ModelConfig.head_dtype`: float32 for pooling models
     unless `--hf-overrides '{"head_dtype": ...}'` says otherwise); vLLM casts pooled states to it."""

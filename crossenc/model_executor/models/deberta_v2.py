@@ -430,6 +430,7 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
             compile_args = dict(vllm_config=vllm_config)
             # Where vLLM captures CUDA graphs, they hold the pieces between the attention ops.
             compat.split_compiled_graph_at(vllm_config, "crossenc::packed_disentangled_attention")
+            compat.copy_compiled_inputs(vllm_config)  # the embeddings' output is new every forward
         self.encoder = encoder_cls(arch=self.arch, layers=layers, prefix=f"{prefix}.encoder",
                                    self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls,
                                    **compile_args)
