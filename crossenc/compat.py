@@ -494,13 +494,13 @@ def split_compiled_graph_at(vllm_config: Any, op: str) -> None:
         config.splitting_ops.append(op)
 
 
-def copy_compiled_inputs(vllm_config: Any) -> None:
-    """Have vLLM copy a compiled module's batch-sized inputs into buffers of its own before each
-    call (`cudagraph_copy_inputs`). vLLM's CUDA graphs replay from the addresses they captured,
-    which a model compiled whole meets by taking its ids from the runner's persistent buffers; a
-    compiled part (the encoder after the embeddings) gets new tensors every forward, and would
-    replay stale ones. Call before the first forward, which compiles."""
-    vllm_config.compilation_config.cudagraph_copy_inputs = True
+def cudagraph_max_tokens(vllm_config: Any) -> int:
+    """The largest batch (tokens) vLLM replays from a CUDA graph; 0 where it captures none."""
+    config = vllm_config.compilation_config
+    if str(getattr(config, "cudagraph_mode", "NONE")).rsplit(".", 1)[-1].startswith("NONE"):
+        return 0
+    sizes = getattr(config, "cudagraph_capture_sizes", None) or [0]
+    return int(getattr(config, "max_cudagraph_capture_size", None) or max(sizes))
 
 
 def head_dtype(vllm_config: Any) -> Any:

@@ -338,3 +338,18 @@ def test_offline_loop_hook_takes_only_crossencs_calls_and_stands_aside_on_anothe
     assert llm._run_tiling_engine(None, Streamed(), 3) == "crossenc's"
     assert llm._run_tiling_engine(None, Streamed(), 0) == "vllm's"  # vLLM's error for an empty call
     assert llm._run_tiling_engine(None, lambda: iter(()), 3, use_tqdm=False) == "vllm's"
+
+
+def test_cudagraph_max_tokens_reads_vllms_compilation_config():
+    """How many tokens the compiled encoder's CUDA graphs take (their inputs are then copied into
+    buffers of the model's), from vLLM's own CompilationConfig."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    config = CompilationConfig(cudagraph_mode=CUDAGraphMode.PIECEWISE, cudagraph_capture_sizes=[1, 2, 8, 16],
+                               max_cudagraph_capture_size=16)
+    assert compat.cudagraph_max_tokens(SimpleNamespace(compilation_config=config)) == 16
+    config.cudagraph_mode = CUDAGraphMode.NONE
+    assert compat.cudagraph_max_tokens(SimpleNamespace(compilation_config=config)) == 0

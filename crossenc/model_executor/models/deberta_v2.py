@@ -425,12 +425,13 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
         self.embeddings = DebertaV2Embeddings(self.arch, layers, prefix=f"{prefix}.embeddings",
                                               norm_cls=self.norm_cls)
         encoder_cls, compile_args = DebertaV2Encoder, {}
+        self.graph_tokens, self._graph_inputs = 0, None
         if self.in_vllm and compat.torch_compile_enabled():  # CROSSENC_TORCH_COMPILE=1
             encoder_cls = compat.torch_compiled(DebertaV2Encoder, x=0, seq_ids=0)
             compile_args = dict(vllm_config=vllm_config)
             # Where vLLM captures CUDA graphs, they hold the pieces between the attention ops.
             compat.split_compiled_graph_at(vllm_config, "crossenc::packed_disentangled_attention")
-            compat.copy_compiled_inputs(vllm_config)  # the embeddings' output is new every forward
+            self.graph_tokens = compat.cudagraph_max_tokens(vllm_config)
         self.encoder = encoder_cls(arch=self.arch, layers=layers, prefix=f"{prefix}.encoder",
                                    self_attention_cls=self.self_attention_cls, norm_cls=self.norm_cls,
                                    **compile_args)
@@ -458,10 +459,25 @@ class DebertaV2Model(SupportsEmbedding, nn.Module):
         layout = PackedLayout.from_positions(positions, padding, **bounds)
         x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
         with self.encoder.lay_out(layout, x).active():
-            x = self.encoder(x, layout.seq_ids)
+            x = self.encoder(*self._encoder_inputs(x, layout.seq_ids))
         if self.in_vllm and not x.is_cuda:  # a server's memory stays bounded (cpu_memory)
             release_freed_memory()
         return x
+
+    def _encoder_inputs(self, x: torch.Tensor, seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled encoder's pieces replay from CUDA graphs for batches of up to `graph_tokens`
+        tokens, reading their inputs where they were at capture. vLLM's own models take theirs from
+        the runner's persistent buffers; the embeddings' output is new every forward, so it (and
+        the sequence ids) are copied into buffers made once."""
+        n = x.shape[0]
+        if not 0 < n <= self.graph_tokens:
+            return x, seq_ids
+        if self._graph_inputs is None:
+            self._graph_inputs = (x.new_empty(self.graph_tokens, x.shape[1]), seq_ids.new_empty(self.graph_tokens))
+        static_x, static_ids = self._graph_inputs
+        static_x[:n].copy_(x)
+        static_ids[:n].copy_(seq_ids)
+        return static_x[:n], static_ids[:n]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load a transformers DebertaV2Model checkpoint; names may carry a `deberta.` prefix."""
