@@ -1,6 +1,8 @@
 """The scoring front end's tokenization of one call's pairs: crossenc's `PairEncoder` (the Rust
 tokenizer's `encode_batch_fast` on a private copy of the backend) against the tokenizer's own call
-(`encode_batch`, offsets and a dict per text), both through vLLM's scoring processor, interleaved.
+(`encode_batch`, offsets and a dict per text), both through vLLM's scoring processor, interleaved;
+and PairEncoder a chunk of --chunks pairs at a time, as `LLM.score`'s streamed requests tokenize
+(`score_template.STREAM_CHUNK_PAIRS`).
 
 The checkpoint and texts of benchmarks/score.py (DeBERTa-v3-shaped tokenizer: Unigram, 128k
 pieces; one query, documents making pairs of 64-256 tokens); median of --iters rounds.
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--iters", type=int, default=25)
+    parser.add_argument("--chunks", default="32,64", help="chunk sizes, comma-separated")
     parser.add_argument("--checkpoint", default="/tmp/crossenc-bench")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -49,17 +52,21 @@ def main() -> None:
     assert encoder is not None and encoder.ready(timeout=None)
     copy_s = time.perf_counter() - start
     requests = [score_render_params(processor, query, d) for d in docs[:args.pairs]]
-    times: dict[str, list[float]] = {"PairEncoder (encode_batch_fast)": [], "the tokenizer's call": []}
+    chunks = [int(n) for n in args.chunks.split(",") if n]
+    systems = {"PairEncoder (encode_batch_fast)": (encoder, args.pairs), "the tokenizer's call": (None, args.pairs),
+               **{f"PairEncoder, chunks of {n}": (encoder, n) for n in chunks}}
+    times: dict[str, list[float]] = {name: [] for name in systems}
     ids = {}
     for _ in range(args.iters):
-        for name, pair_encoder in zip(times, (encoder, None)):
+        for name, (pair_encoder, chunk) in systems.items():
             processor._pair_encoder = pair_encoder
             batch = copy.deepcopy(requests)
             start = time.perf_counter()
-            processor._pretokenize(batch)
+            for i in range(0, len(batch), chunk):
+                processor._pretokenize(batch[i:i + chunk])
             times[name].append(time.perf_counter() - start)
             ids[name] = [rp["crossenc_tokens"][0] for rp in batch]
-    assert len(set(map(str, ids.values()))) == 1, "the two paths made different ids"
+    assert len(set(map(str, ids.values()))) == 1, "the paths made different ids"
     env = dict(pairs=args.pairs, cpus=len(os.sched_getaffinity(0)), copy_s=copy_s,
                tokenizers_parallelism=os.environ.get("TOKENIZERS_PARALLELISM"))
     print(f"PairEncoder's copy of the tokenizer: {copy_s:.2f} s (once, in a thread of its own)")

@@ -15,6 +15,9 @@
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
 #   crossenc-unpacked   ... one pair per engine request (CROSSENC_PACK_PAIRS=0), 100/256/2048 pairs
+#   crossenc-request-pairs  ... with engine requests of at most N pairs (CROSSENC_PACK_MAX_PAIRS=N for N
+#                       in REQUEST_PAIRS, default "16 32 64"): smaller streamed requests start the engine
+#                       sooner and leave less after the last one
 #   cross-encoder       sentence-transformers' CrossEncoder at every batch size
 #   vllm-bert           vLLM's own BERT of the same width
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
@@ -31,7 +34,7 @@
 #   crossenc-v2         crossenc-default on vLLM's V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1), one
 #                       engine request per pair; crossenc-v2-packed ... with CROSSENC_PACK_PAIRS_V2=1
 #   front-end           benchmarks/front_end_tokenize.py: the front end's PairEncoder against the
-#                       tokenizer's call, 256 pairs, on this host's cores
+#                       tokenizer's call, 256 pairs, on this host's cores; and in chunks of 32/64/128 pairs
 #   profile-forward     benchmarks/profile_forward.py: the model forward alone, the same kind of batch
 #   client-ceiling      benchmarks/client_ceiling.py: the load generator against a server that answers at once
 #   http-default        benchmarks/http_rerank.py, `vllm serve` with its defaults
@@ -71,6 +74,8 @@ run_step() {
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
     crossenc-unpacked) CROSSENC_PACK_PAIRS=0 timeout 150 $S --system crossenc --pairs 100,256,2048 ;;
+    crossenc-request-pairs) for n in ${REQUEST_PAIRS:-16 32 64}; do
+        CROSSENC_PACK_MAX_PAIRS=$n DEFAULT_TIMEOUT=120 run_step crossenc-default; done ;;
     cross-encoder) timeout 100 $S --system cross-encoder --pairs 100,256,2048 ;;
     vllm-bert) timeout 110 $S --system vllm-bert ;;
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
@@ -89,7 +94,8 @@ run_step() {
     crossenc-v2) VLLM_USE_V2_MODEL_RUNNER=1 timeout 240 $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
     crossenc-v2-packed) VLLM_USE_V2_MODEL_RUNNER=1 CROSSENC_PACK_PAIRS_V2=1 timeout 240 $S --system crossenc \
       --pairs ${PAIRS:-100,256,2048} ;;
-    front-end) timeout 120 python3 benchmarks/front_end_tokenize.py --pairs 256 --out "$out/front_end.jsonl" ;;
+    front-end) timeout 120 python3 benchmarks/front_end_tokenize.py --pairs 256 --chunks 32,64,128 \
+      --out "$out/front_end.jsonl" ;;
     profile-forward) timeout 100 python3 benchmarks/profile_forward.py --system crossenc --shape v3-base \
       --workload rerank-short --rows 30 ;;
     client-ceiling) timeout 100 python3 benchmarks/client_ceiling.py --seconds 4 --out $out/client_ceiling.jsonl ;;

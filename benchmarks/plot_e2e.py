@@ -28,7 +28,9 @@ def offline_bars(data: list[dict], pairs: int) -> list[tuple[str, float]]:
     for r in data:
         # The GPU's v3-base and the CPU's v3-xsmall rows; not v3-large, nor an A/B's other commit
         # (gpu_session.sh crossenc-tree), which is not this release.
-        if r["pairs"] != pairs or r.get("shape", "v3-base") not in ("v3-base", "v3-xsmall") or r.get("crossenc_tree"):
+        # Nor a run with engine requests capped (gpu_session.sh crossenc-request-pairs).
+        if (r["pairs"] != pairs or r.get("shape", "v3-base") not in ("v3-base", "v3-xsmall") or r.get("crossenc_tree")
+                or r.get("env", {}).get("CROSSENC_PACK_MAX_PAIRS")):
             continue
         if r["system"].startswith("CrossEncoder"):
             cross_encoder[r["system"].replace("CrossEncoder.predict", "CrossEncoder, best:")] = r["pairs_per_s"]
