@@ -14,10 +14,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # this checkout's cro
 from crossenc.kernels.triton_add_layernorm import triton_add_layer_norm
 
 
-def add_ln(x, r, w, b, eps, rows=4, warps=4):
-    return triton_add_layer_norm(x, r, w, b, eps, rows=rows, num_warps=warps)
-
-
 if __name__ == "__main__":
     res = []
     for hidden in (768, 1024):
@@ -31,7 +27,7 @@ if __name__ == "__main__":
             row = dict(hidden=hidden, tokens=tokens, torch_ms=t_torch, torch_err=e_torch)
             for rows, warps in ((1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (16, 8)):
                 try:
-                    fn = lambda: add_ln(x, r, ln.weight, ln.bias, 1e-7, rows, warps)
+                    fn = lambda: triton_add_layer_norm(x, r, ln.weight, ln.bias, 1e-7, rows=rows, num_warps=warps)
                     err = (fn().float() - ref).abs().max().item()
                     row[f"triton_{rows}x{warps}_ms"] = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
                     row[f"triton_{rows}x{warps}_err"] = err

@@ -497,7 +497,8 @@ def split_compiled_graph_at(vllm_config: Any, op: str) -> None:
 def cudagraph_max_tokens(vllm_config: Any) -> int:
     """The largest batch (tokens) vLLM replays from a CUDA graph; 0 where it captures none."""
     config = vllm_config.compilation_config
-    if str(getattr(config, "cudagraph_mode", "NONE")).rsplit(".", 1)[-1].startswith("NONE"):
+    mode = getattr(config, "cudagraph_mode", "NONE")
+    if getattr(mode, "name", mode) == "NONE":  # vLLM's CUDAGraphMode
         return 0
     sizes = getattr(config, "cudagraph_capture_sizes", None) or [0]
     return int(getattr(config, "max_cudagraph_capture_size", None) or max(sizes))
