@@ -124,6 +124,6 @@ case $3 in
       if [ -n "${STALL_DUMP_S:-}" ]; then (sleep "$STALL_DUMP_S"; pkill -ABRT -f EngineCore) & dump=$!; STALL_DUMP_S=; fi
       run_step "$s" > "$out/$s.log" 2>&1; echo "== $s (rc $?) $(date +%T)"
       [ -n "$dump" ] && kill "$dump" 2>/dev/null
-      grep -E "pairs/s|tok/s|256 pairs|docs:|Traceback|Error" "$out/$s.log" | tail -12
+      grep -E "pairs/s|tok/s|256 pairs|docs:|engine start|Traceback|Error" "$out/$s.log" | tail -12
     done ;;
 esac

@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--compilation-config", type=json.loads,
+                        help="crossenc's and vllm-bert's (vLLM's --compilation-config, JSON)")
     parser.add_argument("--dtype", default="auto", help="crossenc's and vllm-bert's (vLLM's --dtype)")
     parser.add_argument("--per-pair", action="store_true", help="tokenize pair by pair, as vLLM does")
     parser.add_argument("--profile", help="write a cProfile of one 256-pair call here")
@@ -165,14 +167,20 @@ def main() -> None:
 
             TemplatedCrossEncoderIOProcessor._pretokenize = lambda self, requests: None
         extra = {} if args.max_num_batched_tokens is None else {"max_num_batched_tokens": args.max_num_batched_tokens}
+        if args.compilation_config is not None:
+            extra["compilation_config"] = args.compilation_config
         if args.engine_profile:
             extra["profiler_config"] = {"profiler": "torch", "torch_profiler_dir": str(Path(args.engine_profile).resolve()),
                                         "torch_profiler_with_stack": False}
         # On the CPU build this is the share of RAM reserved for the KV cache.
+        started = time.perf_counter()
         llm = vllm.LLM(str(path), runner="pooling", max_model_len=args.max_model_len, seed=0, enforce_eager=args.enforce_eager,
                        dtype=args.dtype,
                        gpu_memory_utilization=0.5 if on_gpu() else 0.1, **extra)
         sched = llm.llm_engine.vllm_config.scheduler_config
+        env.update(engine_start_s=time.perf_counter() - started, compilation_config_arg=args.compilation_config,
+                   cudagraph_mode=getattr(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode, "name", None))
+        print(f"engine start {env['engine_start_s']:.1f} s, cudagraph_mode {env['cudagraph_mode']}", flush=True)
         env.update(vllm=vllm.__version__, dtype=str(llm.llm_engine.model_config.dtype),
                    max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
                    max_model_len=llm.llm_engine.model_config.max_model_len,

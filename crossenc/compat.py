@@ -118,6 +118,7 @@ REQUIRED_INTERNALS: tuple[tuple[str, str | None], ...] = (
     ("vllm.model_executor.layers.vocab_parallel_embedding", "VocabParallelEmbedding"),
     ("vllm.distributed", "get_tensor_model_parallel_world_size"),
     ("vllm.compilation.decorators", "support_torch_compile"),
+    ("vllm.config.compilation", "CUDAGraphMode"),
     ("vllm.forward_context", None),
     ("vllm.model_executor.layers.pooler.seqwise", "SequencePooler"),
     ("vllm.model_executor.layers.pooler.seqwise", "get_seq_pooling_method"),
@@ -492,6 +493,11 @@ def split_compiled_graph_at(vllm_config: Any, op: str) -> None:
         config.splitting_ops = []
     if op not in config.splitting_ops:
         config.splitting_ops.append(op)
+
+
+def cudagraph_mode(name: str) -> Any:
+    """vLLM's CUDAGraphMode of that name ("NONE", "PIECEWISE", ...)."""
+    return getattr(_internal("vllm.config.compilation", "CUDAGraphMode"), name)
 
 
 def cudagraph_max_tokens(vllm_config: Any) -> int:

@@ -27,6 +27,13 @@ crossenc's cross-encoders score several pairs per engine request, up to 16,384 t
 engine's step (`pair_packing`); the engine's own process takes them, `max_model_len` stays the
 model's everywhere a user sees it.
 
+On a GPU vLLM captures CUDA graphs of the model for batches of up to 512 tokens (51 sizes) and
+pads every batch of that size up to the next one. crossenc's encoders are not compiled (unless
+`CROSSENC_TORCH_COMPILE=1`), so those "graphs" hold no piece of the model: the capture runs the
+forward 51 times at start-up and the padding computes tokens nobody asked for. So on a GPU their
+engines run without CUDA graphs (`cudagraph_mode` NONE) unless the user chose a mode, compiles the
+encoder, or passed `enforce_eager` (which is NONE already).
+
 vLLM has two model runners from 0.26 through 0.33; 0.32 and 0.33 run every model on the newer
 one (V2) on a GPU by default, 0.26 runs pooling models on V1. crossenc's encoders are served and
 measured on V1 (each packed pair's positions and the token types come from it), so they run on
@@ -67,6 +74,17 @@ def encoder_max_num_batched_tokens(
     if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or device_type != "cuda":
         return vllm_default
     return max(vllm_default, min(ENCODER_MAX_NUM_BATCHED_TOKENS, max_num_seqs * max_model_len))
+
+
+def encoder_cudagraph_mode(architecture: str | None, runner_type: str, device_type: str, user_mode: object,
+                           enforce_eager: bool, torch_compile: bool) -> str | None:
+    """The `cudagraph_mode` crossenc sets for an engine, or None to keep vLLM's: "NONE" for
+    crossenc's uncompiled encoders on a GPU where the user chose no mode (`user_mode` None)."""
+    if architecture not in CROSSENC_ARCH_NAMES or runner_type != "pooling" or device_type != "cuda":
+        return None
+    if user_mode is not None or enforce_eager or torch_compile:
+        return None
+    return "NONE"
 
 
 def cpu_reserved_cores(architecture: str | None, runner_type: str, device_type: str, world_size: int,
@@ -152,6 +170,16 @@ def apply_encoder_defaults(engine_args, model_config, batched_tokens_unset: bool
                 "--max-num-batched-tokens to choose another", chosen, architecture,
                 engine_args.max_num_batched_tokens)
             engine_args.max_num_batched_tokens = chosen
+    compilation = engine_args.compilation_config
+    graphs = encoder_cudagraph_mode(architecture, model_config.runner_type, device,
+                                    getattr(compilation, "cudagraph_mode", None), engine_args.enforce_eager,
+                                    compat.torch_compile_enabled())
+    if graphs is not None:
+        # Copied into the engine's configuration after this hook (EngineArgs.create_engine_config).
+        compilation.cudagraph_mode = compat.cudagraph_mode(graphs)
+        compat.logger.info(
+            "crossenc: %s runs without CUDA graphs (cudagraph_mode %s): its encoder is not compiled, so "
+            "they would hold none of it; pass --compilation-config to choose", architecture, graphs)
     spec = crossenc_archs().get(architecture)
     if spec is not None and spec.head == "seq_cls" and model_config.runner_type == "pooling":
         tokens = pair_packing.request_tokens(model_config.max_model_len, engine_args.max_num_batched_tokens)

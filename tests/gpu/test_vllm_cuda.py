@@ -1,6 +1,6 @@
-"""DeBERTa (v3 and v1) in a real vLLM engine on a GPU: fp16 and bf16, vLLM's default compilation settings and
-`enforce_eager`, mixed lengths up to 512 tokens, the Triton kernel in use, and `vllm serve`
-answering /rerank. Skipped without CUDA or without vLLM.
+"""DeBERTa (v3 and v1) in a real vLLM engine on a GPU: fp16 and bf16, vLLM's defaults, `enforce_eager`,
+CUDA graphs the user asks for and the encoder compiled, mixed lengths up to 512 tokens, the Triton
+kernel in use, and `vllm serve` answering /rerank. Skipped without CUDA or without vLLM.
 
 The reference is transformers in float32 on the same weights; the bound is the dtype's tolerance
 as in tests/models/test_dtypes_vllm.py (fp16 5e-3, bf16 4e-2), or 1.5x transformers' own error
@@ -115,15 +115,23 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("enforce_eager", [False, True], ids=["default", "eager"])
+# vLLM's defaults (crossenc's encoders then run without CUDA graphs), enforce_eager, and CUDA
+# graphs the user asks for (vLLM pads each batch of up to 512 tokens to a captured size).
+SETTINGS = {"default": ({}, "NONE"), "eager": ({"enforce_eager": True}, "NONE"),
+            "graphs": ({"compilation_config": {"cudagraph_mode": "PIECEWISE"}}, "PIECEWISE")}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dtype, enforce_eager):
+def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dtype, setting):
     query, docs, want, lengths, hf_error = expected
     assert max(lengths) >= 450 and min(lengths) < 20
     assert 0.01 < want.min() and want.max() < 0.99 and want.std() > 0.1  # scores not saturated
+    kwargs, graphs = SETTINGS[setting]
     llm = vllm.LLM(str(checkpoint), runner="pooling", dtype=dtype, max_model_len=512, seed=0,
-                   enforce_eager=enforce_eager, gpu_memory_utilization=0.3)
+                   gpu_memory_utilization=0.3, **kwargs)
     assert llm.llm_engine.model_config.head_dtype == torch.float32
+    assert llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name == graphs
     kernel_calls.clear()
     got = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
     [handlers] = llm.apply_model(_vllm_weight_handlers)
@@ -136,7 +144,7 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
     assert handlers and all(h is torch._C._disabled_torch_function_impl for h in handlers)
     diff = (got - want).abs().max().item()
     bound = _bound(dtype, hf_error)
-    print(f"\n{dtype} enforce_eager={enforce_eager}: max |Δscore| {diff:.3g} over {len(want)} pairs "
+    print(f"\n{dtype} {setting}: max |Δscore| {diff:.3g} over {len(want)} pairs "
           f"(transformers' own {dtype}: {hf_error[dtype]:.3g}; bound {bound:.3g})")
     assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
     for i in range(len(want)):

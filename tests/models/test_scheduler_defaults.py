@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from crossenc import compat
 from crossenc.config import scheduler
 from crossenc.config.scheduler import (ENCODER_MAX_NUM_BATCHED_TOKENS, cpu_flags, cpu_reserved_cores,
-                                       encoder_dtype, encoder_max_num_batched_tokens)
+                                       encoder_cudagraph_mode, encoder_dtype, encoder_max_num_batched_tokens)
 from crossenc.model_executor.models.registry import CROSSENC_ARCH_NAMES
 
 ARCHS = st.sampled_from([*sorted(CROSSENC_ARCH_NAMES), "BertForSequenceClassification", "Qwen3ForSequenceClassification", None])
@@ -42,6 +42,19 @@ def test_cpu_default_gives_crossencs_encoders_every_core_unless_the_user_chose(
     chose = reserve is not None or bind not in (None, "auto")
     if arch in CROSSENC_ARCH_NAMES and runner == "pooling" and device == "cpu" and world_size == 1 and not chose:
         assert got == "0"
+    else:
+        assert got is None
+
+
+@given(arch=ARCHS, runner=st.sampled_from(["pooling", "generate"]), device=st.sampled_from(["cuda", "cpu", "xpu"]),
+       user_mode=st.sampled_from([None, "NONE", "PIECEWISE", "FULL", "FULL_AND_PIECEWISE"]),
+       enforce_eager=st.booleans(), torch_compile=st.booleans())
+def test_gpu_default_runs_crossencs_uncompiled_encoders_without_cuda_graphs_unless_the_user_chose(
+        arch, runner, device, user_mode, enforce_eager, torch_compile):
+    got = encoder_cudagraph_mode(arch, runner, device, user_mode, enforce_eager, torch_compile)
+    if (arch in CROSSENC_ARCH_NAMES and runner == "pooling" and device == "cuda" and user_mode is None
+            and not enforce_eager and not torch_compile):
+        assert got == "NONE"
     else:
         assert got is None
 
@@ -162,6 +175,32 @@ def test_vllm_engine_config_gets_the_encoder_default(checkpoints, monkeypatch, d
     vllm_8 = _scheduler(checkpoints["bert"], max_num_seqs=8).max_num_batched_tokens
     assert _scheduler(checkpoints["deberta"], max_num_seqs=8).max_num_batched_tokens == (
         max(vllm_8, 8 * 512) if device == "cuda" else vllm_8)
+
+
+def _cudagraph_mode(model, **kwargs):
+    """The `cudagraph_mode` the engine's configuration is made from (EngineArgs after vLLM's and
+    crossenc's defaults; the CPU build's platform then turns CUDA graphs off for every model)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = EngineArgs(model=model, runner="pooling", max_model_len=512, **kwargs)
+    args.create_engine_config()
+    mode = args.compilation_config.cudagraph_mode
+    return None if mode is None else mode.name
+
+
+def test_vllm_engine_config_on_a_gpu_runs_crossencs_encoders_without_cuda_graphs(checkpoints, monkeypatch):
+    """vLLM's own models, a mode the user passes and a compiled encoder keep vLLM's choice."""
+    monkeypatch.setattr(compat, "device_type", lambda: "cuda")
+    monkeypatch.delenv(compat.TORCH_COMPILE_ENV, raising=False)
+    assert _cudagraph_mode(checkpoints["bert"]) is None
+    assert _cudagraph_mode(checkpoints["deberta"]) == "NONE"
+    chosen = {"cudagraph_mode": "PIECEWISE"}
+    assert _cudagraph_mode(checkpoints["deberta"], compilation_config=chosen) == "PIECEWISE"
+    monkeypatch.setenv(compat.TORCH_COMPILE_ENV, "1")
+    assert _cudagraph_mode(checkpoints["deberta"]) is None
+    monkeypatch.setattr(compat, "device_type", lambda: "cpu")
+    monkeypatch.delenv(compat.TORCH_COMPILE_ENV)
+    assert _cudagraph_mode(checkpoints["deberta"]) is None
 
 
 def test_vllm_engine_config_on_the_cpu_gives_crossencs_encoders_every_core(checkpoints, monkeypatch):
