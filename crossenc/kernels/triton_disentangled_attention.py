@@ -48,7 +48,7 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attend(
-    q, acc, m_i, l_i, n0, m0, start, length, head,
+    q, acc, m_i, l_i, lo, hi, m0, start, length, head,
     K, V, PK, PQ, REL,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
     max_seqlen, qk_scale_log2, c2p_far, pq_far,
@@ -61,57 +61,59 @@ def _attend(
     PRECISION: tl.constexpr,
     FAR: tl.constexpr,
 ):
-    """One key tile [n0, n0 + BLOCK_N) into the online softmax of a query tile. FAR: every
-    distance of the tile pair maps to one position row, whose c2p is `c2p_far` per query row and
+    """The key tiles [lo, hi) (BLOCK_N apart) into the online softmax of a query tile. FAR: every
+    distance of each tile pair maps to one position row, whose c2p is `c2p_far` per query row and
     whose p2c comes from that row of pos_query (`pq_far`), without the window."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows_k = n0 + offs_j
-    mask_k = rows_k < length
-    tok_k = (start + rows_k).to(tl.int64)
-    k = tl.load(
-        K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
-        mask=mask_k[:, None], other=0.0,
-    )
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if FAR:
-        if HAS_C2P:
-            s += c2p_far[:, None]
-        if HAS_P2C:
-            s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
-    elif HAS_C2P or HAS_P2C:
-        # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
-        # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
-        # pairs: clamp them to stay inside rel_index.
-        offs_w = tl.arange(0, WIN)
-        pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
-        dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
-        dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-        rel = tl.load(REL + (dist + max_seqlen - 1))
-        if HAS_C2P:
-            pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-            c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-            # Gathered in the input dtype: half the register shuffles of fp32 (the gathers are
-            # ~40 % of the op), and the rounding transformers' fp16/bf16 forward applies too.
-            s += tl.gather(c2p.to(q.dtype), pick, axis=1).to(tl.float32)
-        if HAS_P2C:
-            pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-            p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
-            s += tl.gather(p2c.to(k.dtype), pick, axis=0).to(tl.float32)
-    s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
+    for n0 in range(lo, hi, BLOCK_N):
+        rows_k = n0 + offs_j
+        mask_k = rows_k < length
+        tok_k = (start + rows_k).to(tl.int64)
+        k = tl.load(
+            K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+            mask=mask_k[:, None], other=0.0,
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if FAR:
+            if HAS_C2P:
+                s += c2p_far[:, None]
+            if HAS_P2C:
+                s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
+        elif HAS_C2P or HAS_P2C:
+            # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
+            # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
+            # pairs: clamp them to stay inside rel_index.
+            offs_w = tl.arange(0, WIN)
+            pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
+            dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
+            dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+            rel = tl.load(REL + (dist + max_seqlen - 1))
+            if HAS_C2P:
+                pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+                c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
+                # Gathered in the input dtype: half the register shuffles of fp32 (the gathers are
+                # ~40 % of the op), and the rounding transformers' fp16/bf16 forward applies too.
+                s += tl.gather(c2p.to(q.dtype), pick, axis=1).to(tl.float32)
+            if HAS_P2C:
+                pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+                p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
+                s += tl.gather(p2c.to(k.dtype), pick, axis=0).to(tl.float32)
+        s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
 
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(
-        V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
-        mask=mask_k[:, None], other=0.0,
-    )
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-    return acc, m_new, l_i
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
+            mask=mask_k[:, None], other=0.0,
+        )
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -195,30 +197,27 @@ def _disentangled_attention_fwd(
         if near_lo > 0:
             c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
                                          stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
-            for n0 in range(0, near_lo, BLOCK_N):
-                acc, m_i, l_i = _attend(
-                    q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                    max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                    HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+            acc, m_i, l_i = _attend(
+                q, acc, m_i, l_i, 0, near_lo, m0, start, length, head, K, V, PK, PQ, REL,
+                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
     pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for n0 in range(near_lo, near_hi, BLOCK_N):
-        acc, m_i, l_i = _attend(
-            q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-            stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-            max_seqlen, qk_scale_log2, c2p_none, pq_none,
-            HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
+    acc, m_i, l_i = _attend(
+        q, acc, m_i, l_i, near_lo, near_hi, m0, start, length, head, K, V, PK, PQ, REL,
+        stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+        max_seqlen, qk_scale_log2, c2p_none, pq_none,
+        HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
     if HAS_FAR:
         if near_hi < length:
             c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
                                          stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
-            for n0 in range(near_hi, length, BLOCK_N):
-                acc, m_i, l_i = _attend(
-                    q, acc, m_i, l_i, n0, m0, start, length, head, K, V, PK, PQ, REL,
-                    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                    max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                    HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+            acc, m_i, l_i = _attend(
+                q, acc, m_i, l_i, near_hi, length, m0, start, length, head, K, V, PK, PQ, REL,
+                stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
     tl.store(
