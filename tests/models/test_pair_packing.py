@@ -189,16 +189,21 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
     finally:
         release(llm)
     assert 4 <= requests < len(many) / 10
-    first_add, last_tokenize = events.index(("add", None)), max(i for i, e in enumerate(events) if e[0] == "tokenize")
-    assert first_add < last_tokenize  # the engine had requests while pairs were still being tokenized
+    from crossenc.entrypoints.pooling import score_template
+
+    tokenized = [i for i, e in enumerate(events) if e[0] == "tokenize"]
+    # The first chunk's pairs went to the engine before the next chunk was tokenized.
+    assert events[0] == ("tokenize", score_template.STREAM_CHUNK_PAIRS) and events[1] == ("add", None)
+    assert events.index(("add", None)) < tokenized[1] < tokenized[-1]
     assert streamed_ids == one_each_ids
     assert np.max(np.abs(np.subtract(streamed, one_each))) <= EXACT
     assert model_config.max_model_len == MAX_MODEL_LEN
     assert budget > sum(len(ids) for ids in packed_ids) > 4 * MAX_MODEL_LEN
-    assert sizes == 1  # every pair of the call in one engine request
+    assert sizes == 2  # the first chunk's pairs (sent at once), then every other pair of the call
     assert packed_ids == alone_ids
     assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
-    assert packed == again
+    # The engine may run the call's two requests in one step or in two (shapes of other sizes).
+    assert np.max(np.abs(np.subtract(packed, again))) <= EXACT
     assert np.ptp(packed) > 3 * ATOL
 
 

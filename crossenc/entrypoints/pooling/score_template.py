@@ -222,18 +222,20 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
     def _streamed_packs(self, requests):
         """`_packs(requests)` made as the engine loop asks for them (`offline.run_streamed`): the
         pairs tokenized STREAM_CHUNK_PAIRS at a time, each packed request handed on once no
-        later pair can join it."""
+        later pair can join it. The first chunk's pairs go at once, as requests of their own:
+        the engine starts on them while the rest is tokenized, instead of waiting for a whole
+        request's worth (~100 pairs)."""
         pending: list = []
         for start in range(0, len(requests), STREAM_CHUNK_PAIRS):
             chunk = requests[start:start + STREAM_CHUNK_PAIRS]
             self._pretokenize(chunk)
             pending += chunk
             groups = self._pack_groups(pending)
-            last = start + STREAM_CHUNK_PAIRS >= len(requests)
-            for group in groups if last else groups[:-1]:  # more pairs can join only the last group
+            flush = start == 0 or start + STREAM_CHUNK_PAIRS >= len(requests)
+            for group in groups if flush else groups[:-1]:  # more pairs can join only the last group
                 self._offline_packs.append(pack := _packed(pending, group))
                 yield pack
-            pending = [pending[k] for k in groups[-1]]
+            pending = [] if flush else [pending[k] for k in groups[-1]]
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
