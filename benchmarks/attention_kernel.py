@@ -5,9 +5,11 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 (key tiles past the buckets' saturation without the window), "window" with every tile pair
 through the window, and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
-torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper.
+torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper;
+`--far-block-n 64 128` adds each "far" configuration with the far ranges' keys taken that many at
+a time (they need no window, so they can step further than the near tiles).
 
-    python benchmarks/attention_kernel.py --out kernel.json
+    python benchmarks/attention_kernel.py --out kernel.json [--sweep] [--far-block-n 64 128]
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--dims", nargs="+", type=int, default=[64])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--sweep", action="store_true", help="also the SWEEP tile configurations (far mode)")
+    parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
+                        help="also every far-mode configuration with the far ranges' keys this many at a time")
     args = parser.parse_args()
     rows = []
     for dim in args.dims:
@@ -71,15 +75,16 @@ def main() -> None:
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
             far = saturation_distance(op_args[7])
-            variants = VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])
-            for mode, config in variants:
+            variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
+            variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
+            for mode, config, far_block_n in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
-                options = dict(config=config, far=far if mode == "far" else None)
+                options = dict(config=config, far=far if mode == "far" else None, far_block_n=far_block_n)
 
                 def fn():
                     return triton_disentangled_attention(*call_args, **options)
 
-                row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config)
+                row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n)
                 try:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -96,7 +101,8 @@ def main() -> None:
                     continue
                 row["tflops_qk_pv"] = flops / row["ms"] / 1e9
                 rows.append(row)
-                print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} {row['ms']:7.3f} ms "
+                print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} far keys {far_block_n or config[1]:3d} "
+                      f"{row['ms']:7.3f} ms "
                       f"{row['tflops_qk_pv']:6.1f} TFLOP/s err {row.get('rel_err', 0):.1e} "
                       f"+{row['peak_over_inputs_mib']:.0f} MiB", flush=True)
             with open(args.out, "w") as f:
@@ -109,7 +115,8 @@ def main() -> None:
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:
                     best = min(ok, key=lambda r: r["ms"])
-                    print(f"D={dim} {workload:13s} {mode:12s} {str(best['config']):18s} {best['ms']:.3f} ms")
+                    print(f"D={dim} {workload:13s} {mode:12s} {str(best['config']):18s} "
+                          f"far keys {best['far_block_n'] or best['config'][1]} {best['ms']:.3f} ms")
 
 
 if __name__ == "__main__":

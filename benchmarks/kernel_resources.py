@@ -25,13 +25,14 @@ CONFIGS = [(32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2)]
 TERMS = [(True, True), (True, False), (False, False)]
 
 
-def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool) -> dict:
+def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool, far_block_n: int | None = None) -> dict:
     fn = module._disentangled_attention_fwd
     names = list(inspect.signature(fn.fn).parameters)
     block_m, block_n, warps, stages = config
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
                       WIN=triton.next_power_of_2(block_m + block_n - 1), HAS_C2P=c2p, HAS_P2C=p2c,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far)
+                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far,
+                      FAR_BLOCK_N=far_block_n if far and far_block_n else block_n)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in ("Q", "K", "V", "O", "PK", "PQ")
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
                  for n in names}
@@ -51,15 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
+                        help="also each configuration with far ranges, their keys this many at a time")
     args = parser.parse_args()
     print(f"triton {triton.__version__}, sm_90, {args.dtype}, head_dim {args.head_dim}")
-    print("config (BM, BN, warps, stages) | c2p | p2c | far ranges | registers | stack B | shared B")
+    print("config (BM, BN, warps, stages) | c2p | p2c | far ranges (keys per step) | registers | stack B | shared B")
     for config in CONFIGS:
         for c2p, p2c in TERMS:
             for far in ((True, False) if c2p or p2c else (False,)):
-                r = resources(config, args.dtype, args.head_dim, c2p, p2c, far)
-                print(f"{config} | {c2p} | {p2c} | {far} | {r['registers']} | {r['stack_bytes']} | {r['shared_bytes']}",
-                      flush=True)
+                for far_block_n in [config[1], *args.far_block_n] if far else [None]:
+                    r = resources(config, args.dtype, args.head_dim, c2p, p2c, far, far_block_n)
+                    ranges = f"{far} ({far_block_n})" if far else "False"
+                    print(f"{config} | {c2p} | {p2c} | {ranges} | {r['registers']} | {r['stack_bytes']} | "
+                          f"{r['shared_bytes']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attend(
-    q, acc, m_i, l_i, lo, hi, m0, start, length, head,
+    q, acc, m_i, l_i, lo, hi, limit, m0, start, head,
     K, V, PK, PQ, REL,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
     max_seqlen, qk_scale_log2, c2p_far, pq_far,
@@ -61,7 +61,8 @@ def _attend(
     PRECISION: tl.constexpr,
     FAR: tl.constexpr,
 ):
-    """The key tiles [lo, hi) (BLOCK_N apart) into the online softmax of a query tile. FAR: every
+    """The keys [lo, hi), BLOCK_N at a time, into the online softmax of a query tile; keys from
+    `limit` on are masked (the sequence's end, or the end of a range a last step overshoots). FAR: every
     distance of each tile pair maps to one position row, whose c2p is `c2p_far` per query row and
     whose p2c comes from that row of pos_query (`pq_far`), without the window."""
     offs_i = tl.arange(0, BLOCK_M)
@@ -69,7 +70,7 @@ def _attend(
     offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(lo, hi, BLOCK_N):
         rows_k = n0 + offs_j
-        mask_k = rows_k < length
+        mask_k = rows_k < limit
         tok_k = (start + rows_k).to(tl.int64)
         k = tl.load(
             K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
@@ -150,6 +151,7 @@ def _disentangled_attention_fwd(
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
     HAS_FAR: tl.constexpr,
+    FAR_BLOCK_N: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -197,15 +199,17 @@ def _disentangled_attention_fwd(
         if near_lo > 0:
             c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
                                          stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+            # Steps of FAR_BLOCK_N may overshoot near_lo (a multiple of BLOCK_N): mask there.
             acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, 0, near_lo, m0, start, length, head, K, V, PK, PQ, REL,
+                q, acc, m_i, l_i, 0, near_lo, length if FAR_BLOCK_N == BLOCK_N else near_lo, m0, start, head,
+                K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
     pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
     acc, m_i, l_i = _attend(
-        q, acc, m_i, l_i, near_lo, near_hi, m0, start, length, head, K, V, PK, PQ, REL,
+        q, acc, m_i, l_i, near_lo, near_hi, length, m0, start, head, K, V, PK, PQ, REL,
         stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
         max_seqlen, qk_scale_log2, c2p_none, pq_none,
         HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
@@ -214,10 +218,10 @@ def _disentangled_attention_fwd(
             c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
                                          stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
             acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, near_hi, length, m0, start, length, head, K, V, PK, PQ, REL,
+                q, acc, m_i, l_i, near_hi, length, length, m0, start, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far, pq_far,
-                HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -273,6 +277,7 @@ def triton_disentangled_attention(
     config: tuple[int, int, int, int] | None = None,
     tiles: torch.Tensor | None = None,
     far: int | None = None,
+    far_block_n: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
@@ -283,7 +288,8 @@ def triton_disentangled_attention(
     ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
-    the window. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
+    None: BLOCK_N), which need no window and so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -322,6 +328,10 @@ def triton_disentangled_attention(
     if total == 0 or batch == 0:
         return out
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
+    if far_block_n is not None and (far_block_n < 16 or far_block_n & (far_block_n - 1)):
+        raise ValueError(f"far_block_n must be a power of two >= 16, got {far_block_n}")
+    if far_block_n is None or far >= max_seqlen:  # no far ranges: one compiled variant
+        far_block_n = block_n
     win = triton.next_power_of_2(block_m + block_n - 1)
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
@@ -344,7 +354,7 @@ def triton_disentangled_attention(
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Far tiles need a distance >= far; none below max_seqlen: their code is compiled out.
-        HAS_FAR=far < max_seqlen,
+        HAS_FAR=far < max_seqlen, FAR_BLOCK_N=far_block_n,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

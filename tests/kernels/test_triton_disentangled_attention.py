@@ -108,6 +108,24 @@ def test_kernel_tile_configs(config, mode):
     assert _rel_err(out, ref) < REL_TOL[torch.float16]
 
 
+@pytest.mark.parametrize("far_block_n", [64, 128])
+@pytest.mark.parametrize("config", [(32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 1, 2)])
+@pytest.mark.parametrize("bucket", [(256, 512), (16, 32)], ids=["v3", "small-buckets"])
+def test_far_ranges_in_larger_steps(far_block_n, config, bucket):
+    """The far ranges' keys taken `far_block_n` at a time (more than the near tiles' BLOCK_N): a
+    step may reach past the far-before range into the near one, whose keys it must mask."""
+    from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+
+    args = _packed_inputs([1, 600, 1100, 2048, 77], 2, 64, torch.float16, *bucket, True, True, 3)
+    far = saturation_distance(args[7].cpu())
+    assert far < args[4]
+    out = triton_disentangled_attention(*args, config=config, far=far, far_block_n=far_block_n)
+    ref = disentangled_attention_ref(*args)
+    assert _rel_err(out, ref) < REL_TOL[torch.float16]
+    default = triton_disentangled_attention(*args, config=config, far=far)
+    assert _rel_err(out, default) < REL_TOL[torch.float16]
+
+
 def test_one_compiled_kernel_whatever_the_batch():
     """A server's steps differ in sequence count, lengths and token count: after the first call,
     none of them compiles another variant of the kernel (a request would wait for Triton)."""
@@ -160,6 +178,8 @@ def test_bad_input_errors():
         triton_disentangled_attention(*args, tiles=torch.zeros(5, dtype=torch.int32, device="cuda"))
     with pytest.raises(ValueError, match="far must be within"):
         triton_disentangled_attention(*args, far=0)
+    with pytest.raises(ValueError, match="far_block_n must be a power of two"):
+        triton_disentangled_attention(*args, far_block_n=48)
     with pytest.raises(ValueError, match="out must be"):
         triton_disentangled_attention(*args, out=torch.empty(10, 2, 64, device="cuda", dtype=torch.float32))
 

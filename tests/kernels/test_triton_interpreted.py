@@ -66,10 +66,13 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
                                      None if pos_query is None else pos_query.float(), rel, scale)
     # With the far tiles as the model runs it, and (short cases; the long ones cost ~10 s each
     # interpreted) with the window everywhere.
-    runs = [(saturation_distance(rel), name)] + ([(None, name + ", window only")] if total <= 256 else [])
-    for far, label in runs:
+    # Where there are far ranges, also with their keys taken 64 at a time (twice the near tiles').
+    runs = [(saturation_distance(rel), None, name)] + ([(None, None, name + ", window only")] if total <= 256 else [])
+    if saturation_distance(rel) < max_seqlen:
+        runs.append((saturation_distance(rel), 64, name + ", far keys 64 at a time"))
+    for far, far_block_n, label in runs:
         out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale, tiles=tiles,
-                                            far=far)
+                                            far=far, far_block_n=far_block_n)
         errors[label] = ((out.float() - ref).norm() / ref.norm()).item()
     if name == "v3 log buckets":  # into an output the caller allocated, a strided view (vLLM's graphs' buffers)
         buffer = torch.full((total, heads + 1, dim), float("nan"), dtype=dtype)
@@ -124,15 +127,16 @@ def interpreted_errors():
 def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     name, dtype = case[0], case[4]
     labels = [label for label in interpreted_errors
-              if label in (name, name + ", window only", name + ", into a given output")]
+              if label in (name, name + ", window only", name + ", into a given output", name + ", far keys 64 at a time")]
     assert name in labels
     for label in labels:
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
 
 
-@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,far", [("fp16", 64, True, True, True), ("fp16", 64, True, True, False),
-                                                        ("bf16", 128, False, True, True), ("fp32", 32, True, False, False)])
-def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far):
+@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,far,far_block_n", [
+    ("fp16", 64, True, True, True, 32), ("fp16", 64, True, True, True, 64), ("fp16", 64, True, True, False, 32),
+    ("bf16", 128, False, True, True, 32), ("fp32", 32, True, False, False, 32)])
+def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n):
     """The compiled kernel, not only the interpreted one: Triton lowers it for an H100/H200
     (sm_90) with the ptxas it ships, no GPU needed; every batch-dependent integer is left
     unspecialized (one kernel whatever the batch)."""
@@ -150,7 +154,7 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far):
     assert {"num_seqs", "max_seqlen", "search_steps", "far"} <= {p.name for p in fn.params if p.do_not_specialize}
     names = list(inspect.signature(fn.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=32, BLOCK_N=32, WIN=64, HAS_C2P=c2p, HAS_P2C=p2c,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far)
+                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far, FAR_BLOCK_N=far_block_n)
     pointers = {"Q", "K", "V", "O", "PK", "PQ"}
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
