@@ -31,6 +31,7 @@
 #   forward-compile     ... crossenc eager against its encoder compiled (torch.compile, Inductor)
 #   kernel              benchmarks/attention_kernel.py: the attention op alone per tile configuration,
 #                       far tiles on and off, and the --sweep configurations (Hopper tuning)
+#   kernel-far          ... rerank-long and long-2k, the far ranges' keys 64 and 128 at a time too
 #   crossenc-v2         crossenc-default on vLLM's V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1), one
 #                       engine request per pair; crossenc-v2-packed ... with CROSSENC_PACK_PAIRS_V2=1
 #   front-end           benchmarks/front_end_tokenize.py: the front end's PairEncoder against the
@@ -91,6 +92,8 @@ run_step() {
     forward-compile) timeout 300 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \
       --systems crossenc crossenc+compile --out "$out/forward-compile.json" ;;
     kernel) timeout 500 python3 benchmarks/attention_kernel.py --sweep --out "$out/kernel.json" ;;
+    kernel-far) timeout 300 python3 benchmarks/attention_kernel.py --workloads rerank-long long-2k \
+      --far-block-n 64 128 --out "$out/kernel-far.json" ;;
     crossenc-v2) VLLM_USE_V2_MODEL_RUNNER=1 timeout 240 $S --system crossenc --pairs ${PAIRS:-100,256,2048} ;;
     crossenc-v2-packed) VLLM_USE_V2_MODEL_RUNNER=1 CROSSENC_PACK_PAIRS_V2=1 timeout 240 $S --system crossenc \
       --pairs ${PAIRS:-100,256,2048} ;;
