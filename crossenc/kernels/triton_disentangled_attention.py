@@ -51,7 +51,7 @@ def _attend(
     q, acc, m_i, l_i, lo, hi, limit, m0, start, head,
     K, V, PK, PQ, REL,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    max_seqlen, qk_scale_log2, c2p_far, pq_far,
+    max_seqlen, qk_scale_log2, c2p_far,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -64,7 +64,7 @@ def _attend(
     """The keys [lo, hi), BLOCK_N at a time, into the online softmax of a query tile; keys from
     `limit` on are masked (the sequence's end, or the end of a range a last step overshoots). FAR: every
     distance of each tile pair maps to one position row, whose c2p is `c2p_far` per query row and
-    whose p2c comes from that row of pos_query (`pq_far`), without the window."""
+    whose p2c is in `q` (`_far_terms`), without the window."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -76,12 +76,10 @@ def _attend(
             K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
             mask=mask_k[:, None], other=0.0,
         )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # FAR: q holds the p2c row (`_far_terms`)
         if FAR:
             if HAS_C2P:
                 s += c2p_far[:, None]
-            if HAS_P2C:
-                s += tl.sum(k.to(tl.float32) * pq_far[None, :], axis=1)[None, :]
         elif HAS_C2P or HAS_P2C:
             # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
             # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
@@ -121,17 +119,19 @@ def _attend(
 def _far_terms(q, PK, PQ, REL, row, head, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_C2P: tl.constexpr, HAS_P2C: tl.constexpr):
     """The position terms of one saturated side (`row`: its entry of rel_index): c2p per query
-    row of the tile, and the pos_query row p2c takes per key."""
+    row of the tile, and the query tile with that row of pos_query added, so that one product
+    with a key gives c2c + p2c (k . q + k . pq)."""
     offs_d = tl.arange(0, HEAD_DIM)
     rel = tl.load(REL + row)
     c2p = tl.zeros([BLOCK_M], dtype=tl.float32)
-    pq = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    q_far = q
     if HAS_C2P:
         pk = tl.load(PK + rel * stride_pkr + head * stride_pkh + offs_d).to(tl.float32)
         c2p = tl.sum(q.to(tl.float32) * pk[None, :], axis=1)
     if HAS_P2C:
         pq = tl.load(PQ + rel * stride_pqr + head * stride_pqh + offs_d).to(tl.float32)
-    return c2p, pq
+        q_far = (q.to(tl.float32) + pq[None, :]).to(q.dtype)
+    return c2p, q_far
 
 
 # The batch's sizes vary from one engine step to the next: Triton must not compile a variant per
@@ -197,30 +197,29 @@ def _disentangled_attention_fwd(
             near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
             near_hi = tl.minimum(tl.cdiv(m0 + BLOCK_M - 1 + far, BLOCK_N) * BLOCK_N, length)
         if near_lo > 0:
-            c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
-                                         stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+            c2p_far, q_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
+                                        stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
             # Steps of FAR_BLOCK_N may overshoot near_lo (a multiple of BLOCK_N): mask there.
             acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, 0, near_lo, length if FAR_BLOCK_N == BLOCK_N else near_lo, m0, start, head,
+                q_far, acc, m_i, l_i, 0, near_lo, length if FAR_BLOCK_N == BLOCK_N else near_lo, m0, start, head,
                 K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                max_seqlen, qk_scale_log2, c2p_far,
                 HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
-    pq_none = tl.zeros([HEAD_DIM], dtype=tl.float32)
     acc, m_i, l_i = _attend(
         q, acc, m_i, l_i, near_lo, near_hi, length, m0, start, head, K, V, PK, PQ, REL,
         stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-        max_seqlen, qk_scale_log2, c2p_none, pq_none,
+        max_seqlen, qk_scale_log2, c2p_none,
         HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
     if HAS_FAR:
         if near_hi < length:
-            c2p_far, pq_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
-                                         stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
+            c2p_far, q_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
+                                        stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
             acc, m_i, l_i = _attend(
-                q, acc, m_i, l_i, near_hi, length, length, m0, start, head, K, V, PK, PQ, REL,
+                q_far, acc, m_i, l_i, near_hi, length, length, m0, start, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-                max_seqlen, qk_scale_log2, c2p_far, pq_far,
+                max_seqlen, qk_scale_log2, c2p_far,
                 HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
 
     acc = acc / l_i[:, None]
