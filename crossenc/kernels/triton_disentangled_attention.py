@@ -18,9 +18,11 @@ on an H100: 0.95 ms against 1.18 ms for the table variant on v3-base rerank-shor
 Far from the diagonal the window is redundant: past the buckets (v3: |i-j| >= 512; v2/v1
 linear positions: past max_relative_positions) each side's distances share one position row,
 so for a key tile whose every distance to the query tile is that far, c2p is one value per query
-row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]): two vector products instead
-of the window's two tile products and gathers. Each program walks its key tiles in three ranges
-(far before, near, far after), split at `far` (`saturation_distance`, given by the caller).
+row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]), which the QK product takes
+with the row added to the query tile once per range ((q_i + pos_query[row]) . k_j): no window,
+no gathers, no second product. Each program walks its key tiles in three ranges (far before,
+near, far after), split at `far` (`saturation_distance`, given by the caller); the far ranges
+may step through their keys in larger tiles (`far_block_n`).
 Where no distance reaches `far` (max_seqlen <= far: every v3 batch of up to 512 tokens) the far
 ranges are compiled out (HAS_FAR): the kernel then spills less (sm_90, one warp per 32x32 tile:
 576 bytes of stack per thread instead of 1,032 with Triton 3.6; benchmarks/kernel_resources.py).
