@@ -11,6 +11,8 @@
 #   crossenc-tree       crossenc-default with the crossenc package of another commit, for an A/B in one
 #                       session: CROSSENC_TREE=DIR holding its crossenc/ (`git archive COMMIT crossenc |
 #                       tar -x -C DIR`); DIR's name goes in the rows as crossenc_tree
+#   crossenc-graphs     ... with vLLM's PIECEWISE CUDA graphs (crossenc's encoders default to none);
+#                       alternate it with crossenc-default for an A/B on one machine
 #   crossenc-65536      ... with --max-num-batched-tokens 65536
 #   crossenc-compile    ... with CROSSENC_TORCH_COMPILE=1 (vLLM's torch.compile and CUDA graphs)
 #   crossenc-per-pair   ... tokenizing pair by pair, as vLLM's own scoring does
@@ -72,6 +74,8 @@ run_step() {
     vllm-bench) mkdir -p "$out/vllm-bench" && timeout 300 bash benchmarks/vllm_bench_rerank.sh \
       /tmp/crossenc-bench/deberta-v3-base "$out/vllm-bench" --num-prompts 20480 --max-concurrency 64 ;;
     crossenc-compile) CROSSENC_TORCH_COMPILE=1 timeout 300 $S --system crossenc ;;
+    crossenc-graphs) timeout 240 $S --system crossenc --compilation-config '{"cudagraph_mode": "PIECEWISE"}' \
+      --pairs ${PAIRS:-100,256,2048} ;;
     crossenc-65536) timeout 120 $S --system crossenc --max-num-batched-tokens 65536 ;;
     crossenc-per-pair) timeout 100 $S --system crossenc --per-pair --pairs 256 ;;
     crossenc-unpacked) CROSSENC_PACK_PAIRS=0 timeout 150 $S --system crossenc --pairs 100,256,2048 ;;
