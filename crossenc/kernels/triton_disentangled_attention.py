@@ -201,7 +201,9 @@ def _disentangled_attention_fwd(
         if near_lo > 0:
             c2p_far, q_far = _far_terms(q, PK, PQ, REL, 2 * max_seqlen - 2, head, stride_pkr, stride_pkh,
                                         stride_pqr, stride_pqh, BLOCK_M, HEAD_DIM, HAS_C2P, HAS_P2C)
-            # Steps of FAR_BLOCK_N may overshoot near_lo (a multiple of BLOCK_N): mask there.
+            # Steps of FAR_BLOCK_N may overshoot near_lo (a multiple of BLOCK_N): mask there. Steps of
+            # BLOCK_N end on it, so they mask at the sequence's end as the near range does (which
+            # compiles to the same code as before far_block_n, kernel_resources.py).
             acc, m_i, l_i = _attend(
                 q_far, acc, m_i, l_i, 0, near_lo, length if FAR_BLOCK_N == BLOCK_N else near_lo, m0, start, head,
                 K, V, PK, PQ, REL,
