@@ -9,6 +9,7 @@ pairs sent one by one.
 
 from __future__ import annotations
 
+import threading
 
 import numpy as np
 import pytest
@@ -112,51 +113,37 @@ def checkpoints(tmp_path_factory):
 
 def _scores(llm, queries, documents, packed: bool, events: list | None = None):
     """Scores, each pair's token ids and the engine requests of `llm.score`; `events` (if given)
-    gets ("tokenize", pairs) and ("add", None) in the order the call tokenized and added."""
+    gets ("tokenize", pairs, thread name) and ("add", None, None) in the order the call tokenized
+    and added, and every chunk after the first is tokenized only once the first request went to
+    the engine (or after 60 s): a call that tokenizes all its pairs before it adds a request
+    records ("waited", None, None) first."""
     processor = llm.pooling_io_processors["cross-encoder"]
     processor.packs_pairs = packed
+    gated = events is not None
     events = [] if events is None else events
     engine, pretokenize = llm.llm_engine, processor._pretokenize
     add_request = engine.add_request
-    engine.add_request = lambda *a, **k: events.append(("add", None)) or add_request(*a, **k)
-    processor._pretokenize = lambda requests: events.append(("tokenize", len(requests))) or pretokenize(requests)
+    first_add = threading.Event()
+
+    def add(*args, **kwargs):
+        events.append(("add", None, None))
+        first_add.set()
+        return add_request(*args, **kwargs)
+
+    def tokenize(requests):
+        if gated and any(e[0] == "tokenize" for e in events) and not first_add.wait(timeout=60):
+            events.append(("waited", None, None))
+        events.append(("tokenize", len(requests), threading.current_thread().name))
+        return pretokenize(requests)
+
+    engine.add_request, processor._pretokenize = add, tokenize
     try:
         outputs = llm.score(queries, documents)
     finally:
         del engine.add_request, processor._pretokenize  # the class's own again
         processor.packs_pairs = True
-    return [o.outputs.score for o in outputs], [list(o.prompt_token_ids) for o in outputs], events.count(("add", None))
-
-
-@vllm_needed
-@pytest.mark.parametrize("variant", ["v3", "v2-conv", "absolute"])
-def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints, variant):
-    pytest.importorskip("vllm")
-    from sentence_transformers import CrossEncoder
-
-    path = checkpoints[variant]
-    memory = {"gpu_memory_utilization": 0.3} if torch.cuda.is_available() else {}
-    llm = VllmRunner(path, runner="pooling", max_model_len=MAX_MODEL_LEN, **memory).llm
-    try:
-        packed, packed_ids, sizes = _scores(llm, QUERY, PAIRS_DOCS, packed=True)
-        alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
-        # Pairs of different queries, packed together.
-        queries = [QUERY, "another question", ""] * 3
-        mixed, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=True)
-        mixed_alone, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=False)
-    finally:
-        release(llm)
-    assert sizes < len(PAIRS_DOCS) / 2  # packing happened
-    assert packed_ids == alone_ids
-    assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
-    assert np.max(np.abs(np.subtract(mixed, mixed_alone))) <= EXACT
-    # (CrossEncoder batches an empty document as "" text, vLLM tokenizes it as the query alone:
-    # compared above, packed against alone.)
-    cross_encoder = CrossEncoder(str(path), device="cpu", max_length=MAX_MODEL_LEN)
-    texts = [(i, d) for i, d in enumerate(PAIRS_DOCS) if d]
-    expected = cross_encoder.predict([(QUERY, d) for _, d in texts])
-    assert np.max(np.abs(np.subtract([packed[i] for i, _ in texts], expected))) <= ATOL
-    assert np.ptp(packed) > 3 * ATOL  # the pairs get different scores: the comparisons are not vacuous
+    return ([o.outputs.score for o in outputs], [list(o.prompt_token_ids) for o in outputs],
+            events.count(("add", None, None)))
 
 
 @vllm_needed
@@ -191,10 +178,14 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
     assert 4 <= requests < len(many) / 10
     from crossenc.entrypoints.pooling import score_template
 
+    # The call's pairs were tokenized a chunk at a time, in order, on the processor's tokenizer
+    # thread, and the first chunk's pairs went to the engine without waiting for the next chunk.
+    chunk = score_template.STREAM_CHUNK_PAIRS
+    assert ("waited", None, None) not in events
+    assert [e[1] for e in events if e[0] == "tokenize"] == [min(chunk, len(many) - k) for k in range(0, len(many), chunk)]
+    assert {e[2] for e in events if e[0] == "tokenize"} == {"crossenc-tokenize_0"}
     tokenized = [i for i, e in enumerate(events) if e[0] == "tokenize"]
-    # The first chunk's pairs went to the engine before the next chunk was tokenized.
-    assert events[0] == ("tokenize", score_template.STREAM_CHUNK_PAIRS) and events[1] == ("add", None)
-    assert events.index(("add", None)) < tokenized[1] < tokenized[-1]
+    assert tokenized[0] < events.index(("add", None, None)) < tokenized[1]
     assert streamed_ids == one_each_ids
     assert np.max(np.abs(np.subtract(streamed, one_each))) <= EXACT
     assert model_config.max_model_len == MAX_MODEL_LEN

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import copy
 import dataclasses
 import re
@@ -221,21 +222,35 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
 
     def _streamed_packs(self, requests):
         """`_packs(requests)` made as the engine loop asks for them (`offline.run_streamed`): the
-        pairs tokenized STREAM_CHUNK_PAIRS at a time, each packed request handed on once no
-        later pair can join it. The first chunk's pairs go at once, as requests of their own:
-        the engine starts on them while the rest is tokenized, instead of waiting for a whole
-        request's worth (~100 pairs)."""
+        pairs tokenized STREAM_CHUNK_PAIRS at a time on the processor's tokenizer thread (the
+        Rust tokenizer releases the GIL), so the next chunks are tokenized while the caller
+        packs and hands on the earlier ones; each packed request is handed on once no later pair
+        can join it. The first chunk's pairs go at once, as requests of their own: the engine
+        starts on them while the rest is tokenized, instead of waiting for a whole request's
+        worth (~100 pairs)."""
+        chunks = [requests[start:start + STREAM_CHUNK_PAIRS] for start in range(0, len(requests), STREAM_CHUNK_PAIRS)]
+        tokenized = [self._tokenizer_thread().submit(self._pretokenize, chunk) for chunk in chunks]
         pending: list = []
-        for start in range(0, len(requests), STREAM_CHUNK_PAIRS):
-            chunk = requests[start:start + STREAM_CHUNK_PAIRS]
-            self._pretokenize(chunk)
-            pending += chunk
-            groups = self._pack_groups(pending)
-            flush = start == 0 or start + STREAM_CHUNK_PAIRS >= len(requests)
-            for group in groups if flush else groups[:-1]:  # more pairs can join only the last group
-                self._offline_packs.append(pack := _packed(pending, group))
-                yield pack
-            pending = [] if flush else [pending[k] for k in groups[-1]]
+        try:
+            for n, (chunk, done) in enumerate(zip(chunks, tokenized)):
+                done.result()
+                pending += chunk
+                groups = self._pack_groups(pending)
+                flush = n == 0 or n == len(chunks) - 1
+                for group in groups if flush else groups[:-1]:  # more pairs can join only the last group
+                    self._offline_packs.append(pack := _packed(pending, group))
+                    yield pack
+                pending = [] if flush else [pending[k] for k in groups[-1]]
+        finally:  # the caller stopped early (a request failed): no more tokenizing for it
+            for done in tokenized:
+                done.cancel()
+
+    def _tokenizer_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One thread that tokenizes an `LLM.score` call's chunks in order (`_streamed_packs`)."""
+        if getattr(self, "_tokenizer_executor", None) is None:
+            self._tokenizer_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="crossenc-tokenize")
+        return self._tokenizer_executor
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
