@@ -266,6 +266,15 @@ def default_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 512) -> 
     return 32, 32, 4, 2
 
 
+def default_far_block_n(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int | None:
+    """Keys per step in the far ranges with `default_config`'s tiles (None: BLOCK_N). With its
+    two-warp 32x32 tiles (past 512 tokens), 64 at a time took the v3-base long-2k op from 1.62
+    to 1.47 ms on an H200; 128, 1.51 (benchmarks/attention_kernel.py --far-block-n)."""
+    if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512:
+        return 64
+    return None
+
+
 def triton_disentangled_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -330,6 +339,8 @@ def triton_disentangled_attention(
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0:
         return out
+    if config is None and far_block_n is None:
+        far_block_n = default_far_block_n(dim, q.dtype, max_seqlen)
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     if far_block_n is not None and (far_block_n < 16 or far_block_n & (far_block_n - 1)):
         raise ValueError(f"far_block_n must be a power of two >= 16, got {far_block_n}")
