@@ -9,6 +9,9 @@ pairs sent one by one.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 
 import numpy as np
@@ -196,6 +199,47 @@ def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_mode
     # The engine may run the call's two requests in one step or in two (shapes of other sizes).
     assert np.max(np.abs(np.subtract(packed, again))) <= EXACT
     assert np.ptp(packed) > 3 * ATOL
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_an_offline_calls_pairs_are_tokenized_on_a_thread_also_in_a_forked_process(tmp_path):
+    """What `LLM.score` hands its engine (`_streamed_packs`, the chunks tokenized on the processor's
+    thread), without an engine: each pair's ids the tokenizer's own, and the same packs in a
+    process forked after a call (a fork copies the thread's executor, not the thread)."""
+    pytest.importorskip("vllm")
+    from transformers import AutoTokenizer
+
+    from crossenc.entrypoints.pooling import score_template
+    from tests.utils import score_render_params, scoring_processor
+
+    path = save_deberta(tmp_path / "m", "seq_cls", "v3", num_labels=1)
+    processor = scoring_processor(path, max_model_len=MAX_MODEL_LEN)
+    docs = [f"document {i} " * (1 + i % 7) for i in range(3 * score_template.STREAM_CHUNK_PAIRS + 5)]
+
+    def packs():
+        processor._offline_packs = []
+        requests = [score_render_params(processor, QUERY, d) for d in docs]
+        return [[list(m[score_template._TOKENS_KEY][0]) for m in p.get(score_template._PACK_KEY) or [p]]
+                for p in processor._streamed_packs(requests)]
+
+    parent = packs()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its answer down the pipe, or nothing if it hangs (killed after 60 s)
+        try:
+            os.close(read)
+            signal.alarm(60)
+            os.write(write, json.dumps(packs()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        child = answer.read()
+    os.waitpid(pid, 0)
+    assert child and json.loads(child) == parent
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert [ids for pack in parent for ids in pack] == [tokenizer(QUERY, d)["input_ids"] for d in docs]
+    assert len(parent) == len(docs)  # without an engine that takes longer requests, a pair each
 
 
 def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ import collections
 import concurrent.futures
 import copy
 import dataclasses
+import os
 import re
 import threading
 from typing import Any
@@ -246,11 +247,13 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
                 done.cancel()
 
     def _tokenizer_thread(self) -> concurrent.futures.ThreadPoolExecutor:
-        """One thread that tokenizes an `LLM.score` call's chunks in order (`_streamed_packs`)."""
-        if getattr(self, "_tokenizer_executor", None) is None:
-            self._tokenizer_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="crossenc-tokenize")
-        return self._tokenizer_executor
+        """One thread that tokenizes an `LLM.score` call's chunks in order (`_streamed_packs`);
+        a new one in a process forked since (a fork copies the executor but not its thread)."""
+        executor, pid = getattr(self, "_tokenizer_executor", (None, None))
+        if executor is None or pid != os.getpid():
+            executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossenc-tokenize")
+            self._tokenizer_executor = executor, os.getpid()
+        return executor
 
     def pack_engine_inputs(self, ctx) -> None:
         """Online (after vLLM renders a request's pairs): consecutive pairs packed into one
