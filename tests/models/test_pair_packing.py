@@ -242,6 +242,54 @@ def test_an_offline_calls_pairs_are_tokenized_on_a_thread_also_in_a_forked_proce
     assert len(parent) == len(docs)  # without an engine that takes longer requests, a pair each
 
 
+def test_pairs_vllm_renders_itself_wait_for_the_tokenizer_thread(tmp_path, monkeypatch):
+    """The tokenizer is one Rust object that two threads must not use at once ("Already
+    borrowed"): while `_streamed_packs`' thread tokenizes a chunk, the caller's rendering of a
+    pair through vLLM's own per-pair path (which tokenizes it) waits, and the ids are the
+    tokenizer's own either way."""
+    pytest.importorskip("vllm")
+    import time
+
+    from transformers import AutoTokenizer
+
+    from crossenc.entrypoints.pooling import score_template
+    from tests.utils import score_render_params, scoring_processor
+
+    path = save_deberta(tmp_path / "m", "seq_cls", "v3", num_labels=1)
+    processor = scoring_processor(path, max_model_len=MAX_MODEL_LEN)
+    chunk = score_template.STREAM_CHUNK_PAIRS
+    docs = [f"document {i} " * (1 + i % 7) for i in range(3 * chunk)]
+    own_path = set(docs[:chunk:3])  # pairs of the first chunk left to vLLM's per-pair path
+    spans: dict[str, list] = {"tokenize": [], "vllm": []}
+    batch_key, pretokenize, get_score_prompt = processor._batch_key, processor._pretokenize, processor.get_score_prompt
+
+    def timed(kind, call, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            spans[kind].append((start, time.perf_counter()))
+
+    def slow_pretokenize(requests):  # a chunk that takes a while, so that a render would overlap it
+        return timed("tokenize", lambda: (time.sleep(0.05), pretokenize(requests)))
+
+    monkeypatch.setattr(processor, "_batch_key", lambda rp: None if rp["data_2"] in own_path else batch_key(rp))
+    monkeypatch.setattr(processor, "_pretokenize", slow_pretokenize)
+    monkeypatch.setattr(processor, "get_score_prompt",
+                        lambda *a, **k: timed("vllm", get_score_prompt, *a, **k)
+                        if k.get("data_2", a[1:2] and a[1]) in own_path else get_score_prompt(*a, **k))
+    processor._offline_packs = []
+    requests = [score_render_params(processor, QUERY, d) for d in docs]
+    rendered = [processor.render(pack) for pack in processor._streamed_packs(requests)]
+    ids = [list(r["prompts"]["prompt_token_ids"]) for r in rendered]
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert ids == [tokenizer(QUERY, d)["input_ids"] for d in docs]
+    assert len(spans["tokenize"]) == 3 and len(spans["vllm"]) == len(own_path)
+    for start, end in spans["vllm"]:
+        assert all(end <= t0 or start >= t1 for t0, t1 in spans["tokenize"])
+
+
 def test_an_online_requests_pairs_are_packed_and_the_outputs_split_back(tmp_path, monkeypatch):
     """What the server does with a request's rendered pairs, on the processor vLLM builds."""
     pytest.importorskip("vllm")

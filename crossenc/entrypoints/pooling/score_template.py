@@ -141,6 +141,10 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         self.reads_token_types = (getattr(self.model_config.hf_config, "type_vocab_size", 0) or 0) > 0
         if self.batches_pairs and getattr(self, "tokenizer", None) is not None:
             self._pair_encoder = PairEncoder.of(self.tokenizer)  # its copy of the tokenizer loads meanwhile
+        # The tokenizer is one Rust object that must not be reconfigured while another thread
+        # encodes with it ("Already borrowed"): `_streamed_packs`' thread tokenizes while the
+        # caller renders, and the pairs vLLM renders on its own wait for it (`render`).
+        self._tokenizer_lock = threading.Lock()
         # vLLM renders each pair of an online request in its own hop to the renderer thread
         # (`render_async`); crossenc renders a request's pairs in one.
         self._render_pair_async = getattr(self, "render_async", None)
@@ -230,7 +234,7 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         starts on them while the rest is tokenized, instead of waiting for a whole request's
         worth (~100 pairs)."""
         chunks = [requests[start:start + STREAM_CHUNK_PAIRS] for start in range(0, len(requests), STREAM_CHUNK_PAIRS)]
-        tokenized = [self._tokenizer_thread().submit(self._pretokenize, chunk) for chunk in chunks]
+        tokenized = [self._tokenizer_thread().submit(self._pretokenize_alone, chunk) for chunk in chunks]
         pending: list = []
         try:
             for n, (chunk, done) in enumerate(zip(chunks, tokenized)):
@@ -245,6 +249,11 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         finally:  # the caller stopped early (a request failed): no more tokenizing for it
             for done in tokenized:
                 done.cancel()
+
+    def _pretokenize_alone(self, requests) -> None:
+        """`_pretokenize` on `_streamed_packs`' thread, while no pair is rendered by vLLM's own code."""
+        with self._tokenizer_lock:
+            self._pretokenize(requests)
 
     def _tokenizer_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         """One thread that tokenizes an `LLM.score` call's chunks in order (`_streamed_packs`);
@@ -452,9 +461,12 @@ class TemplatedCrossEncoderIOProcessor(compat.scoring().CrossEncoderIOProcessor)
         tok_params = self._tok_params(render_params)
         if tok_params is not render_params["tok_params"]:
             render_params = {**render_params, "tok_params": tok_params}
-        _rendering.tokens = render_params.get(_TOKENS_KEY)
+        _rendering.tokens = tokens = render_params.get(_TOKENS_KEY)
         try:
-            return super().render(render_params)
+            if tokens is not None:  # tokenized with its call's other pairs: no tokenizer here
+                return super().render(render_params)
+            with self._tokenizer_lock:  # vLLM's own rendering tokenizes the pair
+                return super().render(render_params)
         finally:
             _rendering.tokens = None
 
