@@ -70,9 +70,13 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
     runs = [(saturation_distance(rel), None, name)] + ([(None, None, name + ", window only")] if total <= 256 else [])
     if saturation_distance(rel) < max_seqlen:
         runs.append((saturation_distance(rel), 64, name + ", far keys 64 at a time"))
-    for far, far_block_n, label in runs:
-        out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale, tiles=tiles,
-                                            far=far, far_block_n=far_block_n)
+    # Short cases also in 16x16 tiles (a window of 32 rows; the query tiles made here).
+    runs = [(*run, None) for run in runs] + ([(saturation_distance(rel), None, name + ", 16x16 tiles", (16, 16, 1, 2))]
+                                             if total <= 256 else [])
+    for far, far_block_n, label, config in runs:
+        out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale,
+                                            tiles=None if config else tiles, far=far, far_block_n=far_block_n,
+                                            config=config)
         errors[label] = ((out.float() - ref).norm() / ref.norm()).item()
     if name == "v3 log buckets":  # into an output the caller allocated, a strided view (vLLM's graphs' buffers)
         buffer = torch.full((total, heads + 1, dim), float("nan"), dtype=dtype)
@@ -127,7 +131,8 @@ def interpreted_errors():
 def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     name, dtype = case[0], case[4]
     labels = [label for label in interpreted_errors
-              if label in (name, name + ", window only", name + ", into a given output", name + ", far keys 64 at a time")]
+              if label in (name, name + ", window only", name + ", into a given output", name + ", far keys 64 at a time",
+                           name + ", 16x16 tiles")]
     assert name in labels
     for label in labels:
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
