@@ -301,7 +301,8 @@ def triton_disentangled_attention(
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
-    None: BLOCK_N), which need no window and so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    None: `default_far_block_n` with the default tiles, BLOCK_N with a given ``config``), which
+    need no window and so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
