@@ -7,6 +7,12 @@ every integer that is a multiple of 16 as such (`tt.divisibility`), and the mode
 (v3: the q/k/v views of the fused projection, strides 2,304 and 64); without those marks every
 load is a 16-bit scalar one and the figures are not the running kernel's.
 
+Also the key loop's length: the machine instructions (SASS) of the kernel's longest loop, one
+step of BLOCK_N keys for a warp, and per score element of a step (warps x instructions /
+(BLOCK_M x BLOCK_N)). Where there are far ranges the longest loop is one of the three key loops.
+The op is bound by instruction issue rather than memory: on an H200 the per-element figure
+ranked the tile configurations as their timings did (docs/benchmarks.md).
+
     python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64]
 """
 
@@ -52,8 +58,20 @@ def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool
         f.write(kernel.asm["cubin"])
         f.flush()
         usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return dict(registers=int(match.group(1)), stack_bytes=int(match.group(2)), shared_bytes=kernel.metadata.shared)
+    loop = _longest_loop(sass)
+    return dict(registers=int(match.group(1)), stack_bytes=int(match.group(2)), shared_bytes=kernel.metadata.shared,
+                loop_instructions=loop, per_score_element=loop * warps / (block_m * block_n))
+
+
+def _longest_loop(sass: str) -> int:
+    """Instructions between a backward branch and its target, the longest such span."""
+    code = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
+            if (m := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line))]
+    spans = [(target, address) for address, text in code
+             if (branch := re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)) and (target := int(branch.group(1), 16)) <= address]
+    return max((sum(1 for a, _ in code if lo <= a <= hi) for lo, hi in spans), default=0)
 
 
 def main() -> None:
@@ -64,7 +82,8 @@ def main() -> None:
                         help="also each configuration with far ranges, their keys this many at a time")
     args = parser.parse_args()
     print(f"triton {triton.__version__}, sm_90, {args.dtype}, head_dim {args.head_dim}")
-    print("config (BM, BN, warps, stages) | c2p | p2c | far ranges (keys per step) | registers | stack B | shared B")
+    print("config (BM, BN, warps, stages) | c2p | p2c | far ranges (keys per step) | registers | stack B | shared B"
+          " | loop instructions | per score element")
     for config in CONFIGS:
         for c2p, p2c in TERMS:
             for far in ((True, False) if c2p or p2c else (False,)):
@@ -72,7 +91,7 @@ def main() -> None:
                     r = resources(config, args.dtype, args.head_dim, c2p, p2c, far, far_block_n)
                     ranges = f"{far} ({far_block_n})" if far else "False"
                     print(f"{config} | {c2p} | {p2c} | {ranges} | {r['registers']} | {r['stack_bytes']} | "
-                          f"{r['shared_bytes']}", flush=True)
+                          f"{r['shared_bytes']} | {r['loop_instructions']} | {r['per_score_element']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,8 +78,8 @@ def _attend(
             K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
             mask=mask_k[:, None], other=0.0,
         )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # FAR: q holds the p2c row (`_far_terms`)
         if FAR:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # q holds the p2c row (`_far_terms`)
             if HAS_C2P:
                 s += c2p_far[:, None]
         elif HAS_C2P or HAS_P2C:
@@ -91,16 +91,23 @@ def _attend(
             dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
             dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
             rel = tl.load(REL + (dist + max_seqlen - 1))
+            # c2p + p2c, the QK product's initial value. Both terms are gathered in the input
+            # dtype (half the register shuffles of fp32; the gathers are ~40 % of the op) and
+            # summed in it, as transformers' fp16/bf16 forward does. Added before the product
+            # rather than to it, so that the softmax is compiled once: one warp's step is 16 %
+            # shorter (benchmarks/kernel_resources.py).
             if HAS_C2P:
                 pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
                 c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-                # Gathered in the input dtype: half the register shuffles of fp32 (the gathers are
-                # ~40 % of the op), and the rounding transformers' fp16/bf16 forward applies too.
-                s += tl.gather(c2p.to(q.dtype), pick, axis=1).to(tl.float32)
+                pos = tl.gather(c2p.to(q.dtype), pick, axis=1)
             if HAS_P2C:
                 pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
                 p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
-                s += tl.gather(p2c.to(k.dtype), pick, axis=0).to(tl.float32)
+                p2c = tl.gather(p2c.to(k.dtype), pick, axis=0)
+                pos = pos + p2c if HAS_C2P else p2c
+            s = tl.dot(q, tl.trans(k), pos.to(tl.float32), input_precision=PRECISION)
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
