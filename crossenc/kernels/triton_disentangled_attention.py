@@ -108,11 +108,12 @@ def _attend(
             s = tl.dot(q, tl.trans(k), pos.to(tl.float32), input_precision=PRECISION)
         else:
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        s = tl.where(mask_k[None, :], s * qk_scale_log2, -float("inf"))
+        s = tl.where(mask_k[None, :], s, -float("inf"))
 
+        # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * qk_scale_log2)
+        p = tl.math.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(
             V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :],
