@@ -143,8 +143,10 @@ def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     ("bf16", 128, False, True, True, 32), ("fp32", 32, True, False, False, 32)])
 def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n):
     """The compiled kernel, not only the interpreted one: Triton lowers it for an H100/H200
-    (sm_90) with the ptxas it ships, no GPU needed; every batch-dependent integer is left
-    unspecialized (one kernel whatever the batch)."""
+    (sm_90) with the ptxas it ships, no GPU needed, as the model launches it (aligned pointers,
+    strides multiples of 16); every batch-dependent integer is left unspecialized (one kernel
+    whatever the batch), and each key loop computes its softmax once: two exponentials (the
+    rescale and the probabilities) per loop, where Triton once computed them in two layouts."""
     import inspect
 
     import triton
@@ -164,10 +166,15 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
                  for n in names}
-    source = ASTSource(fn=fn, signature=signature,
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+               if n in pointers | {"REL", "CU", "TILES"} or n.startswith("stride_")}
+    source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2, "num_stages": 2})
-    assert kernel.asm["cubin"]
+    for warps in (1, 2):
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 2})
+        assert kernel.asm["cubin"]
+        loops = 3 if far else 1  # the keys before, near and after the query tile
+        assert kernel.asm["ttgir"].count("math.exp2") == 2 * loops, warps
 
 
 _ADD_LN_CHILD = r"""
