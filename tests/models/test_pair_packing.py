@@ -150,6 +150,37 @@ def _scores(llm, queries, documents, packed: bool, events: list | None = None):
 
 
 @vllm_needed
+@pytest.mark.parametrize("variant", ["v3", "v2-conv", "absolute"])
+def test_packed_scores_equal_one_pair_per_request_and_cross_encoder(checkpoints, variant):
+    pytest.importorskip("vllm")
+    from sentence_transformers import CrossEncoder
+
+    path = checkpoints[variant]
+    memory = {"gpu_memory_utilization": 0.3} if torch.cuda.is_available() else {}
+    llm = VllmRunner(path, runner="pooling", max_model_len=MAX_MODEL_LEN, **memory).llm
+    try:
+        packed, packed_ids, sizes = _scores(llm, QUERY, PAIRS_DOCS, packed=True)
+        alone, alone_ids, _ = _scores(llm, QUERY, PAIRS_DOCS, packed=False)
+        # Pairs of different queries, packed together.
+        queries = [QUERY, "another question", ""] * 3
+        mixed, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=True)
+        mixed_alone, _, _ = _scores(llm, queries, PAIRS_DOCS[:9], packed=False)
+    finally:
+        release(llm)
+    assert sizes < len(PAIRS_DOCS) / 2  # packing happened
+    assert packed_ids == alone_ids
+    assert np.max(np.abs(np.subtract(packed, alone))) <= EXACT
+    assert np.max(np.abs(np.subtract(mixed, mixed_alone))) <= EXACT
+    # (CrossEncoder batches an empty document as "" text, vLLM tokenizes it as the query alone:
+    # compared above, packed against alone.)
+    cross_encoder = CrossEncoder(str(path), device="cpu", max_length=MAX_MODEL_LEN)
+    texts = [(i, d) for i, d in enumerate(PAIRS_DOCS) if d]
+    expected = cross_encoder.predict([(QUERY, d) for _, d in texts])
+    assert np.max(np.abs(np.subtract([packed[i] for i, _ in texts], expected))) <= ATOL
+    assert np.ptp(packed) > 3 * ATOL  # the pairs get different scores: the comparisons are not vacuous
+
+
+@vllm_needed
 def test_an_engine_in_its_own_process_takes_packed_requests_longer_than_max_model_len(checkpoints, monkeypatch):
     """`LLM` with its engine in a process of its own (vLLM's default): a call's pairs fill
     requests of up to `request_budget` tokens, more than max_model_len; scores and token ids are
