@@ -78,11 +78,7 @@ def _attend(
             K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
             mask=mask_k[:, None], other=0.0,
         )
-        if FAR:
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # q holds the p2c row (`_far_terms`)
-            if HAS_C2P:
-                s += c2p_far[:, None]
-        elif HAS_C2P or HAS_P2C:
+        if (HAS_C2P or HAS_P2C) and not FAR:
             # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
             # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
             # pairs: clamp them to stay inside rel_index.
@@ -107,7 +103,9 @@ def _attend(
                 pos = pos + p2c if HAS_C2P else p2c
             s = tl.dot(q, tl.trans(k), pos.to(tl.float32), input_precision=PRECISION)
         else:
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # FAR: q holds the p2c row (`_far_terms`)
+            if FAR and HAS_C2P:
+                s += c2p_far[:, None]
         s = tl.where(mask_k[None, :], s, -float("inf"))
 
         # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
