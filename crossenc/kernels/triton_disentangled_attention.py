@@ -49,6 +49,31 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _gather(x, pick, AXIS: tl.constexpr, PAIRS: tl.constexpr):
+    """tl.gather(x, pick, axis=AXIS), PAIRS 0. PAIRS 1 and 2 (16-bit x): two neighbours along AXIS
+    travel packed in one 32-bit value, so the gather moves half as many values, and the half that
+    `pick`'s parity names is kept: by a select (1), or by PTX's `prmt.rc16` (2, CUDA), whose
+    selector is `pick` itself (its bit 0). Triton gathers a [32, 64] tile along the 64 wide axis
+    with two shuffles per output, each moving one 16-bit value; packed, with one."""
+    if PAIRS == 0:
+        out = tl.gather(x, pick, axis=AXIS)
+    else:
+        bits = x.to(tl.int16, bitcast=True)
+        if AXIS == 1:
+            even, odd = tl.split(tl.reshape(bits, [x.shape[0], x.shape[1] // 2, 2]))
+        else:
+            even, odd = tl.split(tl.permute(tl.reshape(bits, [x.shape[0] // 2, 2, x.shape[1]]), (0, 2, 1)))
+        both = tl.gather((even.to(tl.int32) & 0xFFFF) | (odd.to(tl.int32) << 16), pick >> 1, axis=AXIS)
+        if PAIRS == 2:
+            one = tl.inline_asm_elementwise("prmt.b32.rc16 $0, $1, 0, $2;", "=r,r,r", [both, pick],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            one = tl.where((pick & 1) == 1, both >> 16, both)
+        out = one.to(tl.int16).to(x.dtype, bitcast=True)
+    return out
+
+
+@triton.jit
 def _attend(
     q, acc, m_i, l_i, lo, hi, limit, m0, start, head,
     K, V, PK, PQ, REL,
@@ -62,6 +87,7 @@ def _attend(
     HAS_P2C: tl.constexpr,
     PRECISION: tl.constexpr,
     FAR: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """The keys [lo, hi), BLOCK_N at a time, into the online softmax of a query tile; keys from
     `limit` on are masked (the sequence's end, or the end of a range a last step overshoots). FAR: every
@@ -95,11 +121,11 @@ def _attend(
             if HAS_C2P:
                 pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
                 c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
-                pos = tl.gather(c2p.to(q.dtype), pick, axis=1)
+                pos = _gather(c2p.to(q.dtype), pick, 1, PAIRS)
             if HAS_P2C:
                 pq = tl.load(PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
                 p2c = tl.dot(pq, tl.trans(k), input_precision=PRECISION)  # [WIN, BLOCK_N]
-                p2c = tl.gather(p2c.to(k.dtype), pick, axis=0)
+                p2c = _gather(p2c.to(k.dtype), pick, 0, PAIRS)
                 pos = pos + p2c if HAS_C2P else p2c
             s = tl.dot(q, tl.trans(k), pos.to(tl.float32), input_precision=PRECISION)
         else:
@@ -160,6 +186,7 @@ def _disentangled_attention_fwd(
     PRECISION: tl.constexpr,
     HAS_FAR: tl.constexpr,
     FAR_BLOCK_N: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -215,13 +242,13 @@ def _disentangled_attention_fwd(
                 K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far,
-                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _attend(
         q, acc, m_i, l_i, near_lo, near_hi, length, m0, start, head, K, V, PK, PQ, REL,
         stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
         max_seqlen, qk_scale_log2, c2p_none,
-        HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False)
+        HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, PAIRS)
     if HAS_FAR:
         if near_hi < length:
             c2p_far, q_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
@@ -230,7 +257,7 @@ def _disentangled_attention_fwd(
                 q_far, acc, m_i, l_i, near_hi, length, length, m0, start, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far,
-                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -376,6 +403,10 @@ def triton_disentangled_attention(
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Far tiles need a distance >= far; none below max_seqlen: their code is compiled out.
         HAS_FAR=far < max_seqlen, FAR_BLOCK_N=far_block_n,
+        # The window's gathers move 16-bit values in pairs (`_gather`), the halves kept through
+        # PTX on CUDA: one warp's key step 1,644 -> 1,597 instructions on sm_90, two warps'
+        # 1,133 -> 829 (benchmarks/kernel_resources.py).
+        PAIRS=0 if q.dtype == torch.float32 else 2 if q.is_cuda and torch.version.hip is None else 1,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

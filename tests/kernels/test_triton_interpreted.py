@@ -161,7 +161,8 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n)
     assert {"num_seqs", "max_seqlen", "search_steps", "far"} <= {p.name for p in fn.params if p.do_not_specialize}
     names = list(inspect.signature(fn.fn).parameters)
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=32, BLOCK_N=32, WIN=64, HAS_C2P=c2p, HAS_P2C=p2c,
-                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far, FAR_BLOCK_N=far_block_n)
+                      PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far, FAR_BLOCK_N=far_block_n,
+                      PAIRS=0 if dtype == "fp32" else 2)
     pointers = {"Q", "K", "V", "O", "PK", "PQ"}
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
@@ -175,6 +176,8 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n)
         assert kernel.asm["cubin"]
         loops = 3 if far else 1  # the keys before, near and after the query tile
         assert kernel.asm["ttgir"].count("math.exp2") == 2 * loops, warps
+        # 16-bit window terms are gathered in pairs, the half kept by one prmt per output.
+        assert ("prmt.b32.rc16" in kernel.asm["ptx"]) == (dtype != "fp32"), warps
 
 
 _ADD_LN_CHILD = r"""
