@@ -63,11 +63,14 @@ def _gather(x, pick, AXIS: tl.constexpr, PAIRS: tl.constexpr):
             even, odd = tl.split(tl.reshape(bits, [x.shape[0], x.shape[1] // 2, 2]))
         else:
             even, odd = tl.split(tl.permute(tl.reshape(bits, [x.shape[0] // 2, 2, x.shape[1]]), (0, 2, 1)))
-        both = tl.gather((even.to(tl.int32) & 0xFFFF) | (odd.to(tl.int32) << 16), pick >> 1, axis=AXIS)
         if PAIRS == 2:
+            packed = tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [even, odd], dtype=tl.int32,
+                                               is_pure=True, pack=1)
+            both = tl.gather(packed, pick >> 1, axis=AXIS)
             one = tl.inline_asm_elementwise("prmt.b32.rc16 $0, $1, 0, $2;", "=r,r,r", [both, pick],
                                             dtype=tl.int32, is_pure=True, pack=1)
         else:
+            both = tl.gather((even.to(tl.int32) & 0xFFFF) | (odd.to(tl.int32) << 16), pick >> 1, axis=AXIS)
             one = tl.where((pick & 1) == 1, both >> 16, both)
         out = one.to(tl.int16).to(x.dtype, bitcast=True)
     return out
