@@ -177,11 +177,13 @@ def _padded_attention(q, k, v, cu_seqlens, longest, tables, scale):
 # What the fused Triton kernel takes; other head sizes run the torch reference.
 KERNEL_HEAD_SIZES = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Rows per query tile of the kernel (its BLOCK_M in every default configuration).
-QUERY_TILE = 32
+def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int:
+    """Rows per query tile of the kernel's default configuration (its BLOCK_M): 64 past 512
+    tokens in fp16/bf16 with heads of up to 64, else 32."""
+    return 64 if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512 else 32
 
 
-def query_tiles(cu_seqlens: torch.Tensor, rows: int = QUERY_TILE) -> torch.Tensor:
+def query_tiles(cu_seqlens: torch.Tensor, rows: int = 32) -> torch.Tensor:
     """int32 [B + 1]: the index of each sequence's first query tile of `rows` rows, and the
     total, on cu_seqlens' device (no host read). The kernel needs it in every layer; a model
     makes it once per forward and hands it to each call."""

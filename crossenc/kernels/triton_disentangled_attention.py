@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES, QUERY_TILE, query_tiles
+from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES, query_tile_rows, query_tiles
 
 _LOG2E = 1.4426950408889634
 
@@ -289,25 +289,24 @@ def _check_pos(name: str, x: torch.Tensor | None, q: torch.Tensor) -> torch.Tens
 
 
 def default_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 512) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages), from benchmarks/attention_kernel.py on an H200.
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), from benchmarks/attention_kernel.py --sweep.
 
-    Small tiles win: the window products and gathers grow with BM+BN-1 per tile, so 32x32
-    tiles beat 64x64 ones by 2x on v3 workloads. One warp per tile is 16-19 % faster up to 512
-    tokens (rerank-short, rerank-long) and 15 % slower on 1,536-2,048 (docs/benchmarks.md).
+    Small tiles win up to 512 tokens: the window products and gathers grow with BM+BN-1 per
+    tile, and one warp per 32x32 tile was the fastest there. Past 512 tokens (v3: the far
+    ranges), 64x64 tiles of four warps and one stage took the v3-base long-2k op from 1.16 to
+    0.96 ms on an H100 (docs/benchmarks.md). `query_tile_rows` gives BLOCK_M.
     """
     if dtype == torch.float32:
         return 32, 32, 4, 1
     if head_dim <= 64:
-        return (32, 32, 1, 2) if max_seqlen <= 512 else (32, 32, 2, 2)
+        return (64, 64, 4, 1) if query_tile_rows(head_dim, dtype, max_seqlen) == 64 else (32, 32, 1, 2)
     return 32, 32, 4, 2
 
 
 def default_far_block_n(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int | None:
-    """Keys per step in the far ranges with `default_config`'s tiles (None: BLOCK_N). With its
-    two-warp 32x32 tiles (past 512 tokens), 64 at a time took the v3-base long-2k op from 1.62
-    to 1.47 ms on an H200; 128, 1.51 (benchmarks/attention_kernel.py --far-block-n)."""
-    if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512:
-        return 64
+    """Keys per step in the far ranges with `default_config`'s tiles (None: BLOCK_N, which the
+    default tiles past 512 tokens already make 64: with two-warp 32x32 tiles, 64 far keys per
+    step had taken the v3-base long-2k op from 1.62 to 1.47 ms on an H200)."""
     return None
 
 
@@ -333,7 +332,8 @@ def triton_disentangled_attention(
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
     ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
     max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages). ``tiles``:
-    ``query_tiles(cu_seqlens)``, made once per forward by the caller (else here, per call).
+    ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen))``, made once per forward by
+    the caller (else here, per call; also with a ``config`` of other rows).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
@@ -387,10 +387,10 @@ def triton_disentangled_attention(
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
-    if tiles is None or block_m != QUERY_TILE:
+    if tiles is None or block_m != query_tile_rows(dim, q.dtype, max_seqlen):
         tiles = query_tiles(cu_seqlens, block_m)
     elif tiles.shape != (batch + 1,) or tiles.dtype != torch.int32:
-        raise ValueError(f"tiles must be query_tiles(cu_seqlens): int32 [{batch + 1}], got "
+        raise ValueError(f"tiles must be query_tiles(cu_seqlens, rows): int32 [{batch + 1}], got "
                          f"{tiles.dtype} {tuple(tiles.shape)}")
     grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](

@@ -35,13 +35,16 @@ CASES = [
     ("v3 log buckets, 600 tokens", [600, 7], 1, 32, "float32", 256, 512, True, True, False),
     ("v3 log buckets, 600 tokens, c2p only", [600], 1, 32, "float32", 256, 512, True, False, False),
     ("v3 log buckets, 600 tokens, p2c only, float16", [600], 1, 32, "float16", 256, 512, False, True, False),
+    # fp16 past 512 tokens: the default 64-row tiles, their query tiles made by the caller as the model does.
+    ("v3 log buckets, 600 tokens, float16, bounded layout", [530, 70], 1, 64, "float16", 256, 512, True, True, True),
 ]
 
 _CHILD = r"""
 import json, sys
 import torch
 from crossenc.kernels.disentangled_attention import (
-    attention_scale, disentangled_attention_ref, query_tiles, relative_position_index, saturation_distance)
+    attention_scale, disentangled_attention_ref, query_tile_rows, query_tiles, relative_position_index,
+    saturation_distance)
 from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
 errors = {}
@@ -49,7 +52,7 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
     dtype = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(len(errors))
     total = sum(lengths)
-    max_seqlen = 128 if bounded else max(lengths)  # bounded: vLLM's max_model_len
+    max_seqlen = max(128, *lengths) if bounded else max(lengths)  # bounded: vLLM's max_model_len
     cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
     if bounded:  # more entries than sequences: the empty ones end at the token count
         cu = torch.cat([cu, cu.new_full((4,), total)])
@@ -60,7 +63,7 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
     pos_query = torch.randn(2 * span, heads, dim, generator=gen).to(dtype) if p2c else None
     rel = relative_position_index(max_seqlen, buckets, max_rel, span)
     scale = attention_scale(dim, 1 + int(c2p) + int(p2c))
-    tiles = query_tiles(cu) if bounded else None
+    tiles = query_tiles(cu, query_tile_rows(dim, dtype, max_seqlen)) if bounded else None
     ref = disentangled_attention_ref(q.float(), k.float(), v.float(), cu, max_seqlen,
                                      None if pos_key is None else pos_key.float(),
                                      None if pos_query is None else pos_query.float(), rel, scale)

@@ -24,6 +24,7 @@ from crossenc import compat
 from crossenc.kernels.disentangled_attention import (
     attention_scale,
     kernel_supports,
+    query_tile_rows,
     query_tiles,
     relative_position_index,
     saturation_distance,
@@ -354,7 +355,8 @@ class DebertaV2Encoder(nn.Module):
         else:
             layout.rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
         if x.is_cuda and kernel_supports(self.arch.head_size, x.dtype):
-            layout.query_tiles = query_tiles(layout.cu_seqlens)
+            rows = query_tile_rows(self.arch.head_size, x.dtype, layout.max_seqlen)
+            layout.query_tiles = query_tiles(layout.cu_seqlens, rows)
         return layout
 
     def forward(self, x, seq_ids) -> torch.Tensor:
