@@ -32,7 +32,7 @@ WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "lon
 # (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
 VARIANTS = {
     64: [(mode, c) for c in [(32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 2)] for mode in ("far", "window")]
-    + [("far", (32, 32, 1, 2))]
+    + [("far", (32, 32, 1, 2)), ("far", (64, 64, 4, 1))]
     + [("no-position", c) for c in [(128, 64, 8, 2)]],
     32: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],
     128: [("far", c) for c in [(32, 32, 2, 2), (32, 32, 4, 2)]],

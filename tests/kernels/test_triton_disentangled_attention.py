@@ -98,8 +98,8 @@ def test_kernel_mixed_short_and_long_fp32(dim, fused):
 
 
 @pytest.mark.parametrize("mode", ["far", "window"])
-@pytest.mark.parametrize("config", [(32, 32, 2, 2), (32, 32, 1, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
-                                    (16, 32, 4, 1)])
+@pytest.mark.parametrize("config", [(32, 32, 2, 2), (32, 32, 1, 2), (64, 64, 4, 2), (64, 64, 4, 1), (64, 32, 4, 2),
+                                    (32, 64, 4, 2), (16, 32, 4, 1)])
 def test_kernel_tile_configs(config, mode):
     # Tiles where BLOCK_M != BLOCK_N get a padded window (next power of two of BM+BN-1 rows);
     # the 1100-token sequence goes past v3's log buckets (distances >= 512 share a row).
@@ -197,14 +197,22 @@ def test_output_written_where_the_caller_asks():
     assert torch.equal(buffer[:, 1:], expected) and buffer[:, 0].isnan().all()
 
 
-def test_tiles_made_once_per_forward_give_the_same_output():
-    from crossenc.kernels.disentangled_attention import query_tiles
+@pytest.mark.parametrize("lengths", [[3, 70, 1, 33], [3, 700, 1, 513]], ids=["short", "past-512"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_tiles_made_once_per_forward_give_the_same_output(lengths, dtype):
+    """The model makes the query tiles once per forward with the default configuration's rows
+    (`query_tile_rows`: 64 past 512 tokens in fp16/bf16, else 32)."""
+    from crossenc.kernels.disentangled_attention import query_tile_rows, query_tiles
     from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
-    args = _packed_inputs([3, 70, 1, 33], 4, 64, torch.float16, 256, 512, True, True, 1)
+    args = _packed_inputs(lengths, 4, 64, dtype, 256, 512, True, True, 1)
     alone = triton_disentangled_attention(*args)
-    given = triton_disentangled_attention(*args, tiles=query_tiles(args[3]))
+    rows = query_tile_rows(64, dtype, args[4])
+    assert rows == (64 if dtype != torch.float32 and max(lengths) > 512 else 32)
+    given = triton_disentangled_attention(*args, tiles=query_tiles(args[3], rows))
     assert torch.equal(alone, given)
+    ref = disentangled_attention_ref(*args)
+    assert _rel_err(given, ref) < REL_TOL[dtype]
 
 
 def _hf_and_ours(config, logit_gain):
@@ -243,6 +251,9 @@ VARIANTS = {
                    share_att_key=False, position_biased_input=True),
     # DeBERTa v1 (deberta-base): linear relative positions through the same kernel.
     "v1": dict(max_relative_positions=-1, pos_att_type=["c2p", "p2c"], position_biased_input=False),
+    # v3 past 512 tokens: the far ranges, and in fp16 the 64-row tiles with the model's query tiles.
+    "v3-1100-tokens": dict(position_buckets=256, max_relative_positions=512, pos_att_type=["p2c", "c2p"],
+                           share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False),
 }
 
 
@@ -262,7 +273,7 @@ def test_model_matches_transformers(variant, logit_gain):
         intermediate_size=3072, max_position_embeddings=512, relative_attention=True,
         type_vocab_size=0, num_labels=1, hidden_act="gelu", **VARIANTS[variant],
     )
-    lengths = [5, 512, 77, 1, 300]
+    lengths = [5, 1100, 77, 1, 600] if variant == "v3-1100-tokens" else [5, 512, 77, 1, 300]
     padded, mask, packed, positions = _packed_batch(lengths, config.vocab_size)
     hf, ours = _hf_and_ours(config, logit_gain)
     with torch.no_grad():
