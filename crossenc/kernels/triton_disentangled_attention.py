@@ -25,7 +25,7 @@ near, far after), split at `far` (`saturation_distance`, given by the caller); t
 may step through their keys in larger tiles (`far_block_n`).
 Where no distance reaches `far` (max_seqlen <= far: every v3 batch of up to 512 tokens) the far
 ranges are compiled out (HAS_FAR): the kernel then spills less (sm_90, one warp per 32x32 tile:
-88 bytes of stack per thread instead of 264 with Triton 3.6; benchmarks/kernel_resources.py).
+none instead of 112 bytes of stack per thread with Triton 3.6; benchmarks/kernel_resources.py).
 Two other treatments of the near tiles were timed slower on an H200 and dropped
 (docs/benchmarks.md): products over only the position rows a tile pair meets, and per-tile
 position tables written by a first kernel.
