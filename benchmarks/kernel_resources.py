@@ -31,7 +31,7 @@ from triton.compiler import ASTSource
 
 from crossenc.kernels import triton_disentangled_attention as module
 
-CONFIGS = [(16, 16, 1, 2), (32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2)]
+CONFIGS = [(16, 16, 1, 2), (32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 1)]
 TERMS = [(True, True), (True, False), (False, False)]
 
 
