@@ -53,8 +53,9 @@ def _gather(x, pick, AXIS: tl.constexpr, PAIRS: tl.constexpr):
     """tl.gather(x, pick, axis=AXIS), PAIRS 0. PAIRS 1 and 2 (16-bit x): two neighbours along AXIS
     travel packed in one 32-bit value, so the gather moves half as many values, and the half that
     `pick`'s parity names is kept: by a select (1), or by PTX's `prmt.rc16` (2, CUDA), whose
-    selector is `pick` itself (its bit 0). Triton gathers a [32, 64] tile along the 64 wide axis
-    with two shuffles per output, each moving one 16-bit value; packed, with one."""
+    selector is `pick` itself (its bit 0); on CUDA one `mov.b32` packs each pair. Triton gathers
+    a [32, 64] tile along the 64 wide axis with two shuffles per output, each moving one 16-bit
+    value; packed, with one."""
     if PAIRS == 0:
         out = tl.gather(x, pick, axis=AXIS)
     else:
@@ -406,9 +407,9 @@ def triton_disentangled_attention(
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Far tiles need a distance >= far; none below max_seqlen: their code is compiled out.
         HAS_FAR=far < max_seqlen, FAR_BLOCK_N=far_block_n,
-        # The window's gathers move 16-bit values in pairs (`_gather`), the halves kept through
-        # PTX on CUDA: one warp's key step 1,644 -> 1,597 instructions on sm_90, two warps'
-        # 1,133 -> 829 (benchmarks/kernel_resources.py).
+        # The window's gathers move 16-bit values in pairs (`_gather`), packed and unpacked through
+        # PTX on CUDA: one warp's key step 1,644 -> 1,462 instructions on sm_90, two warps'
+        # 1,133 -> 765 (benchmarks/kernel_resources.py); v3-base long-2k forward +18 % on an H100.
         PAIRS=0 if q.dtype == torch.float32 else 2 if q.is_cuda and torch.version.hip is None else 1,
         num_warps=num_warps, num_stages=num_stages,
     )
