@@ -177,6 +177,8 @@ def _padded_attention(q, k, v, cu_seqlens, longest, tables, scale):
 # What the fused Triton kernel takes; other head sizes run the torch reference.
 KERNEL_HEAD_SIZES = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int:
     """Rows per query tile of the kernel's default configuration (its BLOCK_M): 64 past 512
     tokens in fp16/bf16 with heads of up to 64, else 32."""

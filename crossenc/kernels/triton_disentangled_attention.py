@@ -304,13 +304,6 @@ def default_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 512) -> 
     return 32, 32, 4, 2
 
 
-def default_far_block_n(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int | None:
-    """Keys per step in the far ranges with `default_config`'s tiles (None: BLOCK_N, which the
-    default tiles past 512 tokens already make 64: with two-warp 32x32 tiles, 64 far keys per
-    step had taken the v3-base long-2k op from 1.62 to 1.47 ms on an H200)."""
-    return None
-
-
 def triton_disentangled_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -338,8 +331,8 @@ def triton_disentangled_attention(
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
-    None: `default_far_block_n` with the default tiles, BLOCK_N with a given ``config``), which
-    need no window and so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    None: BLOCK_N, which is 64 in the default tiles past 512 tokens), which need no window and
+    so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -377,8 +370,6 @@ def triton_disentangled_attention(
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0:
         return out
-    if config is None and far_block_n is None:
-        far_block_n = default_far_block_n(dim, q.dtype, max_seqlen)
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     if far_block_n is not None and (far_block_n < 16 or far_block_n & (far_block_n - 1)):
         raise ValueError(f"far_block_n must be a power of two >= 16, got {far_block_n}")
