@@ -1,6 +1,6 @@
 """DeBERTa (v3 and v1) in a real vLLM engine on a GPU: fp16 and bf16, vLLM's defaults, `enforce_eager`,
-CUDA graphs the user asks for and the encoder compiled, mixed lengths up to 512 tokens, the Triton
-kernel in use, and `vllm serve` answering /rerank. Skipped without CUDA or without vLLM.
+CUDA graphs the user asks for and the encoder compiled, mixed lengths up to 512 tokens (and up to
+2,048 for v3), the Triton kernel in use, and `vllm serve` answering /rerank. Skipped without CUDA or without vLLM.
 
 The reference is transformers in float32 on the same weights; the bound is the dtype's tolerance
 as in tests/models/test_dtypes_vllm.py (fp16 5e-3, bf16 4e-2), or 1.5x transformers' own error
@@ -41,37 +41,32 @@ def _texts(n: int, seed: int = 0) -> tuple[str, list[str]]:
     return query, docs
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
-def checkpoint(tmp_path_factory, request):
-    """A float16 v3- (or v1-) shaped reranker whose logits on the test pairs spread over about [-4, 4] (std 1.5):
-    scores away from sigmoid's flat ends, where fp16/bf16 errors would be invisible."""
+def _calibrate(path, query: str, docs: list[str], max_length: int) -> None:
+    """Rescale the classifier of the checkpoint at `path` so that transformers' float32 logits on
+    the pairs spread over about [-4, 4] (std 1.5), and save it in float16: scores away from
+    sigmoid's flat ends, where fp16/bf16 errors would be invisible."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    variant, shape = SHAPES[request.param]
-    path = save_deberta(tmp_path_factory.mktemp("cuda") / request.param, "seq_cls", variant, num_labels=1, **shape)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-    query, docs = _texts(48)
     with torch.no_grad():
         # Undo tests.utils.spread's x25 on the pooler: a saturated pooler amplifies rounding
         # (transformers' own bf16 scores then move by 0.17), which would say nothing about us.
         model.pooler.dense.weight.div_(25.0)
-        batch = tok([query] * len(docs), docs, truncation="only_second", max_length=512, padding=True,
+        batch = tok([query] * len(docs), docs, truncation="only_second", max_length=max_length, padding=True,
                     return_tensors="pt")
         logits = model(**batch).logits[:, 0]
         scale = 1.5 / logits.std()
         model.classifier.weight.mul_(scale)
         model.classifier.bias.copy_((model.classifier.bias - logits.mean()) * scale)
     model.half().save_pretrained(path)
-    return path
 
 
-@pytest.fixture(scope="module")
-def expected(checkpoint):
-    """Transformers' scores in float32, and how far its own fp16 / bf16 runs are from them."""
+def _reference(checkpoint, query: str, docs: list[str], max_length: int):
+    """Transformers' scores in float32, how far its own fp16 / bf16 runs are from them, and the
+    pairs' lengths in tokens."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    query, docs = _texts(48)
     tok = AutoTokenizer.from_pretrained(checkpoint)
 
     def scores(dtype):
@@ -80,7 +75,7 @@ def expected(checkpoint):
         model = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, dtype=torch.float32).to(dtype).cuda().eval()
         with torch.no_grad():
-            out = torch.tensor([model(**tok(query, d, truncation="only_second", max_length=512,
+            out = torch.tensor([model(**tok(query, d, truncation="only_second", max_length=max_length,
                                             return_tensors="pt").to("cuda")).logits[0, 0].float().sigmoid().item()
                                 for d in docs])
         del model
@@ -89,8 +84,23 @@ def expected(checkpoint):
 
     reference = scores(torch.float32)
     hf_error = {name: (scores(getattr(torch, name)) - reference).abs().max().item() for name in TOL}
-    lengths = [len(tok(query, d, truncation="only_second", max_length=512)["input_ids"]) for d in docs]
-    return query, docs, reference, lengths, hf_error
+    lengths = [len(tok(query, d, truncation="only_second", max_length=max_length)["input_ids"]) for d in docs]
+    return reference, lengths, hf_error
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def checkpoint(tmp_path_factory, request):
+    """A float16 v3- (or v1-) shaped reranker, calibrated on the test pairs (`_calibrate`)."""
+    variant, shape = SHAPES[request.param]
+    path = save_deberta(tmp_path_factory.mktemp("cuda") / request.param, "seq_cls", variant, num_labels=1, **shape)
+    _calibrate(path, *_texts(48), max_length=512)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint):
+    query, docs = _texts(48)
+    return (query, docs, *_reference(checkpoint, query, docs, 512))
 
 
 def _bound(dtype, hf_error):
@@ -249,3 +259,50 @@ def test_server_answers_rerank_on_gpu(checkpoint, expected):
     diff = max(abs(got[i] - want[i].item()) for i in got)
     print(f"\n/rerank (dtype auto: float16): max |Δscore| {diff:.3g} over 16 documents")
     assert diff <= _bound("float16", hf_error)
+
+
+# v3's attention has no absolute positions, so a v3 checkpoint may take 2,048 tokens.
+LONG_SHAPE = {**V3_SHAPE, "max_position_embeddings": 2048}
+
+
+def _long_texts(n: int, seed: int = 1) -> tuple[str, list[str]]:
+    rng = random.Random(seed)
+    query = " ".join(rng.choices(WORDS, k=6))
+    docs = [" ".join(rng.choices(WORDS, k=k)) for k in [2, 30, 300, 600, 1100, 1500, 1900, 2030] * (n // 8)]
+    rng.shuffle(docs)
+    return query, docs
+
+
+@pytest.fixture(scope="module")
+def long_expected(tmp_path_factory):
+    """A v3-shaped reranker taking 2,048 tokens, its pairs from a few tokens to 2,048 (past 512 the
+    kernel's 16-bit default is 64x64 tiles), and transformers' scores (`_reference`)."""
+    from tests.utils import save_tokenizer
+
+    query, docs = _long_texts(16)
+    path = save_deberta(tmp_path_factory.mktemp("cuda") / "v3-long", "seq_cls", "v3", num_labels=1, **LONG_SHAPE)
+    save_tokenizer(path, model_max_length=2048)
+    _calibrate(path, query, docs, max_length=2048)
+    return path, query, docs, *_reference(path, query, docs, 2048)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_long_sequences_on_gpu_equal_transformers(long_expected, kernel_calls, dtype):
+    """Pairs of up to 2,048 tokens (vLLM's defaults otherwise): scores as transformers."""
+    from crossenc.kernels.disentangled_attention import query_tile_rows
+
+    path, query, docs, want, lengths, hf_error = long_expected
+    assert max(lengths) > 2000 and any(512 < n < 1536 for n in lengths) and min(lengths) < 20
+    assert query_tile_rows(64, getattr(torch, dtype), max(lengths)) == 64
+    llm = vllm.LLM(str(path), runner="pooling", dtype=dtype, max_model_len=2048, seed=0, gpu_memory_utilization=0.3)
+    kernel_calls.clear()
+    got = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert kernel_calls, "the Triton kernel did not run"
+    diff = (got - want).abs().max().item()
+    bound = _bound(dtype, hf_error)
+    print(f"\n{dtype}, {min(lengths)} to {max(lengths)} tokens: max |Δscore| {diff:.3g} over {len(want)} pairs "
+          f"(transformers' own {dtype}: {hf_error[dtype]:.3g}; bound {bound:.3g})")
+    assert diff <= bound, f"max |Δ| {diff:.3g} > {bound:.3g}"
