@@ -185,6 +185,16 @@ def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int:
     return 64 if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512 else 32
 
 
+def has_far_ranges(far: int, max_seqlen: int, block_m: int, block_n: int) -> bool:
+    """Whether any query tile of `block_m` rows and key tile of `block_n` keys can lie `far` or
+    more apart (every distance between them), so that the CUDA kernel needs its far ranges: a key
+    tile before a query tile starting at most at max_seqlen - 1 (far + block_n <= max_seqlen), or
+    one after the first query tile (far + block_m <= max_seqlen). Else their code is compiled out:
+    every v3 batch of up to 512 tokens, whose `saturation_distance` is still below max_seqlen (the
+    last distance alone always shares its row)."""
+    return far + min(block_m, block_n) <= max_seqlen
+
+
 def query_tiles(cu_seqlens: torch.Tensor, rows: int = 32) -> torch.Tensor:
     """int32 [B + 1]: the index of each sequence's first query tile of `rows` rows, and the
     total, on cu_seqlens' device (no host read). The kernel needs it in every layer; a model

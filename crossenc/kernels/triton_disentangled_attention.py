@@ -23,9 +23,9 @@ with the row added to the query tile once per range ((q_i + pos_query[row]) . k_
 no gathers, no second product. Each program walks its key tiles in three ranges (far before,
 near, far after), split at `far` (`saturation_distance`, given by the caller); the far ranges
 may step through their keys in larger tiles (`far_block_n`).
-Where no distance reaches `far` (max_seqlen <= far: every v3 batch of up to 512 tokens) the far
-ranges are compiled out (HAS_FAR): the kernel then spills less (sm_90, one warp per 32x32 tile:
-none instead of 112 bytes of stack per thread with Triton 3.6; benchmarks/kernel_resources.py).
+Where no tile pair can be that far apart (`has_far_ranges`: every v3 batch of up to 512 tokens)
+the far ranges are compiled out (HAS_FAR): one warp's 32x32 step is then 14 % shorter and spills
+nothing (sm_90, Triton 3.6; benchmarks/kernel_resources.py), and the op 25 % faster on an H100.
 Two other treatments of the near tiles were timed slower on an H200 and dropped
 (docs/benchmarks.md): products over only the position rows a tile pair meets, and per-tile
 position tables written by a first kernel.
@@ -43,7 +43,13 @@ import torch
 import triton
 import triton.language as tl
 
-from crossenc.kernels.disentangled_attention import KERNEL_DTYPES, KERNEL_HEAD_SIZES, query_tile_rows, query_tiles
+from crossenc.kernels.disentangled_attention import (
+    KERNEL_DTYPES,
+    KERNEL_HEAD_SIZES,
+    has_far_ranges,
+    query_tile_rows,
+    query_tiles,
+)
 
 _LOG2E = 1.4426950408889634
 
@@ -373,7 +379,10 @@ def triton_disentangled_attention(
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     if far_block_n is not None and (far_block_n < 16 or far_block_n & (far_block_n - 1)):
         raise ValueError(f"far_block_n must be a power of two >= 16, got {far_block_n}")
-    if far_block_n is None or far >= max_seqlen:  # no far ranges: one compiled variant
+    # Without a tile pair that far apart the far code is compiled out: one warp's step 1,692 -> 1,462
+    # instructions on sm_90, v3-base rerank-short op 0.68 -> 0.51 ms on an H100 (docs/benchmarks.md).
+    has_far = has_far_ranges(far, max_seqlen, block_m, block_n)
+    if far_block_n is None or not has_far:  # no far ranges: one compiled variant
         far_block_n = block_n
     win = triton.next_power_of_2(block_m + block_n - 1)
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
@@ -396,8 +405,7 @@ def triton_disentangled_attention(
         HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None,
         # fp32 inputs get exact fp32 products; fp16/bf16 ignore the setting.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        # Far tiles need a distance >= far; none below max_seqlen: their code is compiled out.
-        HAS_FAR=far < max_seqlen, FAR_BLOCK_N=far_block_n,
+        HAS_FAR=has_far, FAR_BLOCK_N=far_block_n,
         # The window's gathers move 16-bit values in pairs (`_gather`), packed and unpacked through
         # PTX on CUDA: one warp's key step 1,644 -> 1,462 instructions on sm_90, two warps'
         # 1,133 -> 765 (benchmarks/kernel_resources.py); v3-base long-2k forward +18 % on an H100.

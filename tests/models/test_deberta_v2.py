@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from transformers import DebertaV2ForSequenceClassification as HFSeqCls
 from transformers import DebertaV2ForTokenClassification as HFTokenCls
 from transformers import DebertaV2Model as HFModel
 
 from crossenc.kernels.disentangled_attention import (
+    has_far_ranges,
     log_bucket_position,
+    query_tile_rows,
     query_tiles,
     relative_position_index,
     saturation_distance,
@@ -104,6 +108,37 @@ def test_saturation_distance_is_where_each_side_keeps_one_row(max_seqlen, bucket
     assert all(at[d] == at[max_seqlen - 1] and at[-d] == at[1 - max_seqlen] for d in range(far, max_seqlen))
     if far > 1:  # the smallest such distance: one side changes just before it
         assert at[far - 1] != at[max_seqlen - 1] or at[1 - far] != at[1 - max_seqlen]
+
+
+@settings(max_examples=400, deadline=None)
+@given(far=st.integers(1, 2048), max_seqlen=st.integers(1, 2048),
+       tiles=st.sampled_from([(32, 32), (64, 64), (64, 32), (32, 64), (16, 16), (16, 32)]))
+def test_far_code_is_compiled_in_wherever_a_tile_pair_is_that_far(far, max_seqlen, tiles):
+    """The CUDA kernel's far ranges, walked as it walks them for every query tile of a sequence
+    of max_seqlen tokens: where one is not empty, has_far_ranges keeps their code in."""
+    assume(far <= max_seqlen)
+    block_m, block_n = tiles
+    needed = False
+    for m0 in range(0, max_seqlen, block_m):
+        before = m0 - (block_n - 1) - far  # as in _disentangled_attention_fwd
+        near_lo = (before // block_n + 1) * block_n if before >= 0 else 0
+        near_hi = min(-(-(m0 + block_m - 1 + far) // block_n) * block_n, max_seqlen)
+        needed |= near_lo > 0 or near_hi < max_seqlen
+    assert has_far_ranges(far, max_seqlen, block_m, block_n) or not needed
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_far_code_is_compiled_out_for_v3_up_to_512_tokens(dtype):
+    """v3's log buckets saturate at 512: up to 512 tokens (and on to 575 with the 64x64 tiles)
+    the kernel runs without its far code; from 576 it has far ranges to take."""
+    pytest.importorskip("triton")
+    from crossenc.kernels.triton_disentangled_attention import default_config
+
+    for max_seqlen in [*range(1, 700), 1000, 2048]:
+        far = saturation_distance(relative_position_index(max_seqlen, 256, 512, 256))
+        block_m, block_n, _, _ = default_config(64, dtype, max_seqlen)
+        assert block_m == query_tile_rows(64, dtype, max_seqlen)
+        assert has_far_ranges(far, max_seqlen, block_m, block_n) == (max_seqlen >= 512 + min(block_m, block_n))
 
 
 def test_query_tiles_count_each_sequences_tiles():
