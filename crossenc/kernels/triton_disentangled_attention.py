@@ -236,7 +236,7 @@ def _disentangled_attention_fwd(
     # take the position terms as a per-row and a per-key vector; the tiles between, the window.
     near_lo = 0
     near_hi = length
-    if HAS_FAR:  # compiled out where no distance reaches `far` (v3 up to 512 tokens): fewer registers
+    if HAS_FAR:  # compiled out where no tile pair is that far apart (`has_far_ranges`; v3 up to 512 tokens)
         if HAS_C2P or HAS_P2C:
             before = m0 - (BLOCK_N - 1) - far  # the last key tile start whose distances are all >= far
             near_lo = tl.where(before >= 0, (before // BLOCK_N + 1) * BLOCK_N, 0)
