@@ -1,7 +1,9 @@
 """An encoder block's intermediate dense, GELU(x @ W^T + b), on one GPU: torch's GEMM (the bias in
 cuBLAS's epilogue) then an exact GELU, against one Triton GEMM with the bias and the exact (erf) GELU
-in its epilogue, and cuBLASLt's own GELU epilogue (`torch._addmm_activation`, the tanh
-approximation, which transformers' DeBERTa does not use). Timing only, not the model's.
+in its epilogue (loads through pointers, or through tensor descriptors: Hopper's TMA, one program
+per output tile or one per SM walking the tiles), and cuBLASLt's own GELU epilogue
+(`torch._addmm_activation`, the tanh approximation, which transformers' DeBERTa does not use).
+Timing only, not the model's.
 
 [T, 768 -> 3072] (v3-base) and [T, 1024 -> 4096] (v3-large) fp16, T = 41,000 and 65,536; the
 GEMM alone as the floor; max |error| against an fp32 reference; per Triton tile configuration.
@@ -61,6 +63,53 @@ def _dense_gelu(X, W, B, O, M, N, K, stride_xm, stride_wn, stride_om,
     tl.store(out, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+@triton.jit
+def _dense_gelu_tma(x_desc, w_desc, o_desc, B, M, N, K,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                    NUM_PROGRAMS: tl.constexpr, GELU: tl.constexpr):
+    """The same product through tensor descriptors (Hopper's TMA: no address arithmetic, tiles
+    straight into shared memory for the warpgroup MMA), each program walking the output tiles
+    NUM_PROGRAMS apart (persistent when NUM_PROGRAMS is the SM count), the K loops of consecutive
+    tiles pipelined as one (`flatten`)."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_group = GROUP_M * tiles_n
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True):
+        first_m = (tile // per_group) * GROUP_M
+        group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % per_group) % group_m) * BLOCK_M
+        off_n = ((tile % per_group) // group_m) * BLOCK_N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for ki in range(k_tiles):
+            x = x_desc.load([off_m, ki * BLOCK_K])
+            w = w_desc.load([off_n, ki * BLOCK_K])
+            acc = tl.dot(x, w.T, acc)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        acc += tl.load(B + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
+        o_desc.store([off_m, off_n], acc.to(o_desc.dtype))
+
+
+def dense_gelu_tma(x, w, b, config=CONFIGS[0], gelu=True, persistent=True):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = x.shape
+    n = w.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bm, bn, bk, warps, stages = config
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count
+                   if persistent and x.is_cuda else tiles)
+    _dense_gelu_tma[(programs,)](
+        TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
+        TensorDescriptor.from_tensor(out, [bm, bn]), b, m, n, k,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGRAMS=programs, GELU=gelu,
+        num_warps=warps, num_stages=stages)
+    return out
+
+
 def dense_gelu(x, w, b, config=CONFIGS[0], gelu=True):
     m, k = x.shape
     n = w.shape[0]
@@ -84,9 +133,25 @@ def check() -> None:
         x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen) / k ** 0.5
         b = torch.randn(n, generator=gen)
         for config in ((32, 32, 32, 4, 1), (64, 64, 64, 4, 1)):
-            err = (dense_gelu(x, w, b, config) - reference(x, w, b)).abs().max().item()
-            assert err < 1e-4, (m, n, k, config, err)
-            print(f"[{m} x {k}] -> {n}, tiles {config[:3]}: max |error| {err:.1e}")
+            for name, fn in (("pointers", dense_gelu), ("descriptors", dense_gelu_tma),
+                             ("descriptors, 3 programs", lambda *a: _three_programs(*a))):
+                err = (fn(x, w, b, config) - reference(x, w, b)).abs().max().item()
+                assert err < 1e-4, (name, m, n, k, config, err)
+                print(f"[{m} x {k}] -> {n}, tiles {config[:3]}, {name}: max |error| {err:.1e}")
+
+
+def _three_programs(x, w, b, config):
+    """dense_gelu_tma with 3 programs walking every tile (the persistent loop, on a CPU)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = x.shape
+    n = w.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype)
+    bm, bn, bk, _, _ = config
+    _dense_gelu_tma[(3,)](TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
+                          TensorDescriptor.from_tensor(out, [bm, bn]), b, m, n, k,
+                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGRAMS=3, GELU=True)
+    return out
 
 
 def main(path: str) -> None:
@@ -105,6 +170,9 @@ def main(path: str) -> None:
                 "torch linear alone (the floor)": lambda: torch.nn.functional.linear(x, w, b),
                 "cuBLASLt GELU epilogue (tanh approximation)": lambda: torch._addmm_activation(b, x, w.T, use_gelu=True),
                 **{f"triton {c}": (lambda c=c: dense_gelu(x, w, b, c)) for c in CONFIGS},
+                **{f"triton descriptors {c}": (lambda c=c: dense_gelu_tma(x, w, b, c, persistent=False))
+                   for c in CONFIGS},
+                **{f"triton descriptors persistent {c}": (lambda c=c: dense_gelu_tma(x, w, b, c)) for c in CONFIGS},
             }
             row = dict(tokens=tokens, hidden=hidden, intermediate=inter)
             for name, fn in systems.items():
