@@ -183,8 +183,13 @@ def main(path: str) -> None:
                         row[f"{name} err"] = (out.float() - ref).abs().max().item()
                 except Exception as e:  # a configuration out of shared memory, say
                     row[f"{name} error"] = repr(e)[:200]
-            print(json.dumps(row), flush=True)
             rows.append(row)
+            best = {family: min(((v, k) for k, v in row.items() if k.endswith(" ms") and k.startswith(family)
+                                 and (family != "triton (" or "descriptors" not in k)), default=(None, None))
+                    for family in ("torch linear then", "torch linear alone", "cuBLASLt", "triton (",
+                                   "triton descriptors (", "triton descriptors persistent")}
+            print(f"[{tokens}, {hidden} -> {inter}] " + "; ".join(
+                f"{k.removesuffix(' ms')}: {v:.3f} ms" for v, k in best.values() if v is not None), flush=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     with open(path, "w") as f:
         json.dump(dict(env=env, rows=rows), f, indent=1)
