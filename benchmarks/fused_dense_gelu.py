@@ -92,7 +92,8 @@ def _dense_gelu_tma(x_desc, w_desc, o_desc, B, M, N, K,
         o_desc.store([off_m, off_n], acc.to(o_desc.dtype))
 
 
-def dense_gelu_tma(x, w, b, config=CONFIGS[0], gelu=True, persistent=True):
+def dense_gelu_tma(x, w, b, config=CONFIGS[0], gelu=True, programs=None):
+    """`_dense_gelu_tma` with `programs` programs walking the tiles (None: one per tile)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m, k = x.shape
@@ -100,8 +101,7 @@ def dense_gelu_tma(x, w, b, config=CONFIGS[0], gelu=True, persistent=True):
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     bm, bn, bk, warps, stages = config
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count
-                   if persistent and x.is_cuda else tiles)
+    programs = min(programs or tiles, tiles)
     _dense_gelu_tma[(programs,)](
         TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
         TensorDescriptor.from_tensor(out, [bm, bn]), b, m, n, k,
@@ -134,24 +134,11 @@ def check() -> None:
         b = torch.randn(n, generator=gen)
         for config in ((32, 32, 32, 4, 1), (64, 64, 64, 4, 1)):
             for name, fn in (("pointers", dense_gelu), ("descriptors", dense_gelu_tma),
-                             ("descriptors, 3 programs", lambda *a: _three_programs(*a))):
+                             ("descriptors, 3 programs walking the tiles",
+                              lambda *a: dense_gelu_tma(*a, programs=3))):
                 err = (fn(x, w, b, config) - reference(x, w, b)).abs().max().item()
                 assert err < 1e-4, (name, m, n, k, config, err)
                 print(f"[{m} x {k}] -> {n}, tiles {config[:3]}, {name}: max |error| {err:.1e}")
-
-
-def _three_programs(x, w, b, config):
-    """dense_gelu_tma with 3 programs walking every tile (the persistent loop, on a CPU)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    m, k = x.shape
-    n = w.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype)
-    bm, bn, bk, _, _ = config
-    _dense_gelu_tma[(3,)](TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
-                          TensorDescriptor.from_tensor(out, [bm, bn]), b, m, n, k,
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGRAMS=3, GELU=True)
-    return out
 
 
 def main(path: str) -> None:
@@ -165,14 +152,15 @@ def main(path: str) -> None:
             w = (torch.randn(inter, hidden, device="cuda", generator=gen) / hidden ** 0.5).half()
             b = torch.randn(inter, device="cuda", generator=gen).half() * 0.1
             ref = reference(x, w, b)
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
             systems = {
                 "torch linear then gelu": lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b)),
                 "torch linear alone (the floor)": lambda: torch.nn.functional.linear(x, w, b),
                 "cuBLASLt GELU epilogue (tanh approximation)": lambda: torch._addmm_activation(b, x, w.T, use_gelu=True),
                 **{f"triton {c}": (lambda c=c: dense_gelu(x, w, b, c)) for c in CONFIGS},
-                **{f"triton descriptors {c}": (lambda c=c: dense_gelu_tma(x, w, b, c, persistent=False))
+                **{f"triton descriptors {c}": (lambda c=c: dense_gelu_tma(x, w, b, c)) for c in CONFIGS},
+                **{f"triton descriptors persistent {c}": (lambda c=c: dense_gelu_tma(x, w, b, c, programs=sms))
                    for c in CONFIGS},
-                **{f"triton descriptors persistent {c}": (lambda c=c: dense_gelu_tma(x, w, b, c)) for c in CONFIGS},
             }
             row = dict(tokens=tokens, hidden=hidden, intermediate=inter)
             for name, fn in systems.items():
