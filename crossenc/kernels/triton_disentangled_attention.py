@@ -124,7 +124,7 @@ def _attend(
             dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
             rel = tl.load(REL + (dist + max_seqlen - 1))
             # c2p + p2c, the QK product's initial value. Both terms are gathered in the input
-            # dtype (half the register shuffles of fp32; the gathers are ~40 % of the op) and
+            # dtype (half the register shuffles of fp32; the gathers were ~40 % of the op before pairs) and
             # summed in it, as transformers' fp16/bf16 forward does. Added before the product
             # rather than to it, so that the softmax is compiled once: one warp's step is 16 %
             # shorter (benchmarks/kernel_resources.py).
