@@ -5,7 +5,12 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 (key tiles past the buckets' saturation without the window), "window" with every tile pair
 through the window, and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
-torch reference on the same inputs. `--sweep` adds the tile configurations tried for Hopper;
+torch reference on the same inputs. "flash-attention" is torch's own varlen FlashAttention
+(`torch.nn.attention.varlen.varlen_attn`, else `aten._flash_attention_forward`) on the same
+packed q/k/v without position terms, checked against crossenc's "no-position" output.
+"same-rows" (`--same-rows`, a diagnostic, not a result) runs the model's configuration with every
+distance mapped to position row 0, so that each step's window loads hit the same rows in L1: what
+the position rows' traffic through L2 costs. `--sweep` adds the tile configurations tried for Hopper;
 `--far-block-n 64 128` adds each "far" configuration with the far ranges' keys taken that many at
 a time (they need no window, so they can step further than the near tiles).
 
@@ -26,7 +31,7 @@ from crossenc.kernels.disentangled_attention import (
     relative_position_index,
     saturation_distance,
 )
-from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+from crossenc.kernels.triton_disentangled_attention import default_config, triton_disentangled_attention
 
 WORKLOADS = {"rerank-short": (256, 64, 256), "rerank-long": (64, 256, 512), "long-2k": (8, 1536, 2048)}
 # (mode, (BLOCK_M, BLOCK_N, num_warps, num_stages)) per head size; "no-position" drops c2p/p2c
@@ -59,12 +64,23 @@ def inputs(workload: str, heads: int, dim: int, dtype: torch.dtype, seed: int = 
     return (q, k, v, cu.cuda(), max_seqlen, pos[0], pos[1], rel_index, attention_scale(dim, 3)), lengths
 
 
+def flash_attention(q, k, v, cu_seqlens, max_seqlen, scale):
+    """torch's varlen FlashAttention on the packed batch, no position terms, as a callable."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return lambda: torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, False, False, scale=scale)[0]
+    return lambda: varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--dims", nargs="+", type=int, default=[64])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--sweep", action="store_true", help="also the SWEEP tile configurations (far mode)")
+    parser.add_argument("--same-rows", action="store_true", help="also the diagnostic 'same-rows' variant")
     parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
                         help="also every far-mode configuration with the far ranges' keys this many at a time")
     args = parser.parse_args()
@@ -79,21 +95,37 @@ def main() -> None:
             far = saturation_distance(op_args[7])
             variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
             variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
+            variants += [("flash-attention", None, None)]
+            if args.same_rows:
+                variants += [("same-rows", default_config(dim, torch.float16, op_args[4]), None)]
+            plain = None
             for mode, config, far_block_n in variants:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
-                options = dict(config=config, far=far if mode == "far" else None, far_block_n=far_block_n)
+                if mode == "same-rows":
+                    call_args = (*op_args[:7], torch.zeros_like(op_args[7]), op_args[8])
+                options = dict(config=config, far=far if mode in ("far", "same-rows") else None,
+                               far_block_n=far_block_n)
 
                 def fn():
                     return triton_disentangled_attention(*call_args, **options)
 
-                row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n)
+                if mode == "flash-attention":
+                    fn = flash_attention(*op_args[:5], op_args[8])
+
+                row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n,
+                           max_seqlen=op_args[4])
                 try:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
                     out = fn()
                     row["peak_over_inputs_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-                    if mode != "no-position":
+                    if mode == "no-position":
+                        plain = out.float()
+                    elif mode == "flash-attention":
+                        if plain is not None:
+                            row["rel_err_vs_no_position"] = ((out.float() - plain).norm() / plain.norm()).item()
+                    elif mode != "same-rows":
                         row["rel_err"] = ((out.float() - ref).norm() / ref.norm()).item()
                     row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
                 except Exception as error:
@@ -103,7 +135,7 @@ def main() -> None:
                     continue
                 row["tflops_qk_pv"] = flops / row["ms"] / 1e9
                 rows.append(row)
-                print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} far keys {far_block_n or config[1]:3d} "
+                print(f"D={dim} {workload:13s} {mode:12s} {str(config):18s} far keys {far_block_n or (config or [0, 0])[1]:3d} "
                       f"{row['ms']:7.3f} ms "
                       f"{row['tflops_qk_pv']:6.1f} TFLOP/s err {row.get('rel_err', 0):.1e} "
                       f"+{row['peak_over_inputs_mib']:.0f} MiB", flush=True)
@@ -112,13 +144,22 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("far", "window", "no-position"):
+            for mode in ("far", "window", "no-position", "flash-attention", "same-rows"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:
                     best = min(ok, key=lambda r: r["ms"])
-                    print(f"D={dim} {workload:13s} {mode:12s} {str(best['config']):18s} "
-                          f"far keys {best['far_block_n'] or best['config'][1]} {best['ms']:.3f} ms")
+                    print(f"D={dim} {workload:13s} {mode:15s} {str(best['config']):18s} "
+                          f"far keys {best['far_block_n'] or (best['config'] or [0, 0])[1]} {best['ms']:.3f} ms")
+            model = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == "far"
+                     and r["far_block_n"] is None
+                     and tuple(r["config"]) == default_config(dim, torch.float16, r["max_seqlen"])
+                     and "ms" in r]
+            flash = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == "flash-attention"
+                     and "ms" in r]
+            if model and flash:
+                print(f"D={dim} {workload:13s} the model's configuration against FlashAttention: "
+                      f"{model[0]['ms']:.3f} / {flash[0]['ms']:.3f} ms = {model[0]['ms'] / flash[0]['ms']:.2f}x")
 
 
 if __name__ == "__main__":
