@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--sweep", action="store_true", help="also the SWEEP tile configurations (far mode)")
     parser.add_argument("--same-rows", action="store_true", help="also the diagnostic 'same-rows' variant")
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the model's configuration (for a profiler: every launch is the model's kernel)")
     parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
                         help="also every far-mode configuration with the far ranges' keys this many at a time")
     args = parser.parse_args()
@@ -96,6 +98,8 @@ def main() -> None:
             variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
             variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
             variants += [("flash-attention", None, None)]
+            if args.model_only:
+                variants = [("far", default_config(dim, torch.float16, op_args[4]), None)]
             if args.same_rows:
                 variants += [("same-rows", default_config(dim, torch.float16, op_args[4]), None)]
             plain = None
