@@ -9,8 +9,9 @@ torch reference on the same inputs. "flash-attention" is torch's own varlen Flas
 (`torch.nn.attention.varlen.varlen_attn`, else `aten._flash_attention_forward`) on the same
 packed q/k/v without position terms, checked against crossenc's "no-position" output.
 "same-rows" (`--same-rows`, a diagnostic, not a result) runs the model's configuration with every
-distance mapped to position row 0, so that each step's window loads hit the same rows in L1: what
-the position rows' traffic through L2 costs. `--sweep` adds the tile configurations tried for Hopper;
+distance mapped to position row 0, so that each step's window loads stay in L1: a bound on what the
+position rows' traffic through L2 costs. With 32x32 tiles it runs slower, not faster (every load of
+a window then reads one row), so it says something only for the 64x64 tiles. `--sweep` adds the tile configurations tried for Hopper;
 `--far-block-n 64 128` adds each "far" configuration with the far ranges' keys taken that many at
 a time (they need no window, so they can step further than the near tiles).
 
@@ -95,11 +96,12 @@ def main() -> None:
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
             far = saturation_distance(op_args[7])
-            variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
-            variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
-            variants += [("flash-attention", None, None)]
             if args.model_only:
                 variants = [("far", default_config(dim, torch.float16, op_args[4]), None)]
+            else:
+                variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
+                variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
+                variants += [("flash-attention", None, None)]
             if args.same_rows:
                 variants += [("same-rows", default_config(dim, torch.float16, op_args[4]), None)]
             plain = None
