@@ -31,18 +31,23 @@ from triton.compiler import ASTSource
 
 from crossenc.kernels import triton_disentangled_attention as module
 
-CONFIGS = [(16, 16, 1, 2), (32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 1)]
+CONFIGS = [(16, 16, 1, 2), (32, 32, 1, 2), (32, 32, 2, 2), (32, 32, 4, 2), (64, 64, 4, 1), (64, 64, 4, 2)]
 TERMS = [(True, True), (True, False), (False, False)]
 
 
-def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool, far_block_n: int | None = None) -> dict:
+def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool, far_block_n: int | None = None,
+              carry: bool | None = None) -> dict:
+    """carry: c2p's half window carried from one key step to the next (None: the model's default
+    for the tiles, `carries_c2p`)."""
     fn = module._disentangled_attention_fwd
     names = list(inspect.signature(fn.fn).parameters)
     block_m, block_n, warps, stages = config
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
                       WIN=triton.next_power_of_2(block_m + block_n - 1), HAS_C2P=c2p, HAS_P2C=p2c,
                       PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far,
-                      FAR_BLOCK_N=far_block_n if far and far_block_n else block_n, PAIRS=0 if dtype == "fp32" else 2)
+                      FAR_BLOCK_N=far_block_n if far and far_block_n else block_n, PAIRS=0 if dtype == "fp32" else 2,
+                      CARRY=(module.carries_c2p(block_m, block_n) if carry is None else carry)
+                      and triton.next_power_of_2(block_m + block_n - 1) == 2 * block_n)
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in ("Q", "K", "V", "O", "PK", "PQ")
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
                  for n in names}

@@ -84,6 +84,31 @@ def _gather(x, pick, AXIS: tl.constexpr, PAIRS: tl.constexpr):
 
 
 @triton.jit
+def _gather_halves(lo, hi, col, upper, PAIRS: tl.constexpr):
+    """Column `col` of `hi` where `upper`, else of `lo`, per element: the gather of a [M, 2N] window
+    whose columns [0, N) are `lo` and [N, 2N) are `hi`, without forming the window. With 16-bit
+    halves (PAIRS 1, 2) one gather moves both halves' values packed, and `upper` picks one, as
+    `_gather` does for neighbours."""
+    if PAIRS == 0:
+        both = tl.reshape(tl.join(lo, hi), [lo.shape[0], 2 * lo.shape[1]])  # column 2c: lo's c; 2c+1: hi's
+        out = tl.gather(both, 2 * col + upper, axis=1)
+    else:
+        lo_bits = lo.to(tl.int16, bitcast=True)
+        hi_bits = hi.to(tl.int16, bitcast=True)
+        if PAIRS == 2:
+            packed = tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo_bits, hi_bits],
+                                               dtype=tl.int32, is_pure=True, pack=1)
+            both = tl.gather(packed, col, axis=1)
+            one = tl.inline_asm_elementwise("prmt.b32.rc16 $0, $1, 0, $2;", "=r,r,r", [both, upper],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            both = tl.gather((lo_bits.to(tl.int32) & 0xFFFF) | (hi_bits.to(tl.int32) << 16), col, axis=1)
+            one = tl.where(upper == 1, both >> 16, both)
+        out = one.to(tl.int16).to(lo.dtype, bitcast=True)
+    return out
+
+
+@triton.jit
 def _attend(
     q, acc, m_i, l_i, lo, hi, limit, m0, start, head,
     K, V, PK, PQ, REL,
@@ -98,14 +123,29 @@ def _attend(
     PRECISION: tl.constexpr,
     FAR: tl.constexpr,
     PAIRS: tl.constexpr,
+    CARRY: tl.constexpr,
 ):
     """The keys [lo, hi), BLOCK_N at a time, into the online softmax of a query tile; keys from
     `limit` on are masked (the sequence's end, or the end of a range a last step overshoots). FAR: every
     distance of each tile pair maps to one position row, whose c2p is `c2p_far` per query row and
-    whose p2c is in `q` (`_far_terms`), without the window."""
+    whose p2c is in `q` (`_far_terms`), without the window. CARRY (WIN == 2 * BLOCK_N): c2p's
+    window is formed in halves, and the half of one step that the next step's window shares
+    (its distances shift by BLOCK_N) is carried to it instead of being multiplied again."""
     offs_i = tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
+    use_carry: tl.constexpr = CARRY and HAS_C2P and not FAR
+    if use_carry:
+        # The first step's upper half: window rows BLOCK_N.. of key tile `lo`.
+        dist_first = tl.minimum(tl.maximum((m0 - lo + 1) + offs_j, 1 - max_seqlen), max_seqlen - 1)
+        rel_first = tl.load(REL + (dist_first + max_seqlen - 1))
+        pk_first = tl.load(PK + rel_first[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+        c2p_upper = tl.dot(q, tl.trans(pk_first), input_precision=PRECISION).to(q.dtype)  # [BLOCK_M, BLOCK_N]
+        window_col = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
+        upper = (window_col >= BLOCK_N).to(tl.int32)
+        half_col = window_col - upper * BLOCK_N
+    else:
+        c2p_upper = tl.zeros([BLOCK_M, BLOCK_N], dtype=q.dtype)
     for n0 in range(lo, hi, BLOCK_N):
         rows_k = n0 + offs_j
         mask_k = rows_k < limit
@@ -122,13 +162,23 @@ def _attend(
             pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
             dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
             dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-            rel = tl.load(REL + (dist + max_seqlen - 1))
+            if HAS_P2C or not use_carry:
+                rel = tl.load(REL + (dist + max_seqlen - 1))
             # c2p + p2c, the QK product's initial value. Both terms are gathered in the input
             # dtype (half the register shuffles of fp32; the gathers were ~40 % of the op before pairs) and
             # summed in it, as transformers' fp16/bf16 forward does. Added before the product
             # rather than to it, so that the softmax is compiled once: one warp's step is 16 %
             # shorter (benchmarks/kernel_resources.py).
-            if HAS_C2P:
+            if use_carry:
+                # Window rows 0..BLOCK_N-1 are new; rows BLOCK_N.. are the previous step's 0..BLOCK_N-1.
+                dist_new = tl.minimum(tl.maximum((m0 - n0 - (BLOCK_N - 1)) + offs_j, 1 - max_seqlen),
+                                      max_seqlen - 1)
+                rel_new = tl.load(REL + (dist_new + max_seqlen - 1))
+                pk = tl.load(PK + rel_new[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+                c2p_lower = tl.dot(q, tl.trans(pk), input_precision=PRECISION).to(q.dtype)  # [BLOCK_M, BLOCK_N]
+                pos = _gather_halves(c2p_lower, c2p_upper, half_col, upper, PAIRS)
+                c2p_upper = c2p_lower
+            elif HAS_C2P:
                 pk = tl.load(PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
                 c2p = tl.dot(q, tl.trans(pk), input_precision=PRECISION)  # [BLOCK_M, WIN]
                 pos = _gather(c2p.to(q.dtype), pick, 1, PAIRS)
@@ -197,6 +247,7 @@ def _disentangled_attention_fwd(
     HAS_FAR: tl.constexpr,
     FAR_BLOCK_N: tl.constexpr,
     PAIRS: tl.constexpr,
+    CARRY: tl.constexpr,
 ):
     tile = tl.program_id(0)
     head = tl.program_id(1)
@@ -252,13 +303,13 @@ def _disentangled_attention_fwd(
                 K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far,
-                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS, False)
     c2p_none = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _attend(
         q, acc, m_i, l_i, near_lo, near_hi, length, m0, start, head, K, V, PK, PQ, REL,
         stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
         max_seqlen, qk_scale_log2, c2p_none,
-        HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, PAIRS)
+        HEAD_DIM, BLOCK_M, BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, False, PAIRS, CARRY)
     if HAS_FAR:
         if near_hi < length:
             c2p_far, q_far = _far_terms(q, PK, PQ, REL, 0, head, stride_pkr, stride_pkh,
@@ -267,7 +318,7 @@ def _disentangled_attention_fwd(
                 q_far, acc, m_i, l_i, near_hi, length, length, m0, start, head, K, V, PK, PQ, REL,
                 stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh,
                 max_seqlen, qk_scale_log2, c2p_far,
-                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS)
+                HEAD_DIM, BLOCK_M, FAR_BLOCK_N, WIN, HAS_C2P, HAS_P2C, PRECISION, True, PAIRS, False)
 
     acc = acc / l_i[:, None]
     tl.store(
@@ -300,14 +351,26 @@ def default_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 512) -> 
 
     Small tiles win up to 512 tokens: the window products and gathers grow with BM+BN-1 per
     tile, and one warp per 32x32 tile was the fastest there. Past 512 tokens (v3: the far
-    ranges), 64x64 tiles of four warps and one stage took the v3-base long-2k op from 1.16 to
-    0.96 ms on an H100 (docs/benchmarks.md). `query_tile_rows` gives BLOCK_M.
+    ranges), 64x64 tiles of four warps took the v3-base long-2k op from 1.16 to 0.96 ms on an H100
+    with one stage, and to 0.91 ms with two and c2p's half window carried (`carries_c2p`;
+    docs/benchmarks.md). `query_tile_rows` gives BLOCK_M.
     """
     if dtype == torch.float32:
         return 32, 32, 4, 1
     if head_dim <= 64:
-        return (64, 64, 4, 1) if query_tile_rows(head_dim, dtype, max_seqlen) == 64 else (32, 32, 1, 2)
+        return (64, 64, 4, 2) if query_tile_rows(head_dim, dtype, max_seqlen) == 64 else (32, 32, 1, 2)
     return 32, 32, 4, 2
+
+
+def carries_c2p(block_m: int, block_n: int) -> bool:
+    """Whether the kernel carries c2p's half window from one key step to the next by default.
+
+    On an H100 (v3-base, fp16, one layer's op) the carry made four warps' 64x64 tiles with two
+    stages the fastest past 512 tokens (long-2k 0.979 -> 0.906 ms, against the whole window in one
+    stage), and one warp's 32x32 tiles slower (rerank-short 0.517 -> 0.606 ms): there the two
+    halves' registers spill. docs/benchmarks.md.
+    """
+    return block_n >= 64 and triton.next_power_of_2(block_m + block_n - 1) == 2 * block_n
 
 
 def triton_disentangled_attention(
@@ -325,6 +388,7 @@ def triton_disentangled_attention(
     tiles: torch.Tensor | None = None,
     far: int | None = None,
     far_block_n: int | None = None,
+    carry_c2p: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varlen disentangled attention; q/k/v [T, H, D] -> out [T, H, D] (dtype of q).
@@ -338,7 +402,9 @@ def triton_disentangled_attention(
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
     None: BLOCK_N, which is 64 in the default tiles past 512 tokens), which need no window and
-    so can take larger steps. ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    so can take larger steps. ``carry_c2p``: where the window is two key tiles wide, multiply only
+    its new half of c2p at each key step and carry the other from the step before (False: the
+    whole window each step; None: `carries_c2p(config)`, on for 64-key tiles). ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -410,6 +476,7 @@ def triton_disentangled_attention(
         # PTX on CUDA: one warp's key step 1,644 -> 1,462 instructions on sm_90, two warps'
         # 1,133 -> 765 (benchmarks/kernel_resources.py); v3-base long-2k forward +18 % on an H100.
         PAIRS=0 if q.dtype == torch.float32 else 2 if q.is_cuda and torch.version.hip is None else 1,
+        CARRY=(carries_c2p(block_m, block_n) if carry_c2p is None else carry_c2p) and win == 2 * block_n,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -74,12 +74,15 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
     if saturation_distance(rel) < max_seqlen:
         runs.append((saturation_distance(rel), 64, name + ", far keys 64 at a time"))
     # Short cases also in 16x16 tiles (a window of 32 rows; the query tiles made here).
-    runs = [(*run, None) for run in runs] + ([(saturation_distance(rel), None, name + ", 16x16 tiles", (16, 16, 1, 2))]
-                                             if total <= 256 else [])
-    for far, far_block_n, label, config in runs:
+    runs = [(*run, None, True) for run in runs] + ([(saturation_distance(rel), None, name + ", 16x16 tiles", (16, 16, 1, 2), True)]
+                                                   if total <= 256 else [])
+    # Short cases also with c2p's whole window multiplied at every key step (nothing carried).
+    if total <= 256:
+        runs.append((saturation_distance(rel), None, name + ", whole window each step", None, False))
+    for far, far_block_n, label, config, carry in runs:
         out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale,
                                             tiles=None if config else tiles, far=far, far_block_n=far_block_n,
-                                            config=config)
+                                            config=config, carry_c2p=carry)
         errors[label] = ((out.float() - ref).norm() / ref.norm()).item()
     if name == "v3 log buckets":  # into an output the caller allocated, a strided view (vLLM's graphs' buffers)
         buffer = torch.full((total, heads + 1, dim), float("nan"), dtype=dtype)
@@ -135,16 +138,18 @@ def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     name, dtype = case[0], case[4]
     labels = [label for label in interpreted_errors
               if label in (name, name + ", window only", name + ", into a given output", name + ", far keys 64 at a time",
-                           name + ", 16x16 tiles")]
+                           name + ", 16x16 tiles", name + ", whole window each step")]
     assert name in labels
     for label in labels:
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
 
 
-@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,far,far_block_n", [
-    ("fp16", 64, True, True, True, 32), ("fp16", 64, True, True, True, 64), ("fp16", 64, True, True, False, 32),
-    ("bf16", 128, False, True, True, 32), ("fp32", 32, True, False, False, 32)])
-def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n):
+@pytest.mark.parametrize("dtype,head_dim,c2p,p2c,far,block,far_block_n,carry", [
+    ("fp16", 64, True, True, True, 32, 32, False), ("fp16", 64, True, True, True, 32, 64, False),
+    ("fp16", 64, True, True, False, 32, 32, False), ("fp16", 64, True, True, False, 32, 32, True),
+    ("fp16", 64, True, True, True, 64, 64, True),  # the default past 512 tokens (`carries_c2p`)
+    ("bf16", 128, False, True, True, 32, 32, False), ("fp32", 32, True, False, False, 32, 32, False)])
+def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, block, far_block_n, carry):
     """The compiled kernel, not only the interpreted one: Triton lowers it for an H100/H200
     (sm_90) with the ptxas it ships, no GPU needed, as the model launches it (aligned pointers,
     strides multiples of 16); every batch-dependent integer is left unspecialized (one kernel
@@ -163,9 +168,9 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n)
     fn = module._disentangled_attention_fwd
     assert {"num_seqs", "max_seqlen", "search_steps", "far"} <= {p.name for p in fn.params if p.do_not_specialize}
     names = list(inspect.signature(fn.fn).parameters)
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=32, BLOCK_N=32, WIN=64, HAS_C2P=c2p, HAS_P2C=p2c,
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block, BLOCK_N=block, WIN=2 * block, HAS_C2P=c2p, HAS_P2C=p2c,
                       PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far, FAR_BLOCK_N=far_block_n,
-                      PAIRS=0 if dtype == "fp32" else 2)
+                      PAIRS=0 if dtype == "fp32" else 2, CARRY=carry)
     pointers = {"Q", "K", "V", "O", "PK", "PQ"}
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
@@ -174,7 +179,7 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, c2p, p2c, far, far_block_n)
                if n in pointers | {"REL", "CU", "TILES"} or n.startswith("stride_")}
     source = ASTSource(fn=fn, signature=signature, attrs=aligned,
                        constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    for warps in (1, 2):
+    for warps in (1, 2) if block == 32 else (4,):
         kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 2})
         assert kernel.asm["cubin"]
         loops = 3 if far else 1  # the keys before, near and after the query tile
