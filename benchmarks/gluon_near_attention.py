@@ -1,0 +1,311 @@
+"""A prototype, not used by the model: disentangled attention without far ranges (every v3 batch of
+up to 512 tokens) in Gluon (Triton's lower-level language), one warp per 32x32 tile pair, the
+window's skews read through shared memory instead of Triton's register gathers.
+
+Status: compiled for sm_90 (Triton 3.6: 1,175 instructions per key step against the Triton
+kernel's 1,462, 255 registers, no spill, 36 KiB of shared memory, so 6 programs per SM as now);
+its index algebra checked in torch (`--emulate`, relative error 3e-7 against the fp32 reference
+for v3 log buckets, small buckets, c2p-only and p2c-only); not yet run on a GPU.
+
+Same contract as crossenc.kernels.triton_disentangled_attention without far ranges (every v3 batch of
+up to 512 tokens): packed q/k/v [T, H, D], cu_seqlens, rel_index, pos_key/pos_query [2S, H, D].
+
+Keys are taken in reverse order within each key tile (local j' is key n0 + BN-1-j'), so that a
+tile pair's window row x (distance m0 - n0 - (BN-1) + x, as in the Triton kernel) is x = i + j':
+  c2p[i, j'] = C[i, i + j'],   C = q @ window_k^T   [BM, WIN]
+  p2c[i, j'] = T[j', i + j'],  T = k @ window_q^T   [BN, WIN]
+Each product is stored in the input dtype with row stride WIN and read through a padded view of
+row stride WIN + 1 (view[a, b] = X[a, a + b]), in the MMA layout with its first two register
+bases swapped so that each read is one aligned 16-bit load; the skews then cost 16 `stmatrix`, 64
+16-bit shared loads and 32 byte permutes per step, where Triton's gathers cost about 500
+instructions (docs/benchmarks.md). The sum c2p + p2c is the QK product's initial value, as in the
+Triton kernel.
+
+    python benchmarks/gluon_near_attention.py            # GPU: checks it against the torch reference
+                                                         # and times it against the Triton kernel
+    python benchmarks/gluon_near_attention.py --count    # compiles for sm_90, counts the key loop
+    python benchmarks/gluon_near_attention.py --emulate  # the index algebra in torch, on the CPU
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+
+@gluon.jit
+def _near_fwd(
+    Q, K, V, O, PK, PQ, REL, CU, TILES,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+    num_seqs, max_seqlen, search_steps, qk_scale_log2,
+    HEAD_DIM: gl.constexpr,
+    HAS_C2P: gl.constexpr,
+    HAS_P2C: gl.constexpr,
+):
+    BM: gl.constexpr = 32
+    BN: gl.constexpr = 32
+    WIN: gl.constexpr = 64
+    dtype: gl.constexpr = Q.dtype.element_ty
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    # The [32, 32] MMA layout (reg [[0,1],[8,0],[0,8],[0,16],[16,0]], lanes [[0,2],[0,4],[1,0],[2,0],[4,0]])
+    # with its first two register bases swapped, and its transpose: reads of the skewed views.
+    rows16: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[8, 0], [0, 1], [0, 8], [0, 16], [16, 0]], lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[], block_bases=[], shape=[32, 32])
+    rows16_t: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 8], [1, 0], [8, 0], [16, 0], [0, 16]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
+        warp_bases=[], block_bases=[], shape=[32, 32])
+    rows: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])  # 16-byte pieces of rows
+    tile_smem: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+    plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    skew: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[WIN, 1]], [32, WIN], [1, 0])
+
+    tile = gl.program_id(0)
+    head = gl.program_id(1)
+    if tile >= gl.load(TILES + num_seqs):
+        return
+    lo = tile * 0
+    hi = lo + num_seqs
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        right = gl.load(TILES + mid) <= tile
+        lo = gl.where(right, mid, lo)
+        hi = gl.where(right, hi, mid)
+    seq = lo
+    start = gl.load(CU + seq)
+    length = gl.load(CU + seq + 1) - start
+    m0 = (tile - gl.load(TILES + seq)) * BM
+
+    offs_r = gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
+    offs_w = gl.arange(0, WIN, layout=gl.SliceLayout(1, rows))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
+    q_smem = gl.allocate_shared_memory(dtype, [BM, HEAD_DIM], tile_smem)
+    k_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
+    v_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
+    pk_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], tile_smem)
+    pq_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], tile_smem)
+    c_smem = gl.allocate_shared_memory(dtype, [BM, WIN], plain)
+    t_smem = gl.allocate_shared_memory(dtype, [BN, WIN], plain)
+
+    rows_q = m0 + offs_r
+    tok_q = start + rows_q
+    async_copy.async_copy_global_to_shared(
+        q_smem, Q + tok_q[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=(rows_q < length)[:, None])
+    async_copy.commit_group()
+
+    m_i = gl.full([BM], -float("inf"), gl.float32, layout=gl.SliceLayout(1, mma))
+    l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, mma))
+    acc = gl.zeros([BM, HEAD_DIM], gl.float32, layout=mma)
+    keys = gl.arange(0, BN, layout=gl.SliceLayout(0, mma))
+    for n0 in range(0, length, BN):
+        rows_k = n0 + (BN - 1) - offs_r  # keys reversed within the tile
+        mask_k = (rows_k < length)[:, None]
+        tok_k = start + rows_k
+        async_copy.async_copy_global_to_shared(
+            k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+        dist = gl.minimum(gl.maximum((m0 - n0 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
+        rel = gl.load(REL + (dist + max_seqlen - 1))
+        if HAS_C2P:
+            async_copy.async_copy_global_to_shared(
+                pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+        if HAS_P2C:
+            async_copy.async_copy_global_to_shared(
+                pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+        async_copy.commit_group()
+        async_copy.async_copy_global_to_shared(
+            v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+        async_copy.wait_group(1)  # q, k and the windows; v may still be on its way
+        gl.thread_barrier()
+
+        q = q_smem.load(a_op)
+        pos = gl.zeros([BM, BN], dtype, layout=mma)
+        if HAS_C2P:
+            c = mma_v2(q, pk_smem.permute([1, 0]).load(b_op), gl.zeros([BM, WIN], gl.float32, layout=mma))
+            c_smem.store(c.to(dtype))
+            gl.thread_barrier()
+            pos = gl.convert_layout(c_smem._reinterpret(dtype, [BM, WIN], skew).slice(0, BN, dim=1).load(rows16), mma)
+        if HAS_P2C:
+            t = mma_v2(k_smem.load(a_op), pq_smem.permute([1, 0]).load(b_op), gl.zeros([BN, WIN], gl.float32, layout=mma))
+            t_smem.store(t.to(dtype))
+            gl.thread_barrier()
+            p2c = t_smem._reinterpret(dtype, [BN, WIN], skew).slice(0, BM, dim=1).load(rows16_t)
+            pos = pos + gl.convert_layout(gl.permute(p2c, [1, 0]), mma)
+        s = mma_v2(q, k_smem.permute([1, 0]).load(b_op), pos.to(gl.float32))
+        valid = (n0 + (BN - 1) - keys) < length
+        s = gl.where(valid[None, :], s, -float("inf"))
+
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        alpha = gl.exp2((m_i - m_new) * qk_scale_log2)
+        p = gl.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        async_copy.wait_group(0)
+        gl.thread_barrier()
+        acc = mma_v2(gl.convert_layout(p.to(dtype), a_op), v_smem.load(b_op), acc)
+        m_i = m_new
+        gl.thread_barrier()  # the next step's copies overwrite these tiles
+
+    acc = acc / l_i[:, None]
+    offs_m = gl.arange(0, BM, layout=gl.SliceLayout(1, mma))
+    offs_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, mma))
+    rows_o = m0 + offs_m
+    gl.store(O + (start + rows_o)[:, None] * stride_ot + head * stride_oh + offs_o[None, :],
+             acc.to(dtype), mask=(rows_o < length)[:, None])
+
+
+def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles):
+    total, heads, dim = q.shape
+    batch = cu_seqlens.numel() - 1
+    out = torch.empty_like(q)
+    # Token offsets are 32-bit in the kernel (1175 instead of 1217 instructions per key step, sm_90).
+    assert max(x.stride(0) for x in (q, k, v, out)) * total < 2**31
+    pk = pos_key if pos_key is not None else q
+    pq = pos_query if pos_query is not None else q
+    grid = (triton.cdiv(total, 32) + batch, heads)
+    _near_fwd[grid](
+        q, k, v, out, pk, pq, rel_index.to(torch.int32), cu_seqlens, tiles,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
+        batch, max_seqlen, batch.bit_length(), float(scale) * 1.4426950408889634,
+        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, num_warps=1)
+    return out
+
+
+def _skew_read(x, win=64):
+    """x [A, win] -> [A, 32], view[a, b] = flat[(win + 1) a + b] = x[a, a + b]: the kernel's padded view."""
+    flat = x.reshape(-1)
+    a = torch.arange(x.shape[0])[:, None]
+    b = torch.arange(32)[None, :]
+    return flat[(win + 1) * a + b]
+
+
+def emulate(q, k, v, cu, max_seqlen, pk, pq, rel, scale, tile=32, win=64):
+    """The kernel's algorithm in torch (fp32, CPU): keys reversed in each tile, window row x = i + j'
+    for distance m0 - n0 - (tile-1) + x, the position terms read through `_skew_read`."""
+    out = torch.zeros_like(q)
+    lanes = torch.arange(tile)
+    for s in range(cu.numel() - 1):
+        start, length = int(cu[s]), int(cu[s + 1] - cu[s])
+        for h in range(q.shape[1]):
+            for m0 in range(0, length, tile):
+                rows_q = m0 + lanes
+                keep = rows_q < length
+                qt = torch.where(keep[:, None], q[(start + rows_q).clamp(max=q.shape[0] - 1), h], 0.0)
+                m_i = torch.full((tile,), -float("inf"))
+                l_i = torch.zeros(tile)
+                acc = torch.zeros(tile, q.shape[2])
+                for n0 in range(0, length, tile):
+                    rows_k = n0 + (tile - 1) - lanes
+                    valid = rows_k < length
+                    idx = (start + rows_k).clamp(max=q.shape[0] - 1)
+                    kt = torch.where(valid[:, None], k[idx, h], 0.0)
+                    vt = torch.where(valid[:, None], v[idx, h], 0.0)
+                    dist = ((m0 - n0 - (tile - 1)) + torch.arange(win)).clamp(1 - max_seqlen, max_seqlen - 1)
+                    r = rel[dist + max_seqlen - 1]
+                    pos = torch.zeros(tile, tile)
+                    if pk is not None:
+                        pos = pos + _skew_read(qt @ pk[r, h].T, win)  # c2p[i, j'] = C[i, i + j']
+                    if pq is not None:
+                        pos = pos + _skew_read(kt @ pq[r, h].T, win).T  # p2c[i, j'] = T[j', i + j']
+                    sc = torch.where(valid[None, :], (qt @ kt.T + pos) * scale, -float("inf"))
+                    m_new = torch.maximum(m_i, sc.max(1).values)
+                    p = torch.exp(sc - m_new[:, None])
+                    alpha = torch.exp(m_i - m_new)
+                    l_i = l_i * alpha + p.sum(1)
+                    acc = acc * alpha[:, None] + p @ vt
+                    m_i = m_new
+                out[start + rows_q[keep], h] = (acc / l_i[:, None])[keep]
+    return out
+
+
+def check_emulation():
+    from crossenc.kernels.disentangled_attention import (attention_scale, disentangled_attention_ref,
+                                                         relative_position_index)
+    torch.manual_seed(0)
+    for buckets, max_rel, c2p, p2c in [(256, 512, True, True), (32, 64, True, True), (-1, 512, True, False),
+                                       (-1, 24, False, True)]:
+        lengths = [1, 31, 33, 70, 150]
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        total, max_seqlen, heads, dim = sum(lengths), max(lengths), 2, 64
+        q, k, v = torch.randn(3, total, heads, dim).unbind(0)
+        span = buckets if buckets > 0 else max_rel
+        pk = torch.randn(2 * span, heads, dim) if c2p else None
+        pq = torch.randn(2 * span, heads, dim) if p2c else None
+        rel = relative_position_index(max_seqlen, buckets, max_rel, span)
+        scale = attention_scale(dim, 1 + int(c2p) + int(p2c))
+        ref = disentangled_attention_ref(q, k, v, cu, max_seqlen, pk, pq, rel, scale)
+        out = emulate(q, k, v, cu, max_seqlen, pk, pq, rel, scale)
+        print(buckets, max_rel, c2p, p2c, "rel err", ((out - ref).norm() / ref.norm()).item())
+
+
+def check_on_gpu():
+    from attention_kernel import inputs
+    from crossenc.kernels.disentangled_attention import disentangled_attention_ref, query_tiles, saturation_distance
+    from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+    for workload in ("rerank-short", "rerank-long"):
+        args, _ = inputs(workload, 12, 64, torch.float16)
+        ref = disentangled_attention_ref(*args).float()
+        tiles = query_tiles(args[3], 32)
+        out = gluon_near_attention(*args, tiles)
+        err = ((out.float() - ref).norm() / ref.norm()).item()
+        gluon_ms = triton.testing.do_bench(lambda: gluon_near_attention(*args, tiles), warmup=25, rep=200,
+                                           return_mode="median")
+        far = saturation_distance(args[7])
+        triton_ms = triton.testing.do_bench(lambda: triton_disentangled_attention(*args, far=far), warmup=25, rep=200,
+                                            return_mode="median")
+        print(f"{workload:12s} gluon {gluon_ms:.3f} ms (rel err {err:.1e})  triton {triton_ms:.3f} ms")
+
+
+def compile_and_count():
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    import inspect
+    names = list(inspect.signature(_near_fwd.fn).parameters)
+    constexprs = dict(HEAD_DIM=64, HAS_C2P=True, HAS_P2C=True)
+    pointers = {"Q", "K", "V", "O", "PK", "PQ"}
+    signature = {n: "constexpr" if n in constexprs else "*fp16" if n in pointers
+                 else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
+                 for n in names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+               if n in pointers | {"REL", "CU", "TILES"} or n.startswith("stride_")}
+    src = GluonASTSource(fn=_near_fwd, signature=signature, attrs=aligned,
+                         constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
+            if (m := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line))]
+    spans = [(int(b.group(1), 16), a) for a, t in code
+             if (b := re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)) and int(b.group(1), 16) <= a]
+    lo, hi = max(spans, key=lambda s: s[1] - s[0])
+    loop = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
+                               for a, t in code if lo <= a <= hi)
+    print(re.search(r"REG:\d+ STACK:\d+", usage).group(0), "shared", kernel.metadata.shared,
+          "loop instructions", sum(loop.values()))
+    print(loop.most_common(30))
+
+
+if __name__ == "__main__":
+    import sys
+    if "--emulate" in sys.argv:
+        check_emulation()
+    elif "--count" in sys.argv or not torch.cuda.is_available():
+        compile_and_count()
+    else:
+        check_on_gpu()
