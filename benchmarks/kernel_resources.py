@@ -46,8 +46,7 @@ def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool
                       WIN=triton.next_power_of_2(block_m + block_n - 1), HAS_C2P=c2p, HAS_P2C=p2c,
                       PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far,
                       FAR_BLOCK_N=far_block_n if far and far_block_n else block_n, PAIRS=0 if dtype == "fp32" else 2,
-                      CARRY=(module.carries_c2p(block_m, block_n) if carry is None else carry)
-                      and triton.next_power_of_2(block_m + block_n - 1) == 2 * block_n)
+                      CARRY=module.carries_c2p(block_m, block_n, carry))
     signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in ("Q", "K", "V", "O", "PK", "PQ")
                  else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
                  for n in names}

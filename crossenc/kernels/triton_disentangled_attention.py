@@ -109,6 +109,14 @@ def _gather_halves(lo, hi, col, upper, PAIRS: tl.constexpr):
 
 
 @triton.jit
+def _rel_rows(REL, dist, max_seqlen):
+    """rel_index's entries for distances `dist`. Distances outside +-(max_seqlen-1) only occur for
+    masked pairs: they are clamped to stay inside rel_index."""
+    dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+    return tl.load(REL + (dist + max_seqlen - 1))
+
+
+@triton.jit
 def _attend(
     q, acc, m_i, l_i, lo, hi, limit, m0, start, head,
     K, V, PK, PQ, REL,
@@ -137,8 +145,7 @@ def _attend(
     use_carry: tl.constexpr = CARRY and HAS_C2P and not FAR
     if use_carry:
         # The first step's upper half: window rows BLOCK_N.. of key tile `lo`.
-        dist_first = tl.minimum(tl.maximum((m0 - lo + 1) + offs_j, 1 - max_seqlen), max_seqlen - 1)
-        rel_first = tl.load(REL + (dist_first + max_seqlen - 1))
+        rel_first = _rel_rows(REL, (m0 - lo + 1) + offs_j, max_seqlen)
         pk_first = tl.load(PK + rel_first[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
         c2p_upper = tl.dot(q, tl.trans(pk_first), input_precision=PRECISION).to(q.dtype)  # [BLOCK_M, BLOCK_N]
         window_col = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
@@ -156,14 +163,11 @@ def _attend(
         )
         if (HAS_C2P or HAS_P2C) and not FAR:
             # Window row w holds distance (m0 - n0) - (BLOCK_N - 1) + w; pair (i, j) reads
-            # row i - j + BLOCK_N - 1. Distances outside +-(max_seqlen-1) only occur for masked
-            # pairs: clamp them to stay inside rel_index.
+            # row i - j + BLOCK_N - 1.
             offs_w = tl.arange(0, WIN)
             pick = offs_i[:, None] - offs_j[None, :] + (BLOCK_N - 1)
-            dist = (m0 - n0 - (BLOCK_N - 1)) + offs_w
-            dist = tl.minimum(tl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
             if HAS_P2C or not use_carry:
-                rel = tl.load(REL + (dist + max_seqlen - 1))
+                rel = _rel_rows(REL, (m0 - n0 - (BLOCK_N - 1)) + offs_w, max_seqlen)
             # c2p + p2c, the QK product's initial value. Both terms are gathered in the input
             # dtype (half the register shuffles of fp32; the gathers were ~40 % of the op before pairs) and
             # summed in it, as transformers' fp16/bf16 forward does. Added before the product
@@ -171,9 +175,7 @@ def _attend(
             # shorter (benchmarks/kernel_resources.py).
             if use_carry:
                 # Window rows 0..BLOCK_N-1 are new; rows BLOCK_N.. are the previous step's 0..BLOCK_N-1.
-                dist_new = tl.minimum(tl.maximum((m0 - n0 - (BLOCK_N - 1)) + offs_j, 1 - max_seqlen),
-                                      max_seqlen - 1)
-                rel_new = tl.load(REL + (dist_new + max_seqlen - 1))
+                rel_new = _rel_rows(REL, (m0 - n0 - (BLOCK_N - 1)) + offs_j, max_seqlen)
                 pk = tl.load(PK + rel_new[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
                 c2p_lower = tl.dot(q, tl.trans(pk), input_precision=PRECISION).to(q.dtype)  # [BLOCK_M, BLOCK_N]
                 pos = _gather_halves(c2p_lower, c2p_upper, half_col, upper, PAIRS)
@@ -362,15 +364,18 @@ def default_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 512) -> 
     return 32, 32, 4, 2
 
 
-def carries_c2p(block_m: int, block_n: int) -> bool:
-    """Whether the kernel carries c2p's half window from one key step to the next by default.
+def carries_c2p(block_m: int, block_n: int, carry_c2p: bool | None = None) -> bool:
+    """The kernel's CARRY: whether it carries c2p's half window from one key step to the next.
 
-    On an H100 (v3-base, fp16, one layer's op) the carry made four warps' 64x64 tiles with two
-    stages the fastest past 512 tokens (long-2k 0.979 -> 0.906 ms, against the whole window in one
-    stage), and one warp's 32x32 tiles slower (rerank-short 0.517 -> 0.606 ms): there the two
-    halves' registers spill. docs/benchmarks.md.
+    Only where the window is two key tiles wide; there ``carry_c2p``, or by default (None) for
+    64-key tiles. On an H100 (v3-base, fp16, one layer's op) the carry made four warps' 64x64 tiles
+    with two stages the fastest past 512 tokens (long-2k 0.979 -> 0.906 ms, against the whole
+    window in one stage), and one warp's 32x32 tiles slower (rerank-short 0.517 -> 0.606 ms): there
+    the two halves' registers spill. docs/benchmarks.md.
     """
-    return block_n >= 64 and triton.next_power_of_2(block_m + block_n - 1) == 2 * block_n
+    if triton.next_power_of_2(block_m + block_n - 1) != 2 * block_n:
+        return False
+    return block_n >= 64 if carry_c2p is None else carry_c2p
 
 
 def triton_disentangled_attention(
@@ -404,7 +409,7 @@ def triton_disentangled_attention(
     None: BLOCK_N, which is 64 in the default tiles past 512 tokens), which need no window and
     so can take larger steps. ``carry_c2p``: where the window is two key tiles wide, multiply only
     its new half of c2p at each key step and carry the other from the step before (False: the
-    whole window each step; None: `carries_c2p(config)`, on for 64-key tiles). ``out``: where to write the result ([T, H, D], q's dtype and device, any token
+    whole window each step; None: on for 64-key tiles; `carries_c2p`). ``out``: where to write the result ([T, H, D], q's dtype and device, any token
     and head stride), else a new tensor.
     """
     if q.ndim != 3:
@@ -476,7 +481,7 @@ def triton_disentangled_attention(
         # PTX on CUDA: one warp's key step 1,644 -> 1,462 instructions on sm_90, two warps'
         # 1,133 -> 765 (benchmarks/kernel_resources.py); v3-base long-2k forward +18 % on an H100.
         PAIRS=0 if q.dtype == torch.float32 else 2 if q.is_cuda and torch.version.hip is None else 1,
-        CARRY=(carries_c2p(block_m, block_n) if carry_c2p is None else carry_c2p) and win == 2 * block_n,
+        CARRY=carries_c2p(block_m, block_n, carry_c2p),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
