@@ -30,10 +30,7 @@ Triton kernel.
 from __future__ import annotations
 
 import collections
-import os
 import re
-import subprocess
-import tempfile
 
 import torch
 import triton
@@ -274,31 +271,12 @@ def check_on_gpu():
 def compile_and_count():
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    import inspect
-    names = list(inspect.signature(_near_fwd.fn).parameters)
-    constexprs = dict(HEAD_DIM=64, HAS_C2P=True, HAS_P2C=True)
-    pointers = {"Q", "K", "V", "O", "PK", "PQ"}
-    signature = {n: "constexpr" if n in constexprs else "*fp16" if n in pointers
-                 else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
-                 for n in names}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-               if n in pointers | {"REL", "CU", "TILES"} or n.startswith("stride_")}
-    src = GluonASTSource(fn=_near_fwd, signature=signature, attrs=aligned,
-                         constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
-    code = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
-            if (m := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line))]
-    spans = [(int(b.group(1), 16), a) for a, t in code
-             if (b := re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)) and int(b.group(1), 16) <= a]
-    lo, hi = max(spans, key=lambda s: s[1] - s[0])
-    loop = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
-                               for a, t in code if lo <= a <= hi)
+
+    from kernel_resources import cuobjdump, launch_source, longest_loop
+    source = launch_source(_near_fwd, dict(HEAD_DIM=64, HAS_C2P=True, HAS_P2C=True), "fp16", GluonASTSource)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    usage, sass = cuobjdump(kernel)
+    loop = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in longest_loop(sass))
     print(re.search(r"REG:\d+ STACK:\d+", usage).group(0), "shared", kernel.metadata.shared,
           "loop instructions", sum(loop.values()))
     print(loop.most_common(30))

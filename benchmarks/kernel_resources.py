@@ -40,42 +40,54 @@ def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool
     """carry: c2p's half window carried from one key step to the next (None: the model's default
     for the tiles, `carries_c2p`)."""
     fn = module._disentangled_attention_fwd
-    names = list(inspect.signature(fn.fn).parameters)
     block_m, block_n, warps, stages = config
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
                       WIN=triton.next_power_of_2(block_m + block_n - 1), HAS_C2P=c2p, HAS_P2C=p2c,
                       PRECISION="ieee" if dtype == "fp32" else "tf32", HAS_FAR=far,
                       FAR_BLOCK_N=far_block_n if far and far_block_n else block_n, PAIRS=0 if dtype == "fp32" else 2,
                       CARRY=module.carries_c2p(block_m, block_n, carry))
-    signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in ("Q", "K", "V", "O", "PK", "PQ")
-                 else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
-                 for n in names}
-    # The JIT's specialization of the model's launch: aligned pointers, strides multiples of 16.
-    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-               if n in ("Q", "K", "V", "O", "PK", "PQ", "REL", "CU", "TILES") or n.startswith("stride_")}
-    source = ASTSource(fn=fn, signature=signature, attrs=aligned,
-                       constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+    kernel = triton.compile(launch_source(fn, constexprs, dtype), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": warps, "num_stages": stages})
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    usage, sass = cuobjdump(kernel)
     match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    loop = _longest_loop(sass)
+    loop = len(longest_loop(sass))
     return dict(registers=int(match.group(1)), stack_bytes=int(match.group(2)), shared_bytes=kernel.metadata.shared,
                 loop_instructions=loop, per_score_element=loop * warps / (block_m * block_n))
 
 
-def _longest_loop(sass: str) -> int:
-    """Instructions between a backward branch and its target, the longest such span."""
+def launch_source(fn, constexprs: dict, dtype: str, source_class=ASTSource):
+    """The attention kernel `fn` (crossenc's, or a prototype with its parameters) as the model
+    launches it: the JIT's specialization, aligned pointers and strides multiples of 16."""
+    names = list(inspect.signature(fn.fn).parameters)
+    pointers = {"Q", "K", "V", "O", "PK", "PQ"}
+    signature = {n: "constexpr" if n in constexprs else f"*{dtype}" if n in pointers
+                 else "*i32" if n in ("REL", "CU", "TILES") else "fp32" if n == "qk_scale_log2" else "i32"
+                 for n in names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+               if n in pointers | {"REL", "CU", "TILES"} or n.startswith("stride_")}
+    return source_class(fn=fn, signature=signature, attrs=aligned,
+                        constexprs={(names.index(n),): v for n, v in constexprs.items()})
+
+
+def cuobjdump(kernel) -> tuple[str, str]:
+    """The compiled kernel's resource usage and machine code (SASS), read by Triton's cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return usage, sass
+
+
+def longest_loop(sass: str) -> list[str]:
+    """The instructions between a backward branch and its target, the longest such span."""
     code = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
             if (m := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line))]
     spans = [(target, address) for address, text in code
              if (branch := re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)) and (target := int(branch.group(1), 16)) <= address]
-    return max((sum(1 for a, _ in code if lo <= a <= hi) for lo, hi in spans), default=0)
+    loops = [[text for a, text in code if lo <= a <= hi] for lo, hi in spans]
+    return max(loops, key=len, default=[])
 
 
 def main() -> None:
