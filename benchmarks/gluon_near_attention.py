@@ -1,26 +1,29 @@
 """A prototype, not used by the model: disentangled attention without far ranges (every v3 batch of
-up to 512 tokens) in Gluon (Triton's lower-level language), one warp per 32x32 tile pair, the
-window's skews read through shared memory instead of Triton's register gathers.
+up to 512 tokens) in Gluon (Triton's lower-level language), 32x32 tile pairs on one or two warps,
+the window's skews read through shared memory instead of Triton's register gathers.
 
-Status: compiled for sm_90 (Triton 3.6: 1,072 instructions per key step against the Triton
-kernel's 1,462, 255 registers, no spill in the loop, 36 KiB of shared memory, so 6 programs per
-SM as now);
-its index algebra checked in torch (`--emulate`, relative error 3e-7 against the fp32 reference
-for v3 log buckets, small buckets, c2p-only and p2c-only); not yet run on a GPU.
+Status (docs/benchmarks.md, "A Gluon kernel for the near range"): exact (relative error 5e-4 in
+fp16 against the fp32 reference, as the Triton kernel) and on one H100 slower than the Triton
+kernel: rerank-short 0.56-0.61 ms against 0.51, rerank-long 0.75-0.80 against 0.57. It issues fewer
+instructions per key step (one warp 1,206 against 1,462 on sm_90; two warps 602-636 each), but
+each waits longer: one warp is held to 255 registers and spills, two warps load every B operand
+twice from shared memory, whose pipe then stalls them (Nsight Compute: short-scoreboard and MIO
+throttle stalls 3.3 cycles per instruction, against the Triton kernel's 0.6).
 
-Same contract as crossenc.kernels.triton_disentangled_attention without far ranges (every v3 batch of
-up to 512 tokens): packed q/k/v [T, H, D], cu_seqlens, rel_index, pos_key/pos_query [2S, H, D].
+Same contract as crossenc.kernels.triton_disentangled_attention without far ranges: packed q/k/v
+[T, H, D], cu_seqlens, rel_index, pos_key/pos_query [2S, H, D].
 
 Keys are taken in reverse order within each key tile (local j' is key n0 + BN-1-j'), so that a
 tile pair's window row x (distance m0 - n0 - (BN-1) + x, as in the Triton kernel) is x = i + j':
   c2p[i, j'] = C[i, i + j'],   C = q @ window_k^T   [BM, WIN]
   p2c[i, j'] = T[j', i + j'],  T = k @ window_q^T   [BN, WIN]
-Each product is stored in the input dtype with row stride WIN and read through a padded view of
-row stride WIN + 1 (view[a, b] = X[a, a + b]), in the MMA layout with its first two register
-bases swapped so that each read is one aligned 16-bit load; the skews then cost 16 `stmatrix`, 64
-16-bit shared loads and 32 byte permutes per step, where Triton's gathers cost about 500
-instructions (docs/benchmarks.md). The sum c2p + p2c is the QK product's initial value, as in the
-Triton kernel.
+Each product is stored in the input dtype with row stride WIN + PAD and read through a padded view
+of row stride WIN + PAD + 1 (view[a, b] = X[a, a + b]), in the MMA layout with its first two
+register bases swapped so that each read is one aligned 16-bit load. PAD = 8 puts the 8 rows of a
+32-bit store in distinct banks and a skewed read's in at most two ways; PAD = 0 (row stride 64, read
+stride 65) costs 8-way conflicts on both: one warp's rerank-short 0.80 against 0.61 ms. The sum
+c2p + p2c is the QK product's initial value, as in the Triton kernel. Each buffer's next load is
+issued as soon as the step is done reading it.
 
     python benchmarks/gluon_near_attention.py            # GPU: checks it against the torch reference
                                                          # and times it against the Triton kernel
@@ -48,28 +51,21 @@ def _near_fwd(
     HEAD_DIM: gl.constexpr,
     HAS_C2P: gl.constexpr,
     HAS_P2C: gl.constexpr,
+    stored: gl.constexpr,
+    skew: gl.constexpr,
+    mma: gl.constexpr,
+    rows16: gl.constexpr,
+    rows16_t: gl.constexpr,
+    rows: gl.constexpr,
+    K_STAGES: gl.constexpr,
 ):
     BM: gl.constexpr = 32
     BN: gl.constexpr = 32
     WIN: gl.constexpr = 64
     dtype: gl.constexpr = Q.dtype.element_ty
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    # The [32, 32] MMA layout (reg [[0,1],[8,0],[0,8],[0,16],[16,0]], lanes [[0,2],[0,4],[1,0],[2,0],[4,0]])
-    # with its first two register bases swapped, and its transpose: reads of the skewed views.
-    rows16: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[8, 0], [0, 1], [0, 8], [0, 16], [16, 0]], lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[], block_bases=[], shape=[32, 32])
-    rows16_t: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[0, 8], [1, 0], [8, 0], [16, 0], [0, 16]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
-        warp_bases=[], block_bases=[], shape=[32, 32])
-    # Copies: two 16-byte pieces of one row per thread, so that a thread's window rows need half the
-    # index loads and addresses of one piece each (1,175 -> 1,072 instructions per key step).
-    rows: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [1, 1], [1, 0])
     tile_smem: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
-    plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    skew: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[WIN, 1]], [32, WIN], [1, 0])
 
     tile = gl.program_id(0)
     head = gl.program_id(1)
@@ -91,17 +87,35 @@ def _near_fwd(
     offs_w = gl.arange(0, WIN, layout=gl.SliceLayout(1, rows))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
     q_smem = gl.allocate_shared_memory(dtype, [BM, HEAD_DIM], tile_smem)
-    k_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
+    k_bufs = gl.allocate_shared_memory(dtype, [K_STAGES, BN, HEAD_DIM], tile_smem)
     v_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
     pk_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], tile_smem)
     pq_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], tile_smem)
-    c_smem = gl.allocate_shared_memory(dtype, [BM, WIN], plain)
-    t_smem = gl.allocate_shared_memory(dtype, [BN, WIN], plain)
+    # Allocated in the stored layout (32 x 72 elements), read through the skewed view (its reads end
+    # at element 73 * 31 + 31 < 32 * 72): 128 bytes less than the view's own size, 6 programs per SM.
+    c_smem = gl.allocate_shared_memory(dtype, [BM, WIN], stored)
+    t_smem = gl.allocate_shared_memory(dtype, [BN, WIN], stored)
 
     rows_q = m0 + offs_r
-    tok_q = start + rows_q
     async_copy.async_copy_global_to_shared(
-        q_smem, Q + tok_q[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=(rows_q < length)[:, None])
+        q_smem, Q + (start + rows_q)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=(rows_q < length)[:, None])
+    # Step 0's operands. From then on each buffer's next load is issued as soon as the step is done
+    # reading it (windows after the position products, k after the QK product or, with two k
+    # buffers, at the step's start, v after PV), so that the loads overlap the rest of the step.
+    rel = gl.load(REL + (gl.minimum(gl.maximum((m0 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
+                         + max_seqlen - 1))
+    if HAS_C2P:
+        async_copy.async_copy_global_to_shared(pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+    if HAS_P2C:
+        async_copy.async_copy_global_to_shared(pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+    rows_k = (BN - 1) - offs_r  # keys reversed within the tile
+    mask_k = (rows_k < length)[:, None]
+    async_copy.async_copy_global_to_shared(
+        k_bufs.index(0), K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+    async_copy.commit_group()
+    async_copy.async_copy_global_to_shared(
+        v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
     async_copy.commit_group()
 
     m_i = gl.full([BM], -float("inf"), gl.float32, layout=gl.SliceLayout(1, mma))
@@ -109,63 +123,112 @@ def _near_fwd(
     acc = gl.zeros([BM, HEAD_DIM], gl.float32, layout=mma)
     keys = gl.arange(0, BN, layout=gl.SliceLayout(0, mma))
     for n0 in range(0, length, BN):
-        rows_k = n0 + (BN - 1) - offs_r  # keys reversed within the tile
+        n1 = n0 + BN
+        # The next step's window rows, loaded ahead (their latency hides behind this step's products).
+        rel = gl.load(REL + (gl.minimum(gl.maximum((m0 - n1 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
+                             + max_seqlen - 1))
+        rows_k = n1 + (BN - 1) - offs_r
         mask_k = (rows_k < length)[:, None]
         tok_k = start + rows_k
-        async_copy.async_copy_global_to_shared(
-            k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
-        dist = gl.minimum(gl.maximum((m0 - n0 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
-        rel = gl.load(REL + (dist + max_seqlen - 1))
-        if HAS_C2P:
-            async_copy.async_copy_global_to_shared(
-                pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
-        if HAS_P2C:
-            async_copy.async_copy_global_to_shared(
-                pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-        async_copy.commit_group()
-        async_copy.async_copy_global_to_shared(
-            v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
-        async_copy.commit_group()
-        async_copy.wait_group(1)  # q, k and the windows; v may still be on its way
+        async_copy.wait_group(1)  # q, the windows and k; v may still be on its way
         gl.thread_barrier()
-
+        if K_STAGES == 2:
+            k_smem = k_bufs.index((n0 // BN) % 2)
+            if n1 < length:
+                async_copy.async_copy_global_to_shared(
+                    k_bufs.index((n1 // BN) % 2), K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :],
+                    mask=mask_k)
+        else:
+            k_smem = k_bufs.index(0)
         q = q_smem.load(a_op)
         pos = gl.zeros([BM, BN], dtype, layout=mma)
         if HAS_C2P:
             c = mma_v2(q, pk_smem.permute([1, 0]).load(b_op), gl.zeros([BM, WIN], gl.float32, layout=mma))
             c_smem.store(c.to(dtype))
-            gl.thread_barrier()
-            pos = gl.convert_layout(c_smem._reinterpret(dtype, [BM, WIN], skew).slice(0, BN, dim=1).load(rows16), mma)
         if HAS_P2C:
             t = mma_v2(k_smem.load(a_op), pq_smem.permute([1, 0]).load(b_op), gl.zeros([BN, WIN], gl.float32, layout=mma))
             t_smem.store(t.to(dtype))
-            gl.thread_barrier()
+        gl.thread_barrier()
+        if n1 < length:  # no copies past the last step
+            if HAS_C2P:
+                async_copy.async_copy_global_to_shared(
+                    pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            if HAS_P2C:
+                async_copy.async_copy_global_to_shared(
+                    pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+        if K_STAGES == 1:
+            async_copy.commit_group()
+        if HAS_C2P:
+            pos = gl.convert_layout(c_smem._reinterpret(dtype, [BM, WIN], skew).slice(0, BN, dim=1).load(rows16), mma)
+        if HAS_P2C:
             p2c = t_smem._reinterpret(dtype, [BN, WIN], skew).slice(0, BM, dim=1).load(rows16_t)
             pos = pos + gl.convert_layout(gl.permute(p2c, [1, 0]), mma)
+        q = q_smem.load(a_op)  # again: holding it through the step costs registers
         s = mma_v2(q, k_smem.permute([1, 0]).load(b_op), pos.to(gl.float32))
-        valid = (n0 + (BN - 1) - keys) < length
-        s = gl.where(valid[None, :], s, -float("inf"))
+        if K_STAGES == 1:
+            gl.thread_barrier()
+            if n1 < length:
+                async_copy.async_copy_global_to_shared(
+                    k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+        if n1 > length:  # only the last key tile is partial
+            s = gl.where(((n0 + (BN - 1) - keys) < length)[None, :], s, -float("inf"))
 
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         alpha = gl.exp2((m_i - m_new) * qk_scale_log2)
         p = gl.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
         l_i = l_i * alpha + gl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        async_copy.wait_group(0)
+        async_copy.wait_group(3 - K_STAGES)  # this step's v (the next windows and k may still be on their way)
         gl.thread_barrier()
         acc = mma_v2(gl.convert_layout(p.to(dtype), a_op), v_smem.load(b_op), acc)
         m_i = m_new
-        gl.thread_barrier()  # the next step's copies overwrite these tiles
+        gl.thread_barrier()
+        if n1 < length:
+            async_copy.async_copy_global_to_shared(
+                v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+    async_copy.wait_group(0)
 
-    acc = acc / l_i[:, None]
-    offs_m = gl.arange(0, BM, layout=gl.SliceLayout(1, mma))
-    offs_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, mma))
-    rows_o = m0 + offs_m
-    gl.store(O + (start + rows_o)[:, None] * stride_ot + head * stride_oh + offs_o[None, :],
-             acc.to(dtype), mask=(rows_o < length)[:, None])
+    out = gl.convert_layout((acc / l_i[:, None]).to(dtype), rows)  # 16-byte stores
+    gl.store(O + (start + rows_q)[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out,
+             mask=(rows_q < length)[:, None])
 
 
-def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles):
+def layouts(warps: int, pad: int = 8) -> dict:
+    """The kernel's layouts: products stored with row stride 64 + pad and read through the view of
+    row stride 64 + pad + 1; with two warps each takes 16 of the 32 query rows (and of the 32 keys
+    in p2c's product)."""
+    P = gl.PaddedSharedLayout.with_identity_for
+    if pad == 0:
+        out = dict(stored=gl.SwizzledSharedLayout(1, 1, 1, [1, 0]), skew=P([[64, 1]], [32, 64], [1, 0]))
+    else:  # 64a + b + a + (pad / 2)(2a) = (64 + pad + 1)a + b for b < 32 (interval and padding powers of two)
+        out = dict(stored=P([[64, pad]], [32, 64], [1, 0]), skew=P([[64, 1], [32, pad // 2]], [32, 64], [1, 0]))
+    # The [32, 32] MMA layout (registers [[0,1],[8,0],[0,8],[0,16],[16,0]], lanes [[0,2],[0,4],[1,0],
+    # [2,0],[4,0]]; with two warps the last register base is the warp's) with its first two register
+    # bases swapped, and its transpose: reads of the skewed views.
+    lanes = [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]]
+    regs = [[8, 0], [0, 1], [0, 8], [0, 16], [16, 0]]
+    warp_bases = [] if warps == 1 else [regs.pop()]
+    tr = lambda bases: [[b, a] for a, b in bases]
+    out.update(
+        mma=gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[warps, 1], instr_shape=[16, 8]),
+        rows16=gl.DistributedLinearLayout(reg_bases=regs, lane_bases=lanes, warp_bases=warp_bases, block_bases=[],
+                                          shape=[32, 32]),
+        rows16_t=gl.DistributedLinearLayout(reg_bases=tr(regs), lane_bases=tr(lanes), warp_bases=tr(warp_bases),
+                                            block_bases=[], shape=[32, 32]),
+        # Copies: two 16-byte pieces of one row per thread.
+        rows=gl.BlockedLayout([1, 16], [8, 4], [warps, 1], [1, 0]))
+    return out
+
+
+# (warps, k buffers, register cap, pad): 6 programs per SM in each (shared memory 37,856 bytes, or
+# registers); two k buffers at two warps: 5 programs.
+CONFIGS = [(1, 1, None, 0), (1, 1, None, 8), (2, 1, 168, 8), (2, 2, 168, 8)]
+
+
+def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, warps=2,
+                         k_stages=1, maxnreg=168, pad=8):
     total, heads, dim = q.shape
     batch = cu_seqlens.numel() - 1
     out = torch.empty_like(q)
@@ -179,7 +242,8 @@ def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, re
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
         batch, max_seqlen, batch.bit_length(), float(scale) * 1.4426950408889634,
-        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, num_warps=1)
+        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, K_STAGES=k_stages,
+        num_warps=warps, **layouts(warps, pad), **({} if maxnreg is None else dict(maxnreg=maxnreg)))
     return out
 
 
@@ -254,18 +318,21 @@ def check_on_gpu():
     from attention_kernel import inputs
     from crossenc.kernels.disentangled_attention import disentangled_attention_ref, query_tiles, saturation_distance
     from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+    print(torch.cuda.get_device_name(), "triton", triton.__version__)
     for workload in ("rerank-short", "rerank-long"):
         args, _ = inputs(workload, 12, 64, torch.float16)
         ref = disentangled_attention_ref(*args).float()
         tiles = query_tiles(args[3], 32)
-        out = gluon_near_attention(*args, tiles)
-        err = ((out.float() - ref).norm() / ref.norm()).item()
-        gluon_ms = triton.testing.do_bench(lambda: gluon_near_attention(*args, tiles), warmup=25, rep=200,
-                                           return_mode="median")
         far = saturation_distance(args[7])
-        triton_ms = triton.testing.do_bench(lambda: triton_disentangled_attention(*args, far=far), warmup=25, rep=200,
-                                            return_mode="median")
-        print(f"{workload:12s} gluon {gluon_ms:.3f} ms (rel err {err:.1e})  triton {triton_ms:.3f} ms")
+        ms = triton.testing.do_bench(lambda: triton_disentangled_attention(*args, far=far), warmup=25, rep=200,
+                                     return_mode="median")
+        print(f"{workload:12s} Triton kernel {ms:.3f} ms")
+        for warps, k_stages, maxnreg, pad in CONFIGS:
+            run = lambda: gluon_near_attention(*args, tiles, warps, k_stages, maxnreg, pad)
+            err = ((run().float() - ref).norm() / ref.norm()).item()
+            ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
+            print(f"{workload:12s} Gluon warps {warps} k buffers {k_stages} registers <= {maxnreg or 255} pad {pad}: "
+                  f"{ms:.3f} ms (rel err {err:.1e})")
 
 
 def compile_and_count():
@@ -273,13 +340,16 @@ def compile_and_count():
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from kernel_resources import cuobjdump, launch_source, longest_loop
-    source = launch_source(_near_fwd, dict(HEAD_DIM=64, HAS_C2P=True, HAS_P2C=True), "fp16", GluonASTSource)
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
-    usage, sass = cuobjdump(kernel)
-    loop = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in longest_loop(sass))
-    print(re.search(r"REG:\d+ STACK:\d+", usage).group(0), "shared", kernel.metadata.shared,
-          "loop instructions", sum(loop.values()))
-    print(loop.most_common(30))
+    for warps, k_stages, maxnreg, pad in CONFIGS:
+        constexprs = dict(HEAD_DIM=64, HAS_C2P=True, HAS_P2C=True, K_STAGES=k_stages, **layouts(warps, pad))
+        kernel = triton.compile(launch_source(_near_fwd, constexprs, "fp16", GluonASTSource),
+                                target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": warps, **({} if maxnreg is None else {"maxnreg": maxnreg})})
+        usage, sass = cuobjdump(kernel)
+        loop = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in longest_loop(sass))
+        print(f"warps {warps} k buffers {k_stages} pad {pad}:", re.search(r"REG:\d+ STACK:\d+", usage).group(0),
+              "shared", kernel.metadata.shared, "loop instructions", sum(loop.values()))
+        print(loop.most_common(30))
 
 
 if __name__ == "__main__":
