@@ -194,7 +194,13 @@ def _attend(
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # FAR: q holds the p2c row (`_far_terms`)
             if FAR and HAS_C2P:
                 s += c2p_far[:, None]
-        s = tl.where(mask_k[None, :], s, -float("inf"))
+        if BLOCK_N >= 64:
+            # Only a range's last key tile is partial: the other steps skip the mask (long-2k's op
+            # 0.92 -> 0.89 ms at 64x64 on an H100); one warp's 32x32 step is 3-5 % slower with the branch.
+            if n0 + BLOCK_N > limit:
+                s = tl.where(mask_k[None, :], s, -float("inf"))
+        else:
+            s = tl.where(mask_k[None, :], s, -float("inf"))
 
         # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
