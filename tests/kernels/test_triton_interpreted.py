@@ -73,12 +73,13 @@ for name, lengths, heads, dim, dtype, buckets, max_rel, c2p, p2c, bounded in jso
     runs = [(saturation_distance(rel), None, name)] + ([(None, None, name + ", window only")] if total <= 256 else [])
     if saturation_distance(rel) < max_seqlen:
         runs.append((saturation_distance(rel), 64, name + ", far keys 64 at a time"))
-    # Short cases also in 16x16 tiles (a window of 32 rows; the query tiles made here).
-    runs = [(*run, None, True) for run in runs] + ([(saturation_distance(rel), None, name + ", 16x16 tiles", (16, 16, 1, 2), True)]
+    # These as the model runs them (c2p's half window carried where `carries_c2p` says: 64-key tiles);
+    # short cases also in 16x16 tiles (a window of 32 rows; the query tiles made here), carried.
+    runs = [(*run, None, None) for run in runs] + ([(saturation_distance(rel), None, name + ", 16x16 tiles", (16, 16, 1, 2), True)]
                                                    if total <= 256 else [])
-    # Short cases also with c2p's whole window multiplied at every key step (nothing carried).
+    # Short cases also with c2p's half window carried from step to step in the model's tiles.
     if total <= 256:
-        runs.append((saturation_distance(rel), None, name + ", whole window each step", None, False))
+        runs.append((saturation_distance(rel), None, name + ", half window carried", None, True))
     for far, far_block_n, label, config, carry in runs:
         out = triton_disentangled_attention(q, k, v, cu, max_seqlen, pos_key, pos_query, rel, scale,
                                             tiles=None if config else tiles, far=far, far_block_n=far_block_n,
@@ -138,7 +139,7 @@ def test_interpreted_kernel_matches_reference(interpreted_errors, case):
     name, dtype = case[0], case[4]
     labels = [label for label in interpreted_errors
               if label in (name, name + ", window only", name + ", into a given output", name + ", far keys 64 at a time",
-                           name + ", 16x16 tiles", name + ", whole window each step")]
+                           name + ", 16x16 tiles", name + ", half window carried")]
     assert name in labels
     for label in labels:
         assert interpreted_errors[label] < (1e-5 if dtype == "float32" else 2e-3), label
