@@ -43,6 +43,14 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 
 @gluon.jit
+def _rel_rows(REL, dist, max_seqlen):
+    """rel_index's entries for distances `dist`, clamped as the Triton kernel's `_rel_rows` (a
+    `triton.jit` helper, which a `gluon.jit` kernel cannot call)."""
+    dist = gl.minimum(gl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+    return gl.load(REL + (dist + max_seqlen - 1))
+
+
+@gluon.jit
 def _near_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -103,8 +111,7 @@ def _near_fwd(
     # Step 0's operands. From then on each buffer's next load is issued as soon as the step is done
     # reading it (windows after the position products, k after the QK product or, with two k
     # buffers, at the step's start, v after PV), so that the loads overlap the rest of the step.
-    rel = gl.load(REL + (gl.minimum(gl.maximum((m0 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
-                         + max_seqlen - 1))
+    rel = _rel_rows(REL, (m0 - (BN - 1)) + offs_w, max_seqlen)
     if HAS_C2P:
         async_copy.async_copy_global_to_shared(pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
     if HAS_P2C:
@@ -125,8 +132,7 @@ def _near_fwd(
     for n0 in range(0, length, BN):
         n1 = n0 + BN
         # The next step's window rows, loaded ahead (their latency hides behind this step's products).
-        rel = gl.load(REL + (gl.minimum(gl.maximum((m0 - n1 - (BN - 1)) + offs_w, 1 - max_seqlen), max_seqlen - 1)
-                             + max_seqlen - 1))
+        rel = _rel_rows(REL, (m0 - n1 - (BN - 1)) + offs_w, max_seqlen)
         rows_k = n1 + (BN - 1) - offs_r
         mask_k = (rows_k < length)[:, None]
         tok_k = start + rows_k
