@@ -31,7 +31,9 @@ WORKLOADS = {  # name: (batch, min length, max length)
     "long-2k": (8, 1536, 2048),
 }
 VOCAB = 128100
-SYSTEMS = ("hf-eager", "flashdeberta", "disentangled-flash", "bert-sdpa", "crossenc")  # also: crossenc+compile
+SYSTEMS = ("hf-eager", "flashdeberta", "disentangled-flash", "bert-sdpa", "crossenc")
+# also: crossenc-exact (the layout read back from the GPU, as crossenc runs without vLLM) and
+# crossenc+compile (the encoder under torch.compile)
 
 
 def deberta_config(shape: str):
@@ -119,19 +121,28 @@ def build(system: str, shape: str, state_dict: dict, batch: Batch) -> Callable[[
         bert._attn_implementation = "sdpa"
         model = BertForSequenceClassification(bert).to(dev, dt).eval()
         return lambda: model(input_ids=batch.padded, attention_mask=batch.mask).logits
-    if system in ("crossenc", "crossenc+compile"):
+    if system in ("crossenc", "crossenc-exact", "crossenc+compile"):
         from crossenc.model_executor.models.deberta_v2 import DebertaV2ForSequenceClassification
 
         model = DebertaV2ForSequenceClassification(config=config)
         model.load_weights(state_dict.items())
         model = model.to(dev, dt).eval()
+        if system == "crossenc-exact":  # the layout read back from the GPU (two host syncs per forward)
+            return lambda: model.logits(model(batch.packed, batch.positions), batch.positions)
+        # As vLLM runs it on a GPU: the sequence boundaries laid out within bounds known on the host
+        # (the step's sequences + one padding group, the model's length limit: 512 tokens, 2,048
+        # past it), and the first tokens' rows from where the sequences start (vLLM's pooling
+        # metadata), so the forward reads nothing back from the GPU.
+        model.deberta.layout_bounds = dict(max_seqs=len(batch.lengths) + 1,
+                                           max_seqlen=512 if batch.max_len <= 512 else 2048)
+        first = batch.cu_seqlens[:-1].long()
         # "+compile": torch.compile fuses the pointwise work around the GEMMs (bias, GELU, residual
         # add, LayerNorm) of the encoder, the part vLLM compiles (CROSSENC_TORCH_COMPILE=1); the
         # attention op stays one node.
         if system == "crossenc+compile":
             encoder = model.deberta.encoder
             encoder.forward = torch.compile(encoder.forward, fullgraph=True, dynamic=True)
-        return lambda: model.logits(model(batch.packed, batch.positions), batch.positions)
+        return lambda: model.classifier(model.projector(model(batch.packed, batch.positions)[first]))
     raise ValueError(f"unknown system {system!r}")
 
 
