@@ -60,6 +60,50 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
     assert (got - expected).abs().max() <= ATOL
 
 
+@pytest.mark.parametrize("variant", ["v3", "p2c-only"])
+def test_position_tables_made_once_and_remade_when_the_weights_change(variant):
+    """At inference the encoder makes every layer's position tables once (the same tensors on the
+    next forward), and makes them again when the weights change: loaded in place, edited in place,
+    or converted to another dtype. With autograd on nothing is kept."""
+    torch.manual_seed(2)
+    hf = spread(HFSeqCls(deberta_config(variant)))
+    ours = loaded_from(DebertaV2ForSequenceClassification, hf)
+    encoder = ours.deberta.encoder
+    seqs = random_sequences(hf.config.vocab_size, seed=2)
+    ids, mask = pad_batch(seqs)
+    packed_ids, positions = pack_batch(seqs)
+
+    def check(reference, tol=ATOL):
+        with torch.inference_mode():
+            got = ours.logits(ours(packed_ids, positions), positions)
+            first = encoder.position_tables()
+            assert all(a is b for pair, again in zip(first, encoder.position_tables()) for a, b in zip(pair, again))
+            assert ours.logits(ours(packed_ids, positions), positions).equal(got)
+        with torch.no_grad():
+            expected = reference(input_ids=ids, attention_mask=mask).logits
+        assert (got.double() - expected.double()).abs().max() <= tol
+
+    check(hf)
+    other = spread(HFSeqCls(deberta_config(variant)))  # other weights, loaded into the same tensors
+    pointers = [p.data_ptr() for p in ours.parameters()]
+    ours.load_weights(other.state_dict().items())
+    assert [p.data_ptr() for p in ours.parameters()] == pointers
+    check(other)
+    with torch.no_grad():  # edited in place: the last layer's query projection (q's rows of the stacked one)
+        hidden = hf.config.hidden_size
+        ours.deberta.encoder.layer[-1].attention.self.qkv_proj.weight[:hidden].mul_(1.5)
+        other.deberta.encoder.layer[-1].attention.self.query_proj.weight.mul_(1.5)
+    check(other)
+    ours.double()
+    check(other.double(), tol=1e-6)  # (the attention's scores are taken in float32)
+    with torch.inference_mode():
+        assert all(t.dtype == torch.float64 for pair in encoder.position_tables() for t in pair if t is not None)
+    with torch.enable_grad():
+        encoder._tables = None
+        ours(packed_ids, positions)
+        assert encoder._tables is None
+
+
 @pytest.mark.parametrize("variant", ["v3", "v2-conv"])
 def test_token_logits_equal_transformers(variant):
     torch.manual_seed(2)

@@ -117,6 +117,11 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
                 shape = checkpoint_shape(model.get_submodule(module_name), leaf, param, shard)
                 zeros = torch.zeros(shape, dtype=param.dtype, device=param.device)
                 getattr(param, "weight_loader", default_weight_loader)(param, zeros, shard)
+    # Modules that keep tensors made from the weights (the encoder's position tables) drop them:
+    # loaders write in place, which a tensor's version counter does not see.
+    for module in model.modules():
+        if callable(getattr(module, "weights_loaded", None)):
+            module.weights_loaded()
     missing = sorted(set(expected) - seen)
     problems = [f"{what}: {names}" for what, names in (
         ("missing tensors", missing), ("unexpected tensors", unexpected), ("mis-shaped tensors", misshaped))
