@@ -102,6 +102,11 @@ def test_position_tables_made_once_and_remade_when_the_weights_change(variant):
         encoder._tables = None
         ours(packed_ids, positions)
         assert encoder._tables is None
+    with torch.inference_mode():  # weights made under inference_mode (no version counter)
+        built = loaded_from(DebertaV2ForSequenceClassification, other)
+        assert built.deberta.encoder.layer[0].attention.self.qkv_proj.weight.is_inference()
+        got = built.logits(built(packed_ids, positions), positions)
+        assert got.equal(built.logits(built(packed_ids, positions), positions))
 
 
 @pytest.mark.parametrize("variant", ["v3", "v2-conv"])

@@ -371,8 +371,10 @@ class DebertaV2Encoder(nn.Module):
             return [(None, None)] * len(self.layer)
         cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         sources = [self.rel_embeddings, self.LayerNorm, *(layer.attention.self for layer in self.layer)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for m in sources if m is not None
-                    for p in m.parameters()) if cache else None
+        # (Parameters made under inference_mode have no version counter; they cannot be edited
+        # in place outside it either.)
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device)
+                    for m in sources if m is not None for p in m.parameters()) if cache else None
         if key is not None and self._tables is not None and self._tables[0] == key:
             return self._tables[1]
         rel_embeddings = self.rel_embeddings.weight
