@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["v3-xsmall", "v3-base", "v3-large"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    torch.set_num_threads(2) if args.device == "cpu" else None
+    if args.device == "cpu":
+        torch.set_num_threads(2)
     dtype = torch.float32 if args.device == "cpu" else torch.float16
     for shape in args.shapes:
         model = DebertaV2ForSequenceClassification(config=deberta_config(shape)).to(args.device, dtype).eval()
