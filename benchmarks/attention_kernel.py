@@ -4,7 +4,10 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 `triton_disentangled_attention` per (BLOCK_M, BLOCK_N, warps, stages): "far" as the model calls it
 (key tiles past the buckets' saturation without the window), "window" with every tile pair
 through the window, and the same kernel with no position terms ("no-position": a plain varlen
-FlashAttention, the floor for the fused kernel). Each variant is first checked against the fp32
+FlashAttention, the floor for the fused kernel). "model": what the model runs (no configuration
+given: on Hopper the warpgroup-MMA kernel where it applies, else the Triton kernel's default).
+"wgmma": the warpgroup-MMA kernel on a batch with far ranges, where the model runs the Triton
+kernel (the window on every tile pair). Each variant is first checked against the fp32
 torch reference on the same inputs. "flash-attention" is torch's own varlen FlashAttention
 (`torch.nn.attention.varlen.varlen_attn`, else `aten._flash_attention_forward`) on the same
 packed q/k/v without position terms, checked against crossenc's "no-position" output.
@@ -27,10 +30,14 @@ import torch
 import triton
 
 from crossenc.kernels.disentangled_attention import (
+    WGMMA_TILE,
+    _wgmma_available,
     attention_scale,
     disentangled_attention_ref,
+    query_tiles,
     relative_position_index,
     saturation_distance,
+    uses_wgmma_kernel,
 )
 from crossenc.kernels.triton_disentangled_attention import default_config, triton_disentangled_attention
 
@@ -96,12 +103,15 @@ def main() -> None:
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
             far = saturation_distance(op_args[7])
+            wgmma = uses_wgmma_kernel(dim, torch.float16, op_args[4], far, op_args[0].device)
             if args.model_only:
-                variants = [("far", default_config(dim, torch.float16, op_args[4]), None)]
+                variants = [("model", None, None)]
             else:
                 variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
                 variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
-                variants += [("flash-attention", None, None)]
+                variants += [("model", None, None), ("flash-attention", None, None)]
+                if dim == 64 and _wgmma_available(torch.cuda.current_device()) and not wgmma:
+                    variants += [("wgmma", None, None)]  # past the far ranges' bound: the window everywhere
             if args.same_rows:
                 variants += [("same-rows", default_config(dim, torch.float16, op_args[4]), None)]
             plain = None
@@ -109,7 +119,7 @@ def main() -> None:
                 call_args = op_args if mode != "no-position" else (*op_args[:5], None, None, *op_args[7:])
                 if mode == "same-rows":
                     call_args = (*op_args[:7], torch.zeros_like(op_args[7]), op_args[8])
-                options = dict(config=config, far=far if mode in ("far", "same-rows") else None,
+                options = dict(config=config, far=far if mode in ("far", "same-rows", "model") else None,
                                far_block_n=far_block_n)
 
                 def fn():
@@ -117,6 +127,13 @@ def main() -> None:
 
                 if mode == "flash-attention":
                     fn = flash_attention(*op_args[:5], op_args[8])
+                elif mode == "wgmma":  # the warpgroup-MMA kernel where the model would not run it
+                    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+
+                    tiles = query_tiles(op_args[3], WGMMA_TILE)
+
+                    def fn():
+                        return gluon_near_attention(*op_args, tiles, torch.empty_like(op_args[0]))
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n,
                            max_seqlen=op_args[4])
@@ -150,21 +167,19 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("far", "window", "no-position", "flash-attention", "same-rows"):
+            for mode in ("model", "far", "window", "wgmma", "no-position", "flash-attention", "same-rows"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:
                     best = min(ok, key=lambda r: r["ms"])
                     print(f"D={dim} {workload:13s} {mode:15s} {str(best['config']):18s} "
                           f"far keys {best['far_block_n'] or (best['config'] or [0, 0])[1]} {best['ms']:.3f} ms")
-            model = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == "far"
-                     and r["far_block_n"] is None
-                     and tuple(r["config"]) == default_config(dim, torch.float16, r["max_seqlen"])
+            model = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == "model"
                      and "ms" in r]
             flash = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == "flash-attention"
                      and "ms" in r]
             if model and flash:
-                print(f"D={dim} {workload:13s} the model's configuration against FlashAttention: "
+                print(f"D={dim} {workload:13s} the model's kernel against FlashAttention: "
                       f"{model[0]['ms']:.3f} / {flash[0]['ms']:.3f} ms = {model[0]['ms'] / flash[0]['ms']:.2f}x")
 
 

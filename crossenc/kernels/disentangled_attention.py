@@ -8,15 +8,18 @@ DeBERTa's attention score between query token i and key token j of one sequence 
 relative distance to a row of the per-layer position tables (`rel_index`). Sequences are
 packed back to back ([T, H, D], `cu_seqlens`), and no token attends across a boundary.
 
-`attention_impl` runs it: on CUDA the fused Triton kernel (`triton_disentangled_attention`);
-elsewhere the vectorised reference below, which pads a chunk of sequences to [B, L] with one
+`attention_impl` runs it: on CUDA the fused Triton kernel (`triton_disentangled_attention`), which
+hands batches without far ranges on Hopper to a warpgroup-MMA kernel (`gluon_disentangled_attention`,
+`uses_wgmma_kernel`); elsewhere the vectorised reference below, which pads a chunk of sequences to [B, L] with one
 gather, scores them at once and unpads. A model calls it through `packed_attention`
 (model_executor/layers/packed_layout.py), the custom op a compiled graph holds as one node.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 
@@ -179,10 +182,47 @@ KERNEL_HEAD_SIZES = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int) -> int:
-    """Rows per query tile of the kernel's default configuration (its BLOCK_M): 64 past 512
+def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int, far: int | None = None,
+                    device: torch.device | None = None) -> int:
+    """Rows per query tile of the kernel the CUDA op runs by default (its BLOCK_M): 64 for the
+    warpgroup-MMA kernel (`uses_wgmma_kernel`, given the batch's `far` and device) and past 512
     tokens in fp16/bf16 with heads of up to 64, else 32."""
+    if device is not None and uses_wgmma_kernel(head_dim, dtype, max_seqlen, far, device):
+        return WGMMA_TILE
     return 64 if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512 else 32
+
+
+# The warpgroup-MMA kernel's tiles (64 query rows, 64 keys), and the Triton releases it was verified on
+# (Gluon, its language, is experimental and changes between releases; others run the Triton kernel).
+WGMMA_TILE = 64
+WGMMA_TRITON_RELEASES = ("3.6.",)
+
+
+@functools.lru_cache(maxsize=None)
+def _wgmma_available(device_index: int) -> bool:
+    try:
+        import triton
+
+        if not triton.__version__.startswith(WGMMA_TRITON_RELEASES):
+            return False
+        from crossenc.kernels import gluon_disentangled_attention  # noqa: F401
+    except Exception:  # no Triton, or a Gluon without what the kernel uses
+        return False
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+def uses_wgmma_kernel(head_dim: int, dtype: torch.dtype, max_seqlen: int, far: int | None,
+                      device: torch.device) -> bool:
+    """Whether the CUDA op runs the warpgroup-MMA kernel (gluon_disentangled_attention): on Hopper
+    (sm_90) with a verified Triton, fp16/bf16, heads of 64, and no 64x64 tile pair as far apart as
+    `far` (None: max_seqlen; every v3 batch of up to 512 tokens). CROSSENC_WGMMA_ATTENTION=0 turns it off."""
+    if device.type != "cuda" or head_dim != 64 or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if has_far_ranges(max_seqlen if far is None else far, max_seqlen, WGMMA_TILE, WGMMA_TILE):
+        return False
+    if os.environ.get("CROSSENC_WGMMA_ATTENTION", "1") == "0":
+        return False
+    return _wgmma_available(torch.cuda.current_device() if device.index is None else device.index)
 
 
 def has_far_ranges(far: int, max_seqlen: int, block_m: int, block_n: int) -> bool:

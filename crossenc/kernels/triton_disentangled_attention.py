@@ -46,9 +46,11 @@ import triton.language as tl
 from crossenc.kernels.disentangled_attention import (
     KERNEL_DTYPES,
     KERNEL_HEAD_SIZES,
+    WGMMA_TILE,
     has_far_ranges,
     query_tile_rows,
     query_tiles,
+    uses_wgmma_kernel,
 )
 
 _LOG2E = 1.4426950408889634
@@ -407,8 +409,10 @@ def triton_disentangled_attention(
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
     ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
     max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages). ``tiles``:
-    ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen))``, made once per forward by
-    the caller (else here, per call; also with a ``config`` of other rows).
+    ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen, far, q.device))``, made once per
+    forward by the caller (else here, per call; also with a ``config`` of other rows). Without a
+    ``config``, batches that `uses_wgmma_kernel` names run the warpgroup-MMA kernel of
+    gluon_disentangled_attention.py (Hopper, fp16/bf16, heads of 64, no far ranges).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
@@ -451,11 +455,22 @@ def triton_disentangled_attention(
         raise ValueError(f"out must be [T, H, D] = {(total, heads, dim)} of q's dtype and device with "
                          f"unit stride in D, got {out.dtype} {tuple(out.shape)} strides {out.stride()}")
     batch = cu_seqlens.numel() - 1
-    if total == 0 or batch == 0:
-        return out
-    block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     if far_block_n is not None and (far_block_n < 16 or far_block_n & (far_block_n - 1)):
         raise ValueError(f"far_block_n must be a power of two >= 16, got {far_block_n}")
+    if tiles is not None and (tiles.shape != (batch + 1,) or tiles.dtype != torch.int32):
+        raise ValueError(f"tiles must be query_tiles(cu_seqlens, rows): int32 [{batch + 1}], got "
+                         f"{tiles.dtype} {tuple(tiles.shape)}")
+    if total == 0 or batch == 0:
+        return out
+    if config is None and uses_wgmma_kernel(dim, q.dtype, max_seqlen, far, q.device):
+        # Hopper, no far ranges: the warpgroup-MMA kernel (gluon_disentangled_attention.py).
+        from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+
+        if tiles is None:
+            tiles = query_tiles(cu_seqlens, WGMMA_TILE)
+        return gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
+                                    tiles, out)
+    block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     # Without a tile pair that far apart the far code is compiled out: one warp's step 1,692 -> 1,462
     # instructions on sm_90, v3-base rerank-short op 0.68 -> 0.51 ms on an H100 (docs/benchmarks.md).
     has_far = has_far_ranges(far, max_seqlen, block_m, block_n)
@@ -465,11 +480,8 @@ def triton_disentangled_attention(
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
-    if tiles is None or block_m != query_tile_rows(dim, q.dtype, max_seqlen):
+    if tiles is None or block_m != query_tile_rows(dim, q.dtype, max_seqlen, far, q.device):
         tiles = query_tiles(cu_seqlens, block_m)
-    elif tiles.shape != (batch + 1,) or tiles.dtype != torch.int32:
-        raise ValueError(f"tiles must be query_tiles(cu_seqlens, rows): int32 [{batch + 1}], got "
-                         f"{tiles.dtype} {tuple(tiles.shape)}")
     grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](
         q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,

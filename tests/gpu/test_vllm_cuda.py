@@ -122,7 +122,25 @@ def kernel_calls(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, "triton_disentangled_attention", counted)
+    try:  # and how often it hands a batch to the warpgroup-MMA kernel (Hopper)
+        from crossenc.kernels import gluon_disentangled_attention as gluon
+    except ImportError:
+        return calls
+    original_gluon = gluon.gluon_near_attention
+
+    def counted_gluon(*args, **kwargs):
+        calls.append("wgmma")
+        return original_gluon(*args, **kwargs)
+
+    monkeypatch.setattr(gluon, "gluon_near_attention", counted_gluon)
     return calls
+
+
+def _wgmma_expected(dtype: str, max_seqlen: int) -> bool:
+    from crossenc.kernels.disentangled_attention import relative_position_index, saturation_distance, uses_wgmma_kernel
+
+    far = saturation_distance(relative_position_index(max_seqlen, 256, 512, 256))
+    return uses_wgmma_kernel(64, getattr(torch, dtype), max_seqlen, far, torch.device("cuda"))
 
 
 # vLLM's defaults (crossenc's encoders then run without CUDA graphs), enforce_eager, and CUDA
@@ -149,6 +167,8 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
     gc.collect()
     torch.cuda.empty_cache()
     assert kernel_calls, "the Triton kernel did not run"
+    # On Hopper the batches of up to 512 tokens run the warpgroup-MMA kernel.
+    assert ("wgmma" in kernel_calls) == _wgmma_expected(dtype, 512)
     # vLLM's weight classes on the GPU, with torch functions dispatched as for a plain
     # nn.Parameter (compat.plain_parameter_dispatch).
     assert handlers and all(h is torch._C._disabled_torch_function_impl for h in handlers)

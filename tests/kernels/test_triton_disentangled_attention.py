@@ -127,20 +127,79 @@ def test_far_ranges_in_larger_steps(far_block_n, config, bucket):
 
 
 def test_one_compiled_kernel_whatever_the_batch():
-    """A server's steps differ in sequence count, lengths and token count: after the first call,
-    none of them compiles another variant of the kernel (a request would wait for Triton)."""
+    """A server's steps differ in sequence count, lengths and token count: after the first call of
+    each kernel (the Triton one, and on Hopper the warpgroup-MMA one), none of them compiles
+    another variant (a request would wait for Triton)."""
     from crossenc.kernels import triton_disentangled_attention as module
 
-    def compiled() -> int:
-        return len(module._disentangled_attention_fwd.device_caches[torch.cuda.current_device()][0])
+    kernels = [module._disentangled_attention_fwd]
+    if _wgmma():
+        from crossenc.kernels import gluon_disentangled_attention
 
-    batches = [[7], [1], [300, 5], [1] * 17, [16] * 16, [33] * 40, [2] * 1500 + [511], [64] * 2000]
-    for i, lengths in enumerate(batches):
+        kernels.append(gluon_disentangled_attention._near_fwd)
+
+    def compiled() -> int:
+        return sum(len(k.device_caches[torch.cuda.current_device()][0]) for k in kernels)
+
+    # Both kernels' first calls (the Triton one past 512 tokens), then batches of both kinds.
+    first_calls = [[7], [600]]
+    batches = [[1], [300, 5], [1] * 17, [16] * 16, [33] * 40, [2] * 1500 + [511], [64] * 2000, [700, 3], [513] * 3]
+    for i, lengths in enumerate(first_calls + batches):
         out, ref = _run(_packed_inputs(lengths, 2, 64, torch.float16, 256, 512, True, True, seed=i))
         assert _rel_err(out, ref) < REL_TOL[torch.float16], lengths[:3]
-        if i == 0:
+        if i == len(first_calls) - 1:
             first = compiled()
     assert compiled() == first
+
+
+def _wgmma(max_seqlen: int = 512, dtype: torch.dtype = torch.float16) -> bool:
+    """Whether this GPU runs the warpgroup-MMA kernel for a v3 batch (Hopper and a verified Triton)."""
+    from crossenc.kernels.disentangled_attention import uses_wgmma_kernel
+
+    far = saturation_distance(relative_position_index(max_seqlen, 256, 512, 256))
+    return uses_wgmma_kernel(64, dtype, max_seqlen, far, torch.device("cuda"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lengths=st.lists(st.integers(1, 512), min_size=1, max_size=6),
+    heads=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    bucket=st.sampled_from(BUCKETS + [(-1, 512 + 64)]),
+    terms=st.sampled_from([(True, True), (True, False), (False, True), (False, False)]),
+    seed=st.integers(0, 2**16),
+)
+def test_wgmma_kernel_matches_reference(lengths, heads, dtype, bucket, terms, seed):
+    """On Hopper, batches of up to 512 tokens with heads of 64 (every v3 model's) run the
+    warpgroup-MMA kernel wherever no 64x64 tile pair reaches the rows' saturation: v3's log
+    buckets, v2's linear positions (also past 512 tokens of span), c2p or p2c alone; small buckets
+    (32 of 64) take the Triton kernel's far ranges instead. Each against the reference."""
+    from crossenc.kernels.disentangled_attention import has_far_ranges, uses_wgmma_kernel
+
+    if not _wgmma():
+        pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
+    args = _packed_inputs(lengths, heads, 64, dtype, *bucket, *terms, seed)
+    far = saturation_distance(args[7].cpu())
+    assert uses_wgmma_kernel(64, dtype, args[4], far, args[0].device) == (not has_far_ranges(far, args[4], 64, 64))
+    out, ref = _run(args)
+    assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
+
+
+def test_wgmma_kernel_agrees_with_the_triton_kernel():
+    """The two CUDA kernels on one batch (v3, fp16 and bf16): within each dtype's tolerance of each
+    other, and the Triton kernel is what an explicit ``config`` runs."""
+    from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
+
+    if not _wgmma():
+        pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
+    for dtype in (torch.float16, torch.bfloat16):
+        args = _packed_inputs([1, 64, 65, 130, 500, 512, 7], 12, 64, dtype, 256, 512, True, True, 3)
+        far = saturation_distance(args[7].cpu())
+        wgmma = triton_disentangled_attention(*args, far=far)
+        triton_kernel = triton_disentangled_attention(*args, far=far, config=(32, 32, 1, 2))
+        ref = disentangled_attention_ref(*args)
+        assert _rel_err(wgmma, ref) < REL_TOL[dtype] and _rel_err(triton_kernel, ref) < REL_TOL[dtype]
+        assert _rel_err(wgmma, triton_kernel) < REL_TOL[dtype]
 
 
 def test_every_token_written_and_sequences_isolated():
@@ -184,14 +243,16 @@ def test_bad_input_errors():
         triton_disentangled_attention(*args, out=torch.empty(10, 2, 64, device="cuda", dtype=torch.float32))
 
 
-def test_output_written_where_the_caller_asks():
+@pytest.mark.parametrize("lengths", [[70, 600, 3], [70, 300, 3]], ids=["past-512", "short"])
+def test_output_written_where_the_caller_asks(lengths):
     """Into a strided view the caller allocated (vLLM's compiled graphs hand the attention a
-    buffer of the graph before it): the same numbers, nothing outside the view touched."""
+    buffer of the graph before it): the same numbers, nothing outside the view touched (both
+    kernels: the batch of up to 512 tokens runs the warpgroup-MMA one on Hopper)."""
     from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
-    args = _packed_inputs([70, 600, 3], 2, 64, torch.float16, 256, 512, True, True, 0)
+    args = _packed_inputs(lengths, 2, 64, torch.float16, 256, 512, True, True, 0)
     expected = triton_disentangled_attention(*args)
-    buffer = torch.full((673, 3, 64), float("nan"), device="cuda", dtype=torch.float16)
+    buffer = torch.full((sum(lengths), 3, 64), float("nan"), device="cuda", dtype=torch.float16)
     out = triton_disentangled_attention(*args, out=buffer[:, 1:])
     assert out.data_ptr() == buffer[:, 1:].data_ptr()
     assert torch.equal(buffer[:, 1:], expected) and buffer[:, 0].isnan().all()
@@ -200,16 +261,18 @@ def test_output_written_where_the_caller_asks():
 @pytest.mark.parametrize("lengths", [[3, 70, 1, 33], [3, 700, 1, 513]], ids=["short", "past-512"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_tiles_made_once_per_forward_give_the_same_output(lengths, dtype):
-    """The model makes the query tiles once per forward with the default configuration's rows
-    (`query_tile_rows`: 64 past 512 tokens in fp16/bf16, else 32)."""
+    """The model makes the query tiles once per forward with the rows of the kernel that runs
+    (`query_tile_rows`: 64 for the warpgroup-MMA kernel and past 512 tokens in fp16/bf16, else 32)."""
     from crossenc.kernels.disentangled_attention import query_tile_rows, query_tiles
     from crossenc.kernels.triton_disentangled_attention import triton_disentangled_attention
 
     args = _packed_inputs(lengths, 4, 64, dtype, 256, 512, True, True, 1)
-    alone = triton_disentangled_attention(*args)
-    rows = query_tile_rows(64, dtype, args[4])
-    assert rows == (64 if dtype != torch.float32 and max(lengths) > 512 else 32)
-    given = triton_disentangled_attention(*args, tiles=query_tiles(args[3], rows))
+    far = saturation_distance(args[7].cpu())
+    alone = triton_disentangled_attention(*args, far=far)
+    rows = query_tile_rows(64, dtype, args[4], far, args[0].device)
+    wgmma = dtype != torch.float32 and max(lengths) <= 512 and _wgmma(args[4], dtype)
+    assert rows == (64 if dtype != torch.float32 and (max(lengths) > 512 or wgmma) else 32)
+    given = triton_disentangled_attention(*args, far=far, tiles=query_tiles(args[3], rows))
     assert torch.equal(alone, given)
     ref = disentangled_attention_ref(*args)
     assert _rel_err(given, ref) < REL_TOL[dtype]

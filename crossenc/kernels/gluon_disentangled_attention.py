@@ -1,0 +1,248 @@
+"""Disentangled attention on Hopper's warpgroup MMA (wgmma), in Gluon: the near range.
+
+The same contract as `triton_disentangled_attention` for batches without far ranges (every v3 batch
+of up to 512 tokens: `has_far_ranges` is false for 64x64 tiles), fp16/bf16, heads of 64, on sm_90.
+One warpgroup (4 warps) per 64x64 tile pair: each product's B operand is read from shared memory
+once per 64 query rows, where the Triton kernel's one-warp 32x32 tiles read theirs once per 32 and
+gather the window's entries through register shuffles.
+
+Keys are taken in reverse order within each key tile (local j' is key n0 + 63 - j'), so that a tile
+pair's window row x = i + j' holds distance m0 - n0 - 63 + x (127 distances, a window of 128 rows):
+
+    c2p[i, j'] = C[i, i + j'],   C = q @ window_k^T   [64, 128]
+    p2c[i, j'] = T[j', i + j'],  T = k @ window_q^T   [64, 128]
+
+Each product is stored in the input dtype with row stride 128 + 8 and read back through a padded
+view of row stride 128 + 8 + 1 (view[a, b] = X[a, a + b]): the skew costs one 16-bit shared load per
+score element, in the accumulator's own layout (its first two register bases swapped, so that no
+read is a misaligned pair). The stores' rows fall in distinct banks (stride 68 words), the skewed
+reads' in at most two. c2p + p2c, summed in the input dtype as transformers does, is the QK
+product's initial value; P stays in registers as the PV product's A operand.
+
+Each buffer's next load is issued as soon as the step is done with it (the windows after the
+position products, k after QK, v after PV). 90 KiB of shared memory and 207 registers a thread:
+two programs (8 warps) per SM. On an H100 (v3-base, 12 heads, fp16, one layer's op,
+`benchmarks/attention_kernel.py`): rerank-short 0.360 against the Triton kernel's 0.520 ms,
+rerank-long 0.349 against 0.573 (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_async_shared, warpgroup_mma
+
+BLOCK = 64  # query rows and keys per tile
+WINDOW = 128  # position rows per tile pair: 2 * BLOCK - 1 distances
+PAD = 8  # the products' row padding, in elements
+
+
+@gluon.jit
+def _rel_rows(REL, dist, max_seqlen):
+    """rel_index's entries for distances `dist`, clamped as the Triton kernel's (distances outside
+    +-(max_seqlen-1) only occur for masked pairs)."""
+    dist = gl.minimum(gl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
+    return gl.load(REL + (dist + max_seqlen - 1))
+
+
+@gluon.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps"])
+def _near_fwd(
+    Q, K, V, O, PK, PQ, REL, CU, TILES,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_pkr, stride_pkh, stride_pqr, stride_pqh,
+    num_seqs, max_seqlen, search_steps, qk_scale_log2,
+    HEAD_DIM: gl.constexpr,
+    HAS_C2P: gl.constexpr,
+    HAS_P2C: gl.constexpr,
+    WIDE: gl.constexpr,
+    tile_smem: gl.constexpr,
+    win_smem: gl.constexpr,
+    stored: gl.constexpr,
+    skew: gl.constexpr,
+    s_mma: gl.constexpr,
+    w_mma: gl.constexpr,
+    skew_read: gl.constexpr,
+    skew_read_t: gl.constexpr,
+    rows: gl.constexpr,
+):
+    BM: gl.constexpr = 64
+    BN: gl.constexpr = 64
+    WIN: gl.constexpr = 128
+    dtype: gl.constexpr = Q.dtype.element_ty
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_mma, k_width=2)
+
+    tile = gl.program_id(0)
+    head = gl.program_id(1)
+    if tile >= gl.load(TILES + num_seqs):
+        return
+    # The sequence of this tile: the last with TILES[seq] <= tile (as the Triton kernel finds it).
+    lo = tile * 0
+    hi = lo + num_seqs
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        right = gl.load(TILES + mid) <= tile
+        lo = gl.where(right, mid, lo)
+        hi = gl.where(right, hi, mid)
+    seq = lo
+    start = gl.load(CU + seq)
+    length = gl.load(CU + seq + 1) - start
+    m0 = (tile - gl.load(TILES + seq)) * BM
+    if WIDE:  # token offsets past 2**31 elements
+        start = start.to(gl.int64)
+
+    offs_r = gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
+    offs_w = gl.arange(0, WIN, layout=gl.SliceLayout(1, rows))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
+    q_smem = gl.allocate_shared_memory(dtype, [BM, HEAD_DIM], tile_smem)
+    k_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
+    v_smem = gl.allocate_shared_memory(dtype, [BN, HEAD_DIM], tile_smem)
+    pk_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], win_smem)
+    pq_smem = gl.allocate_shared_memory(dtype, [WIN, HEAD_DIM], win_smem)
+    c_smem = gl.allocate_shared_memory(dtype, [BM, WIN], stored)
+    t_smem = gl.allocate_shared_memory(dtype, [BN, WIN], stored)
+
+    rows_q = m0 + offs_r
+    async_copy.async_copy_global_to_shared(
+        q_smem, Q + (start + rows_q)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=(rows_q < length)[:, None])
+    # Step 0's operands, in two groups: q, the windows and k; v.
+    rel = _rel_rows(REL, (m0 - (BN - 1)) + offs_w, max_seqlen)
+    if HAS_C2P:
+        async_copy.async_copy_global_to_shared(pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+    if HAS_P2C:
+        async_copy.async_copy_global_to_shared(pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+    rows_k = (BN - 1) - offs_r  # keys reversed within the tile
+    mask_k = (rows_k < length)[:, None]
+    async_copy.async_copy_global_to_shared(
+        k_smem, K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+    async_copy.commit_group()
+    async_copy.async_copy_global_to_shared(
+        v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
+    async_copy.commit_group()
+
+    m_i = gl.full([BM], -float("inf"), gl.float32, layout=gl.SliceLayout(1, s_mma))
+    l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, s_mma))
+    acc = gl.zeros([BM, HEAD_DIM], gl.float32, layout=s_mma)
+    keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
+    for n0 in range(0, length, BN):
+        # Each step commits three groups (the next windows, k, v): waiting for all but the last one
+        # or two leaves exactly the loads this point needs complete.
+        n1 = n0 + BN
+        rel = _rel_rows(REL, (m0 - n1 - (BN - 1)) + offs_w, max_seqlen)
+        rows_k = n1 + (BN - 1) - offs_r
+        mask_k = (rows_k < length)[:, None]
+        tok_k = start + rows_k
+        async_copy.wait_group(1)  # q, the windows and k (v may still be on its way)
+        gl.thread_barrier()
+        fence_async_shared()  # the copies' writes, before the MMA reads them
+        if HAS_C2P:
+            c = warpgroup_mma(q_smem, pk_smem.permute((1, 0)), gl.zeros([BM, WIN], gl.float32, layout=w_mma),
+                              use_acc=False)
+            c_smem.store(c.to(dtype))
+        if HAS_P2C:
+            t = warpgroup_mma(k_smem, pq_smem.permute((1, 0)), gl.zeros([BN, WIN], gl.float32, layout=w_mma),
+                              use_acc=False)
+            t_smem.store(t.to(dtype))
+        gl.thread_barrier()
+        if n1 < length:  # the next windows, while this step goes on
+            if HAS_C2P:
+                async_copy.async_copy_global_to_shared(
+                    pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            if HAS_P2C:
+                async_copy.async_copy_global_to_shared(
+                    pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
+        async_copy.commit_group()
+        pos = gl.zeros([BM, BN], dtype, layout=s_mma)
+        if HAS_C2P:
+            pos = gl.convert_layout(c_smem._reinterpret(dtype, [BM, WIN], skew).slice(0, BN, dim=1).load(skew_read),
+                                    s_mma)
+        if HAS_P2C:
+            p2c = t_smem._reinterpret(dtype, [BN, WIN], skew).slice(0, BM, dim=1).load(skew_read_t)
+            pos = pos + gl.convert_layout(gl.permute(p2c, [1, 0]), s_mma)
+        s = warpgroup_mma(q_smem, k_smem.permute((1, 0)), pos.to(gl.float32))
+        gl.thread_barrier()
+        if n1 < length:
+            async_copy.async_copy_global_to_shared(
+                k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+        if n1 > length:  # only the last key tile is partial
+            s = gl.where(((n0 + (BN - 1) - keys) < length)[None, :], s, -float("inf"))
+
+        # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        alpha = gl.exp2((m_i - m_new) * qk_scale_log2)
+        p = gl.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        async_copy.wait_group(2)  # this step's v (the next windows and k may still be on their way)
+        gl.thread_barrier()
+        fence_async_shared()
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op), v_smem, acc)
+        m_i = m_new
+        gl.thread_barrier()
+        if n1 < length:
+            async_copy.async_copy_global_to_shared(
+                v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+    async_copy.wait_group(0)
+
+    out = gl.convert_layout((acc / l_i[:, None]).to(dtype), rows)
+    gl.store(O + (start + rows_q)[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out,
+             mask=(rows_q < length)[:, None])
+
+
+def layouts(dtype: torch.dtype) -> dict:
+    """The kernel's layouts. The [64, 64] wgmma accumulator (4 warps of 16 rows) has registers
+    [[0,1],[8,0],[0,8],[0,16],[0,32]], lanes [[0,2],[0,4],[1,0],[2,0],[4,0]], warps [[16,0],[32,0]];
+    the skewed reads take it with its first two register bases swapped (`skew_read`; one 16-bit load
+    per element), and p2c's its transpose. The padded views: 128a + b + a + (PAD/2)(2a) =
+    (128 + PAD + 1)a + b for b < 64 (paddings of 1 every 128 elements and PAD/2 every 64)."""
+    element = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
+    padded = gl.PaddedSharedLayout.with_identity_for
+    regs = [[8, 0], [0, 1], [0, 8], [0, 16], [0, 32]]
+    lanes = [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]]
+    warps = [[16, 0], [32, 0]]
+
+    def transposed(bases):
+        return [[b, a] for a, b in bases]
+
+    return dict(
+        tile_smem=gl.NVMMASharedLayout.get_default_for([BLOCK, 64], element),
+        win_smem=gl.NVMMASharedLayout.get_default_for([WINDOW, 64], element),
+        stored=padded([[WINDOW, PAD]], [BLOCK, WINDOW], [1, 0]),
+        skew=padded([[WINDOW, 1], [BLOCK, PAD // 2]], [BLOCK, WINDOW], [1, 0]),
+        s_mma=gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]),
+        w_mma=gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16]),
+        skew_read=gl.DistributedLinearLayout(reg_bases=regs, lane_bases=lanes, warp_bases=warps, block_bases=[],
+                                             shape=[BLOCK, BLOCK]),
+        skew_read_t=gl.DistributedLinearLayout(reg_bases=transposed(regs), lane_bases=transposed(lanes),
+                                               warp_bases=transposed(warps), block_bases=[], shape=[BLOCK, BLOCK]),
+        rows=gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]),  # copies: 16 bytes of a row per thread
+    )
+
+
+_LAYOUTS: dict[torch.dtype, dict] = {}
+
+
+def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out):
+    """Launch on checked inputs (`triton_disentangled_attention` checks them and decides that this
+    kernel applies): q/k/v [T, H, 64] fp16/bf16 with unit stride in D, ``tiles`` =
+    ``query_tiles(cu_seqlens, 64)``, ``rel_index`` int32, ``out`` [T, H, 64]."""
+    total, heads, dim = q.shape
+    batch = cu_seqlens.numel() - 1
+    if q.dtype not in _LAYOUTS:
+        _LAYOUTS[q.dtype] = layouts(q.dtype)
+    pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
+    pq = pos_query if pos_query is not None else q
+    wide = max(x.stride(0) for x in (q, k, v, out)) * total >= 2**31
+    grid = (triton.cdiv(total, BLOCK) + batch, heads)
+    _near_fwd[grid](
+        q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
+        batch, max_seqlen, batch.bit_length(), float(scale) * 1.4426950408889634,
+        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, WIDE=wide,
+        num_warps=4, **_LAYOUTS[q.dtype])
+    return out
