@@ -1,6 +1,8 @@
 """A prototype, not used by the model: disentangled attention without far ranges (every v3 batch of
-up to 512 tokens) in Gluon (Triton's lower-level language), 32x32 tile pairs on one or two warps,
-the window's skews read through shared memory instead of Triton's register gathers.
+up to 512 tokens) in Gluon (Triton's lower-level language), 32x32 tile pairs on one or two warps
+(Ampere's mma), the window's skews read through shared memory instead of Triton's register gathers.
+Its successor on Hopper's warpgroup MMA, with the same skewed reads at 64x64, is the model's kernel
+there: crossenc/kernels/gluon_disentangled_attention.py.
 
 Status (docs/benchmarks.md, "A Gluon kernel for the near range"): exact (relative error 5e-4 in
 fp16 against the fp32 reference, as the Triton kernel) and on one H100 slower than the Triton
