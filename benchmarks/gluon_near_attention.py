@@ -43,13 +43,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+from crossenc.kernels.gluon_disentangled_attention import _rel_rows  # the model's wgmma kernel's
 
-@gluon.jit
-def _rel_rows(REL, dist, max_seqlen):
-    """rel_index's entries for distances `dist`, clamped as the Triton kernel's `_rel_rows` (a
-    `triton.jit` helper, which a `gluon.jit` kernel cannot call)."""
-    dist = gl.minimum(gl.maximum(dist, 1 - max_seqlen), max_seqlen - 1)
-    return gl.load(REL + (dist + max_seqlen - 1))
+
 
 
 @gluon.jit

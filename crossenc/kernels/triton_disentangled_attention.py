@@ -462,7 +462,8 @@ def triton_disentangled_attention(
                          f"{tiles.dtype} {tuple(tiles.shape)}")
     if total == 0 or batch == 0:
         return out
-    if config is None and uses_wgmma_kernel(dim, q.dtype, max_seqlen, far, q.device):
+    wgmma = uses_wgmma_kernel(dim, q.dtype, max_seqlen, far, q.device)
+    if config is None and wgmma:
         # Hopper, no far ranges: the warpgroup-MMA kernel (gluon_disentangled_attention.py).
         from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
 
@@ -480,7 +481,8 @@ def triton_disentangled_attention(
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
-    if tiles is None or block_m != query_tile_rows(dim, q.dtype, max_seqlen, far, q.device):
+    # The caller's tiles have `query_tile_rows(dim, dtype, max_seqlen, far, device)` rows.
+    if tiles is None or block_m != (WGMMA_TILE if wgmma else query_tile_rows(dim, q.dtype, max_seqlen)):
         tiles = query_tiles(cu_seqlens, block_m)
     grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](
