@@ -13,7 +13,11 @@ step of BLOCK_N keys for a warp, and per score element of a step (warps x instru
 The op is bound by instruction issue rather than memory: on an H200 the per-element figure
 ranked the tile configurations as their timings did (docs/benchmarks.md).
 
-    python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64]
+With `--wgmma`, the warpgroup-MMA kernel (crossenc/kernels/gluon_disentangled_attention.py, heads
+of 64, fp16/bf16; Triton 3.6) instead, per position terms and far ranges: its loops are the near
+step (the longest) and, with far ranges, the two far ranges' steps.
+
+    python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64] [--wgmma]
 """
 
 from __future__ import annotations
@@ -55,6 +59,24 @@ def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool
                 loop_instructions=loop, per_score_element=loop * warps / (block_m * block_n))
 
 
+def wgmma_resources(dtype: str, c2p: bool, p2c: bool, far: bool) -> dict:
+    """The warpgroup-MMA kernel as the op launches it (one warpgroup, 64x64 tiles)."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from crossenc.kernels import gluon_disentangled_attention as gluon
+
+    layouts = gluon.layouts({"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+    constexprs = dict(HEAD_DIM=64, HAS_C2P=c2p, HAS_P2C=p2c, HAS_FAR=far, WIDE=False, **layouts)
+    kernel = triton.compile(launch_source(gluon._near_fwd, constexprs, dtype, GluonASTSource),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    usage, sass = cuobjdump(kernel)
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    steps = sorted((len(loop) for loop in loops(sass) if len(loop) > 100), reverse=True)
+    return dict(registers=int(match.group(1)), stack_bytes=int(match.group(2)), shared_bytes=kernel.metadata.shared,
+                loop_instructions=steps, per_score_element=steps[0] * 4 / (64 * 64))
+
+
 def launch_source(fn, constexprs: dict, dtype: str, source_class=ASTSource):
     """The attention kernel `fn` (crossenc's, or a prototype with its parameters) as the model
     launches it: the JIT's specialization, aligned pointers and strides multiples of 16."""
@@ -80,14 +102,18 @@ def cuobjdump(kernel) -> tuple[str, str]:
     return usage, sass
 
 
-def longest_loop(sass: str) -> list[str]:
-    """The instructions between a backward branch and its target, the longest such span."""
+def loops(sass: str) -> list[list[str]]:
+    """The instructions between each backward branch and its target."""
     code = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
             if (m := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line))]
     spans = [(target, address) for address, text in code
              if (branch := re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)) and (target := int(branch.group(1), 16)) <= address]
-    loops = [[text for a, text in code if lo <= a <= hi] for lo, hi in spans]
-    return max(loops, key=len, default=[])
+    return [[text for a, text in code if lo <= a <= hi] for lo, hi in spans]
+
+
+def longest_loop(sass: str) -> list[str]:
+    """The instructions between a backward branch and its target, the longest such span."""
+    return max(loops(sass), key=len, default=[])
 
 
 def main() -> None:
@@ -96,7 +122,18 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
                         help="also each configuration with far ranges, their keys this many at a time")
+    parser.add_argument("--wgmma", action="store_true", help="the warpgroup-MMA kernel instead (fp16/bf16, heads of 64)")
     args = parser.parse_args()
+    if args.wgmma:
+        print(f"triton {triton.__version__}, sm_90, {args.dtype}, the warpgroup-MMA kernel, 64x64 tiles, 4 warps")
+        print("c2p | p2c | far ranges | registers | stack B | shared B | loop instructions (near, far ranges) "
+              "| near, per score element")
+        for c2p, p2c in TERMS[:2] + [(False, True)]:
+            for far in (False, True):
+                r = wgmma_resources(args.dtype, c2p, p2c, far)
+                print(f"{c2p} | {p2c} | {far} | {r['registers']} | {r['stack_bytes']} | {r['shared_bytes']} | "
+                      f"{', '.join(map(str, r['loop_instructions']))} | {r['per_score_element']:.2f}", flush=True)
+        return
     print(f"triton {triton.__version__}, sm_90, {args.dtype}, head_dim {args.head_dim}")
     print("config (BM, BN, warps, stages) | c2p | p2c | far ranges (keys per step) | registers | stack B | shared B"
           " | loop instructions | per score element")

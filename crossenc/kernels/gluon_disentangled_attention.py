@@ -1,10 +1,19 @@
-"""Disentangled attention on Hopper's warpgroup MMA (wgmma), in Gluon: the near range.
+"""Disentangled attention on Hopper's warpgroup MMA (wgmma), in Gluon.
 
-The same contract as `triton_disentangled_attention` for batches without far ranges (every v3 batch
-of up to 512 tokens: `has_far_ranges` is false for 64x64 tiles), fp16/bf16, heads of 64, on sm_90.
-One warpgroup (4 warps) per 64x64 tile pair: each product's B operand is read from shared memory
-once per 64 query rows, where the Triton kernel's one-warp 32x32 tiles read theirs once per 32 and
-gather the window's entries through register shuffles.
+The same contract as `triton_disentangled_attention` for fp16/bf16 batches with heads of 64 (every
+v3 model's) on sm_90. One warpgroup (4 warps) per 64x64 tile pair: each product's B
+operand is read from shared memory once per 64 query rows, where the Triton kernel's one-warp 32x32
+tiles read theirs once per 32 and gather the window's entries through register shuffles.
+
+Each query tile walks its key tiles in three ranges, as the Triton kernel does: near the diagonal
+the window (below); where every distance of a tile pair is past the position rows' saturation
+(`far`: v3 from ~512 on) the far ranges (`_far_range`), whose c2p is one value per query row and
+p2c one per key, taken by the QK product with the saturated row of pos_query added to the queries.
+Where no tile pair is that far apart (`has_far_ranges`; v3 up to 575 tokens) the far code is
+compiled out. The op (`uses_wgmma_kernel`) hands this kernel only such batches: the far ranges are
+compiled for sm_90 (250 registers, 98 KiB of shared memory, far steps of 391-432 instructions against
+the near step's 807; `benchmarks/kernel_resources.py --wgmma`) and are called directly by the
+benchmark and the CUDA tests, but have not yet run on a GPU.
 
 Keys are taken in reverse order within each key tile (local j' is key n0 + 63 - j'), so that a tile
 pair's window row x = i + j' holds distance m0 - n0 - 63 + x (127 distances, a window of 128 rows):
@@ -34,6 +43,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_async_shared, warpgroup_mma
 
+from crossenc.kernels.disentangled_attention import has_far_ranges
+
 BLOCK = 64  # query rows and keys per tile
 WINDOW = 128  # position rows per tile pair: 2 * BLOCK - 1 distances
 PAD = 8  # the products' row padding, in elements
@@ -47,15 +58,111 @@ def _rel_rows(REL, dist, max_seqlen):
     return gl.load(REL + (dist + max_seqlen - 1))
 
 
-@gluon.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps"])
+@gluon.jit
+def _softmax_pv(s, acc, m_i, l_i, v_smem, v_next, mask_next, prefetch, qk_scale_log2, PENDING: gl.constexpr,
+                s_mma: gl.constexpr):
+    """One key step's online softmax of the scores `s` and its PV product, once all but the last
+    PENDING copy groups are in (this step's v among them); then, where `prefetch`, the copy of the
+    next step's v (`v_next`, `mask_next`) into the same buffer, as its own group."""
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_mma, k_width=2)
+    # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    alpha = gl.exp2((m_i - m_new) * qk_scale_log2)
+    p = gl.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    acc = acc * alpha[:, None]
+    async_copy.wait_group(PENDING)
+    gl.thread_barrier()
+    fence_async_shared()
+    acc = warpgroup_mma(gl.convert_layout(p.to(v_smem.dtype), p_op), v_smem, acc)
+    gl.thread_barrier()
+    if prefetch:
+        async_copy.async_copy_global_to_shared(v_smem, v_next, mask=mask_next)
+    async_copy.commit_group()
+    return acc, m_new, l_i
+
+
+@gluon.jit
+def _far_range(
+    q_smem, k_smem, v_smem, acc, m_i, l_i, lo, hi, length, start, head, row,
+    K, V, PK, PQ, REL,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh, stride_pqr, stride_pqh, qk_scale_log2,
+    HEAD_DIM: gl.constexpr,
+    HAS_C2P: gl.constexpr,
+    HAS_P2C: gl.constexpr,
+    s_mma: gl.constexpr,
+    rows: gl.constexpr,
+):
+    """The keys [lo, hi) (multiples of 64 but for a last `hi` = length) into the online softmax,
+    where every distance of every tile pair maps to the position row rel_index[row]: c2p is one
+    value per query row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]), which
+    the QK product takes with that row added to the queries ((q_i + pos_query[row]) . k_j), the
+    A operand from registers. No window, no second product; keys in order. Starts and ends with
+    no copy in flight but the query tile's, which it waits for."""
+    BM: gl.constexpr = 64
+    BN: gl.constexpr = 64
+    dtype: gl.constexpr = q_smem.dtype
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_mma, k_width=2)
+    offs_r = gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
+    rows_k = lo + offs_r
+    mask_k = (rows_k < length)[:, None]
+    async_copy.async_copy_global_to_shared(
+        k_smem, K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+    async_copy.commit_group()
+    async_copy.async_copy_global_to_shared(
+        v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
+    async_copy.commit_group()
+    async_copy.wait_group(2)  # the query tile
+    gl.thread_barrier()
+    q = q_smem.load(rows).to(gl.float32)
+    rel = gl.load(REL + row)
+    c2p = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, rows))
+    if HAS_C2P:
+        pk = gl.load(PK + rel * stride_pkr + head * stride_pkh + offs_d).to(gl.float32)
+        c2p = gl.sum(q * pk[None, :], axis=1)
+    if HAS_P2C:
+        pq = gl.load(PQ + rel * stride_pqr + head * stride_pqh + offs_d).to(gl.float32)
+        q = q + pq[None, :]
+    q_far = gl.convert_layout(q.to(dtype), p_op)
+    c2p = gl.convert_layout(c2p, gl.SliceLayout(1, s_mma))
+    keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
+    for n0 in range(lo, hi, BN):
+        n1 = n0 + BN
+        rows_k = n1 + offs_r
+        mask_k = (rows_k < length)[:, None]
+        tok_k = start + rows_k
+        async_copy.wait_group(1)  # k (v may still be on its way)
+        gl.thread_barrier()
+        fence_async_shared()
+        s = warpgroup_mma(q_far, k_smem.permute((1, 0)), gl.zeros([BM, BN], gl.float32, layout=s_mma),
+                          use_acc=False)
+        gl.thread_barrier()
+        if n1 < hi:
+            async_copy.async_copy_global_to_shared(
+                k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
+        async_copy.commit_group()
+        if HAS_C2P:
+            s = s + c2p[:, None]
+        if n1 > length:  # only a last key tile at the sequence's end is partial
+            s = gl.where(((n0 + keys) < length)[None, :], s, -float("inf"))
+        # v: the next k may still be on its way
+        acc, m_i, l_i = _softmax_pv(s, acc, m_i, l_i, v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh +
+                                    offs_d[None, :], mask_k, n1 < hi, qk_scale_log2, 1, s_mma)
+    async_copy.wait_group(0)
+    return acc, m_i, l_i
+
+
+@gluon.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
 def _near_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
-    num_seqs, max_seqlen, search_steps, qk_scale_log2,
+    num_seqs, max_seqlen, search_steps, far, qk_scale_log2,
     HEAD_DIM: gl.constexpr,
     HAS_C2P: gl.constexpr,
     HAS_P2C: gl.constexpr,
+    HAS_FAR: gl.constexpr,
     WIDE: gl.constexpr,
     tile_smem: gl.constexpr,
     win_smem: gl.constexpr,
@@ -71,7 +178,6 @@ def _near_fwd(
     BN: gl.constexpr = 64
     WIN: gl.constexpr = 128
     dtype: gl.constexpr = Q.dtype.element_ty
-    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_mma, k_width=2)
 
     tile = gl.program_id(0)
     head = gl.program_id(1)
@@ -107,13 +213,32 @@ def _near_fwd(
     async_copy.async_copy_global_to_shared(
         q_smem, Q + (start + rows_q)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
         mask=(rows_q < length)[:, None])
-    # Step 0's operands, in two groups: q, the windows and k; v.
-    rel = _rel_rows(REL, (m0 - (BN - 1)) + offs_w, max_seqlen)
+    async_copy.commit_group()
+    m_i = gl.full([BM], -float("inf"), gl.float32, layout=gl.SliceLayout(1, s_mma))
+    l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, s_mma))
+    acc = gl.zeros([BM, HEAD_DIM], gl.float32, layout=s_mma)
+
+    # Key tiles in three ranges, as the Triton kernel's: those whose every distance to this query
+    # tile is `far` or more (before it) or -far or less (after it) share one position row per side
+    # (`_far_range`); the tiles between take the window.
+    near_lo = 0
+    near_hi = length
+    if HAS_FAR:  # compiled out where no tile pair is that far apart (`has_far_ranges`; v3 up to 512 tokens)
+        before = m0 - (BN - 1) - far  # the last key tile start whose distances are all >= far
+        near_lo = gl.where(before >= 0, (before // BN + 1) * BN, 0)
+        near_hi = gl.minimum((m0 + BM - 1 + far + BN - 1) // BN * BN, length)
+        if near_lo > 0:
+            acc, m_i, l_i = _far_range(
+                q_smem, k_smem, v_smem, acc, m_i, l_i, 0, near_lo, length, start, head, 2 * max_seqlen - 2,
+                K, V, PK, PQ, REL, stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh,
+                stride_pqr, stride_pqh, qk_scale_log2, HEAD_DIM, HAS_C2P, HAS_P2C, s_mma, rows)
+    # The near range's first operands, in two groups: the windows and k; v.
+    rel = _rel_rows(REL, (m0 - near_lo - (BN - 1)) + offs_w, max_seqlen)
     if HAS_C2P:
         async_copy.async_copy_global_to_shared(pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
     if HAS_P2C:
         async_copy.async_copy_global_to_shared(pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
-    rows_k = (BN - 1) - offs_r  # keys reversed within the tile
+    rows_k = near_lo + (BN - 1) - offs_r  # keys reversed within the tile
     mask_k = (rows_k < length)[:, None]
     async_copy.async_copy_global_to_shared(
         k_smem, K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
@@ -122,11 +247,8 @@ def _near_fwd(
         v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
     async_copy.commit_group()
 
-    m_i = gl.full([BM], -float("inf"), gl.float32, layout=gl.SliceLayout(1, s_mma))
-    l_i = gl.zeros([BM], gl.float32, layout=gl.SliceLayout(1, s_mma))
-    acc = gl.zeros([BM, HEAD_DIM], gl.float32, layout=s_mma)
     keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
-    for n0 in range(0, length, BN):
+    for n0 in range(near_lo, near_hi, BN):
         # Each step commits three groups (the next windows, k, v): waiting for all but the last one
         # or two leaves exactly the loads this point needs complete.
         n1 = n0 + BN
@@ -134,7 +256,7 @@ def _near_fwd(
         rows_k = n1 + (BN - 1) - offs_r
         mask_k = (rows_k < length)[:, None]
         tok_k = start + rows_k
-        async_copy.wait_group(1)  # q, the windows and k (v may still be on its way)
+        async_copy.wait_group(1)  # the query tile, the windows and k (v may still be on its way)
         gl.thread_barrier()
         fence_async_shared()  # the copies' writes, before the MMA reads them
         if HAS_C2P:
@@ -146,7 +268,7 @@ def _near_fwd(
                               use_acc=False)
             t_smem.store(t.to(dtype))
         gl.thread_barrier()
-        if n1 < length:  # the next windows, while this step goes on
+        if n1 < near_hi:  # the next windows, while this step goes on
             if HAS_C2P:
                 async_copy.async_copy_global_to_shared(
                     pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
@@ -163,30 +285,23 @@ def _near_fwd(
             pos = pos + gl.convert_layout(gl.permute(p2c, [1, 0]), s_mma)
         s = warpgroup_mma(q_smem, k_smem.permute((1, 0)), pos.to(gl.float32))
         gl.thread_barrier()
-        if n1 < length:
+        if n1 < near_hi:
             async_copy.async_copy_global_to_shared(
                 k_smem, K + tok_k[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
         async_copy.commit_group()
-        if n1 > length:  # only the last key tile is partial
+        if n1 > length:  # only a last key tile at the sequence's end is partial
             s = gl.where(((n0 + (BN - 1) - keys) < length)[None, :], s, -float("inf"))
 
-        # The running maximum in unscaled units: the scale joins each exponent in one multiply-add.
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        alpha = gl.exp2((m_i - m_new) * qk_scale_log2)
-        p = gl.exp2(s * qk_scale_log2 - (m_new * qk_scale_log2)[:, None])
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        acc = acc * alpha[:, None]
-        async_copy.wait_group(2)  # this step's v (the next windows and k may still be on their way)
-        gl.thread_barrier()
-        fence_async_shared()
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op), v_smem, acc)
-        m_i = m_new
-        gl.thread_barrier()
-        if n1 < length:
-            async_copy.async_copy_global_to_shared(
-                v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
-        async_copy.commit_group()
+        # This step's v: the next windows and k may still be on their way.
+        acc, m_i, l_i = _softmax_pv(s, acc, m_i, l_i, v_smem, V + tok_k[:, None] * stride_vt + head * stride_vh +
+                                    offs_d[None, :], mask_k, n1 < near_hi, qk_scale_log2, 2, s_mma)
     async_copy.wait_group(0)
+    if HAS_FAR:
+        if near_hi < length:
+            acc, m_i, l_i = _far_range(
+                q_smem, k_smem, v_smem, acc, m_i, l_i, near_hi, length, length, start, head, 0,
+                K, V, PK, PQ, REL, stride_kt, stride_kh, stride_vt, stride_vh, stride_pkr, stride_pkh,
+                stride_pqr, stride_pqh, qk_scale_log2, HEAD_DIM, HAS_C2P, HAS_P2C, s_mma, rows)
 
     out = gl.convert_layout((acc / l_i[:, None]).to(dtype), rows)
     gl.store(O + (start + rows_q)[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out,
@@ -226,7 +341,8 @@ def layouts(dtype: torch.dtype) -> dict:
 _LAYOUTS: dict[torch.dtype, dict] = {}
 
 
-def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out):
+def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out,
+                         far=None):
     """Launch on checked inputs (`triton_disentangled_attention` checks them and decides that this
     kernel applies): q/k/v [T, H, 64] fp16/bf16 with unit stride in D, ``tiles`` =
     ``query_tiles(cu_seqlens, 64)``, ``rel_index`` int32, ``out`` [T, H, 64]."""
@@ -237,12 +353,14 @@ def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, re
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     wide = max(x.stride(0) for x in (q, k, v, out)) * total >= 2**31
+    far = max_seqlen if far is None else far
+    has_far = (pos_key is not None or pos_query is not None) and has_far_ranges(far, max_seqlen, BLOCK, BLOCK)
     grid = (triton.cdiv(total, BLOCK) + batch, heads)
     _near_fwd[grid](
         q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
-        batch, max_seqlen, batch.bit_length(), float(scale) * 1.4426950408889634,
-        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, WIDE=wide,
+        batch, max_seqlen, batch.bit_length(), far, float(scale) * 1.4426950408889634,
+        HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, HAS_FAR=has_far, WIDE=wide,
         num_warps=4, **_LAYOUTS[q.dtype])
     return out

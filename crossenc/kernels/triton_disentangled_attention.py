@@ -470,7 +470,7 @@ def triton_disentangled_attention(
         if tiles is None:
             tiles = query_tiles(cu_seqlens, WGMMA_TILE)
         return gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
-                                    tiles, out)
+                                    tiles, out, far=far)
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     # Without a tile pair that far apart the far code is compiled out: one warp's step 1,692 -> 1,462
     # instructions on sm_90, v3-base rerank-short op 0.68 -> 0.51 ms on an H100 (docs/benchmarks.md).

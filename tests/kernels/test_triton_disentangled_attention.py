@@ -185,6 +185,51 @@ def test_wgmma_kernel_matches_reference(lengths, heads, dtype, bucket, terms, se
     assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lengths=lengths_st,
+    heads=st.integers(1, 3),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    bucket=st.sampled_from(BUCKETS + [(16, 32)]),
+    terms=st.sampled_from([(True, True), (True, False), (False, True)]),
+    seed=st.integers(0, 2**16),
+)
+def test_wgmma_far_ranges_match_reference(lengths, heads, dtype, bucket, terms, seed):
+    """The warpgroup-MMA kernel with its far ranges (tile pairs past the rows' saturation take one
+    position row per side, without the window), called directly at every length up to 2,048: v3's
+    log buckets, v2's linear positions, small buckets; c2p or p2c alone. Against the reference."""
+    from crossenc.kernels.disentangled_attention import WGMMA_TILE, query_tiles
+
+    if not _wgmma():
+        pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
+    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+
+    args = _packed_inputs(lengths, heads, 64, dtype, *bucket, *terms, seed)
+    far = saturation_distance(args[7].cpu())
+    out = gluon_near_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
+    ref = disentangled_attention_ref(*args)
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
+
+
+@pytest.mark.parametrize("bucket", [(256, 512), (-1, 24), (16, 32)], ids=["v3", "v2-linear-24", "small-buckets"])
+@pytest.mark.parametrize("terms", [(True, True), (True, False), (False, True)], ids=["both", "c2p", "p2c"])
+def test_wgmma_far_ranges_on_their_edges(bucket, terms):
+    """Query tiles with far keys before, after and on both sides, a last key tile that is partial,
+    a sequence of exactly 18 tiles, short ones beside them; fp16 and bf16."""
+    from crossenc.kernels.disentangled_attention import WGMMA_TILE, query_tiles
+
+    if not _wgmma():
+        pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
+    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+
+    for dtype in (torch.float16, torch.bfloat16):
+        args = _packed_inputs([2048, 1, 700, 1152, 65, 1601], 2, 64, dtype, *bucket, *terms, 5)
+        far = saturation_distance(args[7].cpu())
+        out = gluon_near_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
+        assert _rel_err(out, disentangled_attention_ref(*args)) < REL_TOL[dtype], (dtype, bucket, terms)
+
+
 def test_wgmma_kernel_agrees_with_the_triton_kernel():
     """The two CUDA kernels on one batch (v3, fp16 and bf16): within each dtype's tolerance of each
     other, and the Triton kernel is what an explicit ``config`` runs."""
