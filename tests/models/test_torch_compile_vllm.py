@@ -31,7 +31,7 @@ import vllm
 
 if __name__ == "__main__":
     path, query, documents = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    llm = vllm.LLM(path, runner="pooling", gpu_memory_utilization=0.05, seed=0)
+    llm = vllm.LLM(path, runner="pooling", dtype="float32", gpu_memory_utilization=0.05, seed=0)
     got = [o.outputs.score for o in llm.score(query, documents)]
     encoder = lambda m: m.deberta.encoder
     compiled = llm.apply_model(lambda m: getattr(encoder(m), "compiled", None))[0]
