@@ -9,7 +9,7 @@ relative distance to a row of the per-layer position tables (`rel_index`). Seque
 packed back to back ([T, H, D], `cu_seqlens`), and no token attends across a boundary.
 
 `attention_impl` runs it: on CUDA the fused Triton kernel (`triton_disentangled_attention`), which
-hands batches without far ranges on Hopper to a warpgroup-MMA kernel (`gluon_disentangled_attention`,
+hands fp16/bf16 batches with heads of 64 on Hopper to a warpgroup-MMA kernel (`gluon_disentangled_attention`,
 `uses_wgmma_kernel`); elsewhere the vectorised reference below, which pads a chunk of sequences to [B, L] with one
 gather, scores them at once and unpads. A model calls it through `packed_attention`
 (model_executor/layers/packed_layout.py), the custom op a compiled graph holds as one node.
@@ -214,11 +214,9 @@ def _wgmma_available(device_index: int) -> bool:
 def uses_wgmma_kernel(head_dim: int, dtype: torch.dtype, max_seqlen: int, far: int | None,
                       device: torch.device) -> bool:
     """Whether the CUDA op runs the warpgroup-MMA kernel (gluon_disentangled_attention): on Hopper
-    (sm_90) with a verified Triton, fp16/bf16, heads of 64, and no 64x64 tile pair as far apart as
-    `far` (None: max_seqlen; every v3 batch of up to 512 tokens). CROSSENC_WGMMA_ATTENTION=0 turns it off."""
+    (sm_90) with a verified Triton, fp16/bf16 and heads of 64 (every v3 model's), at any length
+    and `far`. CROSSENC_WGMMA_ATTENTION=0 turns it off."""
     if device.type != "cuda" or head_dim != 64 or dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if has_far_ranges(max_seqlen if far is None else far, max_seqlen, WGMMA_TILE, WGMMA_TILE):
         return False
     if os.environ.get("CROSSENC_WGMMA_ATTENTION", "1") == "0":
         return False

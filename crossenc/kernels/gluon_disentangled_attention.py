@@ -1,7 +1,7 @@
 """Disentangled attention on Hopper's warpgroup MMA (wgmma), in Gluon.
 
 The same contract as `triton_disentangled_attention` for fp16/bf16 batches with heads of 64 (every
-v3 model's) on sm_90. One warpgroup (4 warps) per 64x64 tile pair: each product's B
+v3 model's) on sm_90, at any length. One warpgroup (4 warps) per 64x64 tile pair: each product's B
 operand is read from shared memory once per 64 query rows, where the Triton kernel's one-warp 32x32
 tiles read theirs once per 32 and gather the window's entries through register shuffles.
 
@@ -10,10 +10,11 @@ the window (below); where every distance of a tile pair is past the position row
 (`far`: v3 from ~512 on) the far ranges (`_far_range`), whose c2p is one value per query row and
 p2c one per key, taken by the QK product with the saturated row of pos_query added to the queries.
 Where no tile pair is that far apart (`has_far_ranges`; v3 up to 575 tokens) the far code is
-compiled out. The op (`uses_wgmma_kernel`) hands this kernel only such batches: the far ranges are
-compiled for sm_90 (250 registers, 98 KiB of shared memory, far steps of 391-432 instructions against
-the near step's 807; `benchmarks/kernel_resources.py --wgmma`) and are called directly by the
-benchmark and the CUDA tests, but have not yet run on a GPU.
+compiled out: 207 registers and 90 KiB of shared memory; with it, 250 and 98 KiB (far steps of
+391-433 instructions per warp against the near step's 807; `benchmarks/kernel_resources.py
+--wgmma`). Two programs (8 warps) per SM either way. On an H200 (v3-base, 12 heads, fp16, one
+layer's op): long-2k 0.520 ms against the Triton kernel's 0.900, where torch's FlashAttention
+without position terms takes 0.309 (docs/benchmarks.md).
 
 Keys are taken in reverse order within each key tile (local j' is key n0 + 63 - j'), so that a tile
 pair's window row x = i + j' holds distance m0 - n0 - 63 + x (127 distances, a window of 128 rows):
@@ -29,8 +30,7 @@ reads' in at most two. c2p + p2c, summed in the input dtype as transformers does
 product's initial value; P stays in registers as the PV product's A operand.
 
 Each buffer's next load is issued as soon as the step is done with it (the windows after the
-position products, k after QK, v after PV). 90 KiB of shared memory and 207 registers a thread:
-two programs (8 warps) per SM. On an H100 (v3-base, 12 heads, fp16, one layer's op,
+position products, k after QK, v after PV). On an H100 (v3-base, 12 heads, fp16, one layer's op,
 `benchmarks/attention_kernel.py`): rerank-short 0.360 against the Triton kernel's 0.520 ms,
 rerank-long 0.349 against 0.573 (docs/benchmarks.md).
 """
@@ -96,13 +96,13 @@ def _far_range(
     """The keys [lo, hi) (multiples of 64 but for a last `hi` = length) into the online softmax,
     where every distance of every tile pair maps to the position row rel_index[row]: c2p is one
     value per query row (q_i . pos_key[row]) and p2c one per key (k_j . pos_query[row]), which
-    the QK product takes with that row added to the queries ((q_i + pos_query[row]) . k_j), the
-    A operand from registers. No window, no second product; keys in order. Starts and ends with
-    no copy in flight but the query tile's, which it waits for."""
+    the QK product takes with that row added to the queries ((q_i + pos_query[row]) . k_j), its A
+    operand stored to shared memory once per range (as a register operand, converted from the
+    loads' layout, the results were wrong on an H200, Triton 3.6). No window, no second product;
+    keys in order. Starts and ends with no copy in flight but the query tile's, which it waits for."""
     BM: gl.constexpr = 64
     BN: gl.constexpr = 64
     dtype: gl.constexpr = q_smem.dtype
-    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_mma, k_width=2)
     offs_r = gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
     rows_k = lo + offs_r
@@ -124,7 +124,9 @@ def _far_range(
     if HAS_P2C:
         pq = gl.load(PQ + rel * stride_pqr + head * stride_pqh + offs_d).to(gl.float32)
         q = q + pq[None, :]
-    q_far = gl.convert_layout(q.to(dtype), p_op)
+    # The QK product's A operand from shared memory, as the near range's.
+    q_far = gl.allocate_shared_memory(dtype, [BM, HEAD_DIM], q_smem.layout)
+    q_far.store(q.to(dtype))
     c2p = gl.convert_layout(c2p, gl.SliceLayout(1, s_mma))
     keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
     for n0 in range(lo, hi, BN):

@@ -412,7 +412,7 @@ def triton_disentangled_attention(
     ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen, far, q.device))``, made once per
     forward by the caller (else here, per call; also with a ``config`` of other rows). Without a
     ``config``, batches that `uses_wgmma_kernel` names run the warpgroup-MMA kernel of
-    gluon_disentangled_attention.py (Hopper, fp16/bf16, heads of 64, no far ranges).
+    gluon_disentangled_attention.py (Hopper, fp16/bf16, heads of 64).
     ``far``: ``saturation_distance(rel_index)``, the distance from which each side's distances
     share one position row (tile pairs beyond it skip the window); None: every tile pair takes
     the window. ``far_block_n``: keys per step in those far ranges (a power of two, at least 16;
@@ -464,7 +464,7 @@ def triton_disentangled_attention(
         return out
     wgmma = uses_wgmma_kernel(dim, q.dtype, max_seqlen, far, q.device)
     if config is None and wgmma:
-        # Hopper, no far ranges: the warpgroup-MMA kernel (gluon_disentangled_attention.py).
+        # Hopper, fp16/bf16, heads of 64: the warpgroup-MMA kernel (gluon_disentangled_attention.py).
         from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
 
         if tiles is None:

@@ -141,7 +141,8 @@ def test_one_compiled_kernel_whatever_the_batch():
     def compiled() -> int:
         return sum(len(k.device_caches[torch.cuda.current_device()][0]) for k in kernels)
 
-    # Both kernels' first calls (the Triton one past 512 tokens), then batches of both kinds.
+    # Each variant's first call (on Hopper the warpgroup kernel's, without and with far ranges; else the
+    # Triton kernel's 32- and 64-row tiles), then batches of both kinds.
     first_calls = [[7], [600]]
     batches = [[1], [300, 5], [1] * 17, [16] * 16, [33] * 40, [2] * 1500 + [511], [64] * 2000, [700, 3], [513] * 3]
     for i, lengths in enumerate(first_calls + batches):
@@ -170,17 +171,17 @@ def _wgmma(max_seqlen: int = 512, dtype: torch.dtype = torch.float16) -> bool:
     seed=st.integers(0, 2**16),
 )
 def test_wgmma_kernel_matches_reference(lengths, heads, dtype, bucket, terms, seed):
-    """On Hopper, batches of up to 512 tokens with heads of 64 (every v3 model's) run the
-    warpgroup-MMA kernel wherever no 64x64 tile pair reaches the rows' saturation: v3's log
-    buckets, v2's linear positions (also past 512 tokens of span), c2p or p2c alone; small buckets
-    (32 of 64) take the Triton kernel's far ranges instead. Each against the reference."""
-    from crossenc.kernels.disentangled_attention import has_far_ranges, uses_wgmma_kernel
+    """On Hopper, fp16/bf16 batches of up to 512 tokens with heads of 64 (every v3 model's) run the
+    warpgroup-MMA kernel through the op: v3's log buckets, v2's linear positions (also past 512
+    tokens of span), small buckets (whose far ranges start within 512 tokens), c2p or p2c alone.
+    Each against the reference (`test_wgmma_far_ranges_match_reference`: up to 2,048 tokens)."""
+    from crossenc.kernels.disentangled_attention import uses_wgmma_kernel
 
     if not _wgmma():
         pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
     args = _packed_inputs(lengths, heads, 64, dtype, *bucket, *terms, seed)
     far = saturation_distance(args[7].cpu())
-    assert uses_wgmma_kernel(64, dtype, args[4], far, args[0].device) == (not has_far_ranges(far, args[4], 64, 64))
+    assert uses_wgmma_kernel(64, dtype, args[4], far, args[0].device)
     out, ref = _run(args)
     assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
 
@@ -196,8 +197,9 @@ def test_wgmma_kernel_matches_reference(lengths, heads, dtype, bucket, terms, se
 )
 def test_wgmma_far_ranges_match_reference(lengths, heads, dtype, bucket, terms, seed):
     """The warpgroup-MMA kernel with its far ranges (tile pairs past the rows' saturation take one
-    position row per side, without the window), called directly at every length up to 2,048: v3's
-    log buckets, v2's linear positions, small buckets; c2p or p2c alone. Against the reference."""
+    position row per side, without the window), at every length up to 2,048 (the op hands it
+    these batches on Hopper): v3's log buckets, v2's linear positions, small buckets; c2p or p2c
+    alone. Against the reference."""
     from crossenc.kernels.disentangled_attention import WGMMA_TILE, query_tiles
 
     if not _wgmma():
@@ -315,7 +317,7 @@ def test_tiles_made_once_per_forward_give_the_same_output(lengths, dtype):
     far = saturation_distance(args[7].cpu())
     alone = triton_disentangled_attention(*args, far=far)
     rows = query_tile_rows(64, dtype, args[4], far, args[0].device)
-    wgmma = dtype != torch.float32 and max(lengths) <= 512 and _wgmma(args[4], dtype)
+    wgmma = dtype != torch.float32 and _wgmma(args[4], dtype)
     assert rows == (64 if dtype != torch.float32 and (max(lengths) > 512 or wgmma) else 32)
     given = triton_disentangled_attention(*args, far=far, tiles=query_tiles(args[3], rows))
     assert torch.equal(alone, given)

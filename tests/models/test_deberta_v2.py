@@ -192,9 +192,9 @@ def test_far_code_is_compiled_out_for_v3_up_to_512_tokens(dtype):
 
 def test_wgmma_kernel_chosen_where_it_applies(monkeypatch):
     """The CUDA op hands a batch to the warpgroup-MMA kernel only on a GPU that runs it (here
-    pretended: `_wgmma_available`), in fp16/bf16, with heads of 64, and where no 64x64 tile pair
-    reaches the rows' saturation (v3 up to 575 tokens, v2's linear positions within their span);
-    the model's per-forward tiles then have its 64 rows. CROSSENC_WGMMA_ATTENTION=0 turns it off."""
+    pretended: `_wgmma_available`), in fp16/bf16 and with heads of 64, at every length (its far
+    ranges take the tile pairs past the rows' saturation); the model's per-forward tiles then have
+    its 64 rows. CROSSENC_WGMMA_ATTENTION=0 turns it off."""
     from crossenc.kernels import disentangled_attention as module
 
     cuda = torch.device("cuda", 0)
@@ -205,18 +205,13 @@ def test_wgmma_kernel_chosen_where_it_applies(monkeypatch):
         return saturation_distance(relative_position_index(n, 256, 512, 256))
 
     for dtype in (torch.float16, torch.bfloat16):
-        for n in (1, 64, 100, 511, 512, 575):
+        for n in (1, 64, 100, 511, 512, 575, 576, 1000, 2048):
             assert module.uses_wgmma_kernel(64, dtype, n, v3(n), cuda), n
             assert query_tile_rows(64, dtype, n, v3(n), cuda) == 64
             assert query_tile_rows(64, dtype, n) == (64 if n > 512 else 32)  # without a device: the Triton kernel's
-        for n in (576, 1000, 2048):
-            assert not module.uses_wgmma_kernel(64, dtype, n, v3(n), cuda), n
-            assert query_tile_rows(64, dtype, n, v3(n), cuda) == 64  # the Triton kernel's 64x64 tiles
-    linear = saturation_distance(relative_position_index(512, -1, 512, 512))
-    assert module.uses_wgmma_kernel(64, torch.float16, 512, linear, cuda)
     small = saturation_distance(relative_position_index(300, 32, 64, 32))
-    assert not module.uses_wgmma_kernel(64, torch.float16, 300, small, cuda)
-    assert module.uses_wgmma_kernel(64, torch.float16, 300, None, cuda)  # no position rows: no far ranges
+    assert module.uses_wgmma_kernel(64, torch.float16, 300, small, cuda)
+    assert module.uses_wgmma_kernel(64, torch.float16, 300, None, cuda)
     assert not module.uses_wgmma_kernel(64, torch.float32, 100, v3(100), cuda)
     assert query_tile_rows(64, torch.float32, 100, v3(100), cuda) == 32
     for head in (32, 128):
