@@ -59,6 +59,17 @@ def _rel_rows(REL, dist, max_seqlen):
 
 
 @gluon.jit
+def _load_kv(k_smem, v_smem, K, V, tok, mask, head, offs_d, stride_kt, stride_kh, stride_vt, stride_vh):
+    """A range's first key tile (tokens `tok`): k and v copied in, a group each."""
+    async_copy.async_copy_global_to_shared(
+        k_smem, K + tok[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask)
+    async_copy.commit_group()
+    async_copy.async_copy_global_to_shared(
+        v_smem, V + tok[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask)
+    async_copy.commit_group()
+
+
+@gluon.jit
 def _softmax_pv(s, acc, m_i, l_i, v_smem, v_next, mask_next, prefetch, qk_scale_log2, PENDING: gl.constexpr,
                 s_mma: gl.constexpr):
     """One key step's online softmax of the scores `s` and its PV product, once all but the last
@@ -106,13 +117,8 @@ def _far_range(
     offs_r = gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, rows))
     rows_k = lo + offs_r
-    mask_k = (rows_k < length)[:, None]
-    async_copy.async_copy_global_to_shared(
-        k_smem, K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
-    async_copy.commit_group()
-    async_copy.async_copy_global_to_shared(
-        v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
-    async_copy.commit_group()
+    _load_kv(k_smem, v_smem, K, V, start + rows_k, (rows_k < length)[:, None], head, offs_d,
+             stride_kt, stride_kh, stride_vt, stride_vh)
     async_copy.wait_group(2)  # the query tile
     gl.thread_barrier()
     q = q_smem.load(rows).to(gl.float32)
@@ -241,13 +247,8 @@ def _near_fwd(
     if HAS_P2C:
         async_copy.async_copy_global_to_shared(pq_smem, PQ + rel[:, None] * stride_pqr + head * stride_pqh + offs_d[None, :])
     rows_k = near_lo + (BN - 1) - offs_r  # keys reversed within the tile
-    mask_k = (rows_k < length)[:, None]
-    async_copy.async_copy_global_to_shared(
-        k_smem, K + (start + rows_k)[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=mask_k)
-    async_copy.commit_group()
-    async_copy.async_copy_global_to_shared(
-        v_smem, V + (start + rows_k)[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=mask_k)
-    async_copy.commit_group()
+    _load_kv(k_smem, v_smem, K, V, start + rows_k, (rows_k < length)[:, None], head, offs_d,
+             stride_kt, stride_kh, stride_vt, stride_vh)
 
     keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
     for n0 in range(near_lo, near_hi, BN):
