@@ -6,9 +6,9 @@ For each workload of shared/benchmarks.md (v3 attention: 768 wide, 256 log bucke
 through the window, and the same kernel with no position terms ("no-position": a plain varlen
 FlashAttention, the floor for the fused kernel). "model": what the model runs (no configuration
 given: on Hopper the warpgroup-MMA kernel where it applies, else the Triton kernel's default).
-"wgmma": the warpgroup-MMA kernel on a batch with far ranges, where the model runs the Triton
-kernel, with its own far ranges; "wgmma-window": the same with the window on every tile pair. Each variant is first checked against the fp32
-torch reference on the same inputs. "flash-attention" is torch's own varlen FlashAttention
+"wgmma-window": on Hopper, where the model runs the warpgroup-MMA kernel on a batch with far ranges,
+the same kernel with the window on every tile pair instead. Each variant is first checked against
+the fp32 torch reference on the same inputs. "flash-attention" is torch's own varlen FlashAttention
 (`torch.nn.attention.varlen.varlen_attn`, else `aten._flash_attention_forward`) on the same
 packed q/k/v without position terms, checked against crossenc's "no-position" output.
 "same-rows" (`--same-rows`, a diagnostic, not a result) runs the model's configuration with every
@@ -33,6 +33,7 @@ from crossenc.kernels.disentangled_attention import (
     WGMMA_TILE,
     attention_scale,
     disentangled_attention_ref,
+    has_far_ranges,
     query_tiles,
     relative_position_index,
     saturation_distance,
@@ -109,9 +110,8 @@ def main() -> None:
                 variants = [(m, c, None) for m, c in VARIANTS[dim] + ([("far", c) for c in SWEEP] if args.sweep else [])]
                 variants += [(m, c, n) for m, c, _ in variants if m == "far" for n in args.far_block_n]
                 variants += [("model", None, None), ("flash-attention", None, None)]
-                # The warpgroup kernel runs here without far ranges (far=None), but not as the model calls it.
-                if uses_wgmma_kernel(dim, torch.float16, op_args[4], None, op_args[0].device) and not wgmma:
-                    variants += [("wgmma", None, None), ("wgmma-window", None, None)]
+                if wgmma and has_far_ranges(far, op_args[4], WGMMA_TILE, WGMMA_TILE):
+                    variants += [("wgmma-window", None, None)]  # what its far ranges save
             if args.same_rows:
                 variants += [("same-rows", default_config(dim, torch.float16, op_args[4]), None)]
             plain = None
@@ -127,14 +127,13 @@ def main() -> None:
 
                 if mode == "flash-attention":
                     fn = flash_attention(*op_args[:5], op_args[8])
-                elif mode.startswith("wgmma"):  # the warpgroup-MMA kernel where the model would not run it
+                elif mode == "wgmma-window":  # the warpgroup-MMA kernel without its far ranges
                     from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
 
                     tiles = query_tiles(op_args[3], WGMMA_TILE)
-                    wgmma_far = far if mode == "wgmma" else None
 
                     def fn():
-                        return gluon_near_attention(*op_args, tiles, torch.empty_like(op_args[0]), far=wgmma_far)
+                        return gluon_near_attention(*op_args, tiles, torch.empty_like(op_args[0]))
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n,
                            max_seqlen=op_args[4])
@@ -168,8 +167,7 @@ def main() -> None:
     print("\nbest per workload/mode:")
     for dim in args.dims:
         for workload in args.workloads:
-            for mode in ("model", "far", "window", "wgmma", "wgmma-window", "no-position", "flash-attention",
-                         "same-rows"):
+            for mode in ("model", "far", "window", "wgmma-window", "no-position", "flash-attention", "same-rows"):
                 ok = [r for r in rows if r["dim"] == dim and r["workload"] == workload and r["mode"] == mode
                       and "ms" in r and r.get("rel_err", 0) < 1e-2]
                 if ok:

@@ -348,7 +348,8 @@ def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, re
                          far=None):
     """Launch on checked inputs (`triton_disentangled_attention` checks them and decides that this
     kernel applies): q/k/v [T, H, 64] fp16/bf16 with unit stride in D, ``tiles`` =
-    ``query_tiles(cu_seqlens, 64)``, ``rel_index`` int32, ``out`` [T, H, 64]."""
+    ``query_tiles(cu_seqlens, 64)``, ``rel_index`` int32, ``out`` [T, H, 64]. ``far``: as the op's
+    (`saturation_distance`; None: max_seqlen, the window on every tile pair)."""
     total, heads, dim = q.shape
     batch = cu_seqlens.numel() - 1
     if q.dtype not in _LAYOUTS:
