@@ -103,7 +103,7 @@ def main() -> None:
             # QK^T and PV only (4 L^2 D per head), the usual FlashAttention count.
             flops = float((4 * lengths.double() ** 2 * dim * heads).sum())
             far = saturation_distance(op_args[7])
-            wgmma = uses_wgmma_kernel(dim, torch.float16, op_args[4], far, op_args[0].device)
+            wgmma = uses_wgmma_kernel(dim, torch.float16, op_args[0].device)
             if args.model_only:
                 variants = [("model", None, None)]
             else:
@@ -128,12 +128,12 @@ def main() -> None:
                 if mode == "flash-attention":
                     fn = flash_attention(*op_args[:5], op_args[8])
                 elif mode == "wgmma-window":  # the warpgroup-MMA kernel without its far ranges
-                    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+                    from crossenc.kernels.gluon_disentangled_attention import wgmma_attention
 
                     tiles = query_tiles(op_args[3], WGMMA_TILE)
 
                     def fn():
-                        return gluon_near_attention(*op_args, tiles, torch.empty_like(op_args[0]))
+                        return wgmma_attention(*op_args, tiles, torch.empty_like(op_args[0]))
 
                 row = dict(dim=dim, heads=heads, workload=workload, mode=mode, config=config, far_block_n=far_block_n,
                            max_seqlen=op_args[4])

@@ -25,7 +25,7 @@ tail -36 "$out/profile_forward.txt" | cut -c1-160
 echo "== attention op $(date +%T)"
 timeout 150 python3 benchmarks/attention_kernel.py --out "$out/kernel.json" 2>&1 | grep -A30 "^best per"
 if command -v ncu > /dev/null; then
-  timeout 150 ncu --kernel-name "regex:_disentangled_attention|_near_fwd" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+  timeout 150 ncu --kernel-name "regex:_disentangled_attention|_wgmma_attention_fwd" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     python3 benchmarks/attention_kernel.py --out /tmp/crossenc-ncu.json --workloads rerank-short --model-only > "$out/ncu.txt" 2>&1
   grep -E "Theoretical Occupancy|Achieved Active Warps|Issue Slots Busy|Warp Cycles Per Issued|Block Limit" "$out/ncu.txt"

@@ -68,7 +68,7 @@ def wgmma_resources(dtype: str, c2p: bool, p2c: bool, far: bool) -> dict:
 
     layouts = gluon.layouts({"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
     constexprs = dict(HEAD_DIM=64, HAS_C2P=c2p, HAS_P2C=p2c, HAS_FAR=far, WIDE=False, **layouts)
-    kernel = triton.compile(launch_source(gluon._near_fwd, constexprs, dtype, GluonASTSource),
+    kernel = triton.compile(launch_source(gluon._wgmma_attention_fwd, constexprs, dtype, GluonASTSource),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     usage, sass = cuobjdump(kernel)
     match = re.search(r"REG:(\d+) STACK:(\d+)", usage)

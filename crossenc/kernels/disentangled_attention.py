@@ -182,12 +182,11 @@ KERNEL_HEAD_SIZES = (32, 64, 128)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int, far: int | None = None,
-                    device: torch.device | None = None) -> int:
+def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int, device: torch.device | None = None) -> int:
     """Rows per query tile of the kernel the CUDA op runs by default (its BLOCK_M): 64 for the
-    warpgroup-MMA kernel (`uses_wgmma_kernel`, given the batch's `far` and device) and past 512
-    tokens in fp16/bf16 with heads of up to 64, else 32."""
-    if device is not None and uses_wgmma_kernel(head_dim, dtype, max_seqlen, far, device):
+    warpgroup-MMA kernel (`uses_wgmma_kernel`, given the device) and past 512 tokens in fp16/bf16
+    with heads of up to 64, else 32."""
+    if device is not None and uses_wgmma_kernel(head_dim, dtype, device):
         return WGMMA_TILE
     return 64 if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512 else 32
 
@@ -211,11 +210,10 @@ def _wgmma_available(device_index: int) -> bool:
     return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
 
 
-def uses_wgmma_kernel(head_dim: int, dtype: torch.dtype, max_seqlen: int, far: int | None,
-                      device: torch.device) -> bool:
+def uses_wgmma_kernel(head_dim: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the CUDA op runs the warpgroup-MMA kernel (gluon_disentangled_attention): on Hopper
     (sm_90) with a verified Triton, fp16/bf16 and heads of 64 (every v3 model's), at any length
-    and `far`. CROSSENC_WGMMA_ATTENTION=0 turns it off."""
+    and any position buckets. CROSSENC_WGMMA_ATTENTION=0 turns it off."""
     if device.type != "cuda" or head_dim != 64 or dtype not in (torch.float16, torch.bfloat16):
         return False
     if os.environ.get("CROSSENC_WGMMA_ATTENTION", "1") == "0":

@@ -162,7 +162,7 @@ def _far_range(
 
 
 @gluon.jit(do_not_specialize=["num_seqs", "max_seqlen", "search_steps", "far"])
-def _near_fwd(
+def _wgmma_attention_fwd(
     Q, K, V, O, PK, PQ, REL, CU, TILES,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_pkr, stride_pkh, stride_pqr, stride_pqh,
@@ -344,8 +344,8 @@ def layouts(dtype: torch.dtype) -> dict:
 _LAYOUTS: dict[torch.dtype, dict] = {}
 
 
-def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out,
-                         far=None):
+def wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out,
+                    far=None):
     """Launch on checked inputs (`triton_disentangled_attention` checks them and decides that this
     kernel applies): q/k/v [T, H, 64] fp16/bf16 with unit stride in D, ``tiles`` =
     ``query_tiles(cu_seqlens, 64)``, ``rel_index`` int32, ``out`` [T, H, 64]. ``far``: as the op's
@@ -360,7 +360,7 @@ def gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, re
     far = max_seqlen if far is None else far
     has_far = (pos_key is not None or pos_query is not None) and has_far_ranges(far, max_seqlen, BLOCK, BLOCK)
     grid = (triton.cdiv(total, BLOCK) + batch, heads)
-    _near_fwd[grid](
+    _wgmma_attention_fwd[grid](
         q, k, v, out, pk, pq, rel_index, cu_seqlens, tiles,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),

@@ -409,7 +409,7 @@ def triton_disentangled_attention(
     ``cu_seqlens`` int32 [B+1]; ``pos_key``/``pos_query`` [2S, H, D] or None (c2p / p2c off);
     ``rel_index`` int32 or int64 [2*max_seqlen-1] maps distance i-j to a position row (offset
     max_seqlen-1). ``config`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages). ``tiles``:
-    ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen, far, q.device))``, made once per
+    ``query_tiles(cu_seqlens, query_tile_rows(D, dtype, max_seqlen, q.device))``, made once per
     forward by the caller (else here, per call; also with a ``config`` of other rows). Without a
     ``config``, batches that `uses_wgmma_kernel` names run the warpgroup-MMA kernel of
     gluon_disentangled_attention.py (Hopper, fp16/bf16, heads of 64).
@@ -462,15 +462,15 @@ def triton_disentangled_attention(
                          f"{tiles.dtype} {tuple(tiles.shape)}")
     if total == 0 or batch == 0:
         return out
-    wgmma = uses_wgmma_kernel(dim, q.dtype, max_seqlen, far, q.device)
+    wgmma = uses_wgmma_kernel(dim, q.dtype, q.device)
     if config is None and wgmma:
         # Hopper, fp16/bf16, heads of 64: the warpgroup-MMA kernel (gluon_disentangled_attention.py).
-        from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+        from crossenc.kernels.gluon_disentangled_attention import wgmma_attention
 
         if tiles is None:
             tiles = query_tiles(cu_seqlens, WGMMA_TILE)
-        return gluon_near_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
-                                    tiles, out, far=far)
+        return wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
+                               tiles, out, far=far)
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     # Without a tile pair that far apart the far code is compiled out: one warp's step 1,692 -> 1,462
     # instructions on sm_90, v3-base rerank-short op 0.68 -> 0.51 ms on an H100 (docs/benchmarks.md).
@@ -481,7 +481,7 @@ def triton_disentangled_attention(
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
-    # The caller's tiles have `query_tile_rows(dim, dtype, max_seqlen, far, device)` rows.
+    # The caller's tiles have `query_tile_rows(dim, dtype, max_seqlen, device)` rows.
     if tiles is None or block_m != (WGMMA_TILE if wgmma else query_tile_rows(dim, q.dtype, max_seqlen)):
         tiles = query_tiles(cu_seqlens, block_m)
     grid = (triton.cdiv(total, block_m) + batch, heads)

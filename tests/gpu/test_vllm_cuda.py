@@ -126,21 +126,20 @@ def kernel_calls(monkeypatch):
         from crossenc.kernels import gluon_disentangled_attention as gluon
     except ImportError:
         return calls
-    original_gluon = gluon.gluon_near_attention
+    original_gluon = gluon.wgmma_attention
 
     def counted_gluon(*args, **kwargs):
         calls.append("wgmma")
         return original_gluon(*args, **kwargs)
 
-    monkeypatch.setattr(gluon, "gluon_near_attention", counted_gluon)
+    monkeypatch.setattr(gluon, "wgmma_attention", counted_gluon)
     return calls
 
 
-def _wgmma_expected(dtype: str, max_seqlen: int) -> bool:
-    from crossenc.kernels.disentangled_attention import relative_position_index, saturation_distance, uses_wgmma_kernel
+def _wgmma_expected(dtype: str) -> bool:
+    from crossenc.kernels.disentangled_attention import uses_wgmma_kernel
 
-    far = saturation_distance(relative_position_index(max_seqlen, 256, 512, 256))
-    return uses_wgmma_kernel(64, getattr(torch, dtype), max_seqlen, far, torch.device("cuda"))
+    return uses_wgmma_kernel(64, getattr(torch, dtype), torch.device("cuda"))
 
 
 # vLLM's defaults (crossenc's encoders then run without CUDA graphs), enforce_eager, and CUDA
@@ -168,7 +167,7 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
     torch.cuda.empty_cache()
     assert kernel_calls, "the Triton kernel did not run"
     # On Hopper the warpgroup-MMA kernel runs them.
-    assert ("wgmma" in kernel_calls) == _wgmma_expected(dtype, 512)
+    assert ("wgmma" in kernel_calls) == _wgmma_expected(dtype)
     # vLLM's weight classes on the GPU, with torch functions dispatched as for a plain
     # nn.Parameter (compat.plain_parameter_dispatch).
     assert handlers and all(h is torch._C._disabled_torch_function_impl for h in handlers)
@@ -326,7 +325,7 @@ def test_long_sequences_on_gpu_equal_transformers(long_expected, kernel_calls, d
     torch.cuda.empty_cache()
     assert kernel_calls, "the Triton kernel did not run"
     # On Hopper the warpgroup-MMA kernel takes these too, with its far ranges past 575 tokens.
-    assert ("wgmma" in kernel_calls) == _wgmma_expected(dtype, 2048)
+    assert ("wgmma" in kernel_calls) == _wgmma_expected(dtype)
     diff = (got - want).abs().max().item()
     bound = _bound(dtype, hf_error)
     print(f"\n{dtype}, {min(lengths)} to {max(lengths)} tokens: max |Δscore| {diff:.3g} over {len(want)} pairs "

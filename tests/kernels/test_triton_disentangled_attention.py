@@ -136,7 +136,7 @@ def test_one_compiled_kernel_whatever_the_batch():
     if _wgmma():
         from crossenc.kernels import gluon_disentangled_attention
 
-        kernels.append(gluon_disentangled_attention._near_fwd)
+        kernels.append(gluon_disentangled_attention._wgmma_attention_fwd)
 
     def compiled() -> int:
         return sum(len(k.device_caches[torch.cuda.current_device()][0]) for k in kernels)
@@ -153,12 +153,11 @@ def test_one_compiled_kernel_whatever_the_batch():
     assert compiled() == first
 
 
-def _wgmma(max_seqlen: int = 512, dtype: torch.dtype = torch.float16) -> bool:
-    """Whether this GPU runs the warpgroup-MMA kernel for a v3 batch (Hopper and a verified Triton)."""
+def _wgmma(dtype: torch.dtype = torch.float16) -> bool:
+    """Whether this GPU runs the warpgroup-MMA kernel (Hopper and a verified Triton)."""
     from crossenc.kernels.disentangled_attention import uses_wgmma_kernel
 
-    far = saturation_distance(relative_position_index(max_seqlen, 256, 512, 256))
-    return uses_wgmma_kernel(64, dtype, max_seqlen, far, torch.device("cuda"))
+    return uses_wgmma_kernel(64, dtype, torch.device("cuda"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -180,8 +179,7 @@ def test_wgmma_kernel_matches_reference(lengths, heads, dtype, bucket, terms, se
     if not _wgmma():
         pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
     args = _packed_inputs(lengths, heads, 64, dtype, *bucket, *terms, seed)
-    far = saturation_distance(args[7].cpu())
-    assert uses_wgmma_kernel(64, dtype, args[4], far, args[0].device)
+    assert uses_wgmma_kernel(64, dtype, args[0].device)
     out, ref = _run(args)
     assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
 
@@ -204,11 +202,11 @@ def test_wgmma_far_ranges_match_reference(lengths, heads, dtype, bucket, terms, 
 
     if not _wgmma():
         pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
-    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+    from crossenc.kernels.gluon_disentangled_attention import wgmma_attention
 
     args = _packed_inputs(lengths, heads, 64, dtype, *bucket, *terms, seed)
     far = saturation_distance(args[7].cpu())
-    out = gluon_near_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
+    out = wgmma_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
     ref = disentangled_attention_ref(*args)
     assert torch.isfinite(out).all()
     assert _rel_err(out, ref) < REL_TOL[dtype], (lengths, heads, dtype, bucket, terms)
@@ -223,12 +221,12 @@ def test_wgmma_far_ranges_on_their_edges(bucket, terms):
 
     if not _wgmma():
         pytest.skip("the warpgroup-MMA kernel runs on Hopper with a verified Triton")
-    from crossenc.kernels.gluon_disentangled_attention import gluon_near_attention
+    from crossenc.kernels.gluon_disentangled_attention import wgmma_attention
 
     for dtype in (torch.float16, torch.bfloat16):
         args = _packed_inputs([2048, 1, 700, 1152, 65, 1601], 2, 64, dtype, *bucket, *terms, 5)
         far = saturation_distance(args[7].cpu())
-        out = gluon_near_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
+        out = wgmma_attention(*args, query_tiles(args[3], WGMMA_TILE), torch.empty_like(args[0]), far=far)
         assert _rel_err(out, disentangled_attention_ref(*args)) < REL_TOL[dtype], (dtype, bucket, terms)
 
 
@@ -316,8 +314,8 @@ def test_tiles_made_once_per_forward_give_the_same_output(lengths, dtype):
     args = _packed_inputs(lengths, 4, 64, dtype, 256, 512, True, True, 1)
     far = saturation_distance(args[7].cpu())
     alone = triton_disentangled_attention(*args, far=far)
-    rows = query_tile_rows(64, dtype, args[4], far, args[0].device)
-    wgmma = dtype != torch.float32 and _wgmma(args[4], dtype)
+    rows = query_tile_rows(64, dtype, args[4], args[0].device)
+    wgmma = dtype != torch.float32 and _wgmma(dtype)
     assert rows == (64 if dtype != torch.float32 and (max(lengths) > 512 or wgmma) else 32)
     given = triton_disentangled_attention(*args, far=far, tiles=query_tiles(args[3], rows))
     assert torch.equal(alone, given)

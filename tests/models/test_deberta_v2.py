@@ -198,26 +198,20 @@ def test_wgmma_kernel_chosen_where_it_applies(monkeypatch):
     from crossenc.kernels import disentangled_attention as module
 
     cuda = torch.device("cuda", 0)
-    assert not module.uses_wgmma_kernel(64, torch.float16, 100, None, torch.device("cpu"))
+    assert not module.uses_wgmma_kernel(64, torch.float16, torch.device("cpu"))
     monkeypatch.setattr(module, "_wgmma_available", lambda index: True)
 
-    def v3(n):
-        return saturation_distance(relative_position_index(n, 256, 512, 256))
-
     for dtype in (torch.float16, torch.bfloat16):
+        assert module.uses_wgmma_kernel(64, dtype, cuda)
         for n in (1, 64, 100, 511, 512, 575, 576, 1000, 2048):
-            assert module.uses_wgmma_kernel(64, dtype, n, v3(n), cuda), n
-            assert query_tile_rows(64, dtype, n, v3(n), cuda) == 64
+            assert query_tile_rows(64, dtype, n, cuda) == 64
             assert query_tile_rows(64, dtype, n) == (64 if n > 512 else 32)  # without a device: the Triton kernel's
-    small = saturation_distance(relative_position_index(300, 32, 64, 32))
-    assert module.uses_wgmma_kernel(64, torch.float16, 300, small, cuda)
-    assert module.uses_wgmma_kernel(64, torch.float16, 300, None, cuda)
-    assert not module.uses_wgmma_kernel(64, torch.float32, 100, v3(100), cuda)
-    assert query_tile_rows(64, torch.float32, 100, v3(100), cuda) == 32
+    assert not module.uses_wgmma_kernel(64, torch.float32, cuda)
+    assert query_tile_rows(64, torch.float32, 100, cuda) == 32
     for head in (32, 128):
-        assert not module.uses_wgmma_kernel(head, torch.float16, 100, v3(100), cuda)
+        assert not module.uses_wgmma_kernel(head, torch.float16, cuda)
     monkeypatch.setenv("CROSSENC_WGMMA_ATTENTION", "0")
-    assert not module.uses_wgmma_kernel(64, torch.float16, 100, v3(100), cuda)
+    assert not module.uses_wgmma_kernel(64, torch.float16, cuda)
 
 
 def test_query_tiles_count_each_sequences_tiles():

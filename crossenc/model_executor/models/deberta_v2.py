@@ -357,7 +357,7 @@ class DebertaV2Encoder(nn.Module):
         else:
             layout.rel_index = torch.zeros(1, dtype=torch.long, device=x.device)
         if x.is_cuda and kernel_supports(self.arch.head_size, x.dtype):
-            rows = query_tile_rows(self.arch.head_size, x.dtype, layout.max_seqlen, layout.far, x.device)
+            rows = query_tile_rows(self.arch.head_size, x.dtype, layout.max_seqlen, x.device)
             layout.query_tiles = query_tiles(layout.cu_seqlens, rows)
         return layout
 
