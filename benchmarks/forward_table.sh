@@ -4,7 +4,8 @@
 # directory), v3-base and v3-large, every workload; its plot and table; the forward's per-kernel
 # profile (v3-base rerank-short); the attention op against torch's varlen FlashAttention
 # (benchmarks/attention_kernel.py, and Nsight Compute's occupancy and issue figures of the kernel
-# where `ncu` is installed); the intermediate dense + GELU benchmark. Results in OUT_DIR.
+# where `ncu` is installed); the intermediate dense + GELU benchmark; the feed-forward in token
+# chunks (benchmarks/ffn_chunks.py). Results in OUT_DIR.
 #   pip download flashdeberta==0.0.8 disentangled-flash==1.1.1 --no-deps -d PEERS_DIR   # where PyPI is reachable
 #   bash benchmarks/forward_table.sh PEERS_DIR OUT_DIR
 set -o pipefail
@@ -32,4 +33,6 @@ if command -v ncu > /dev/null; then
 fi
 echo "== dense + GELU $(date +%T)"
 timeout 200 python3 benchmarks/fused_dense_gelu.py "$out/dense_gelu.json" 2>&1 | grep -E "^\[|rror"
+echo "== feed-forward in chunks $(date +%T)"
+timeout 100 python3 benchmarks/ffn_chunks.py "$out/ffn_chunks.json" 2>&1 | grep -E "^v3|rror"
 echo "== end $(date +%T)"
