@@ -1,8 +1,8 @@
 """An encoder block's feed-forward, dense2(GELU(dense1(x))), on one GPU: in one go, as the model runs
 it, against the tokens in chunks that reuse one intermediate buffer, so that the [chunk, 4 x hidden]
 activations stay in L2 between the GEMM that writes them, the exact GELU pass and the GEMM that reads
-them (the whole batch's intermediate, 335 MB at [41,000, 4,096] fp16, goes through device memory
-twice). Exact GELU throughout, fp16, cuBLAS GEMMs with the bias in their epilogue; timing and max
+them (in one go, the whole batch's intermediate, 335 MB at [41,000, 4,096] fp16, is written to
+device memory and read back twice). Exact GELU throughout, fp16, cuBLAS GEMMs with the bias in their epilogue; timing and max
 |difference| to the one-go result. Timing only, not the model's.
 
     python benchmarks/ffn_chunks.py [OUT.json]
