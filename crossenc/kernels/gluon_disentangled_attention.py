@@ -10,8 +10,8 @@ the window (below); where every distance of a tile pair is past the position row
 (`far`: v3 from ~512 on) the far ranges (`_far_range`), whose c2p is one value per query row and
 p2c one per key, taken by the QK product with the saturated row of pos_query added to the queries.
 Where no tile pair is that far apart (`has_far_ranges`; v3 up to 575 tokens) the far code is
-compiled out: 207 registers and 90 KiB of shared memory; with it, 250 and 98 KiB (far steps of
-391-433 instructions per warp against the near step's 807; `benchmarks/kernel_resources.py
+compiled out: 235 registers and 90 KiB of shared memory; with it, 250 and 98 KiB (far steps of
+393-433 instructions per warp against the near step's 807; `benchmarks/kernel_resources.py
 --wgmma`). Two programs (8 warps) per SM either way. On an H200 (v3-base, 12 heads, fp16, one
 layer's op): long-2k 0.520 ms against the Triton kernel's 0.900, where torch's FlashAttention
 without position terms takes 0.309 (docs/benchmarks.md).
@@ -28,6 +28,13 @@ score element, in the accumulator's own layout (its first two register bases swa
 read is a misaligned pair). The stores' rows fall in distinct banks (stride 68 words), the skewed
 reads' in at most two. c2p + p2c, summed in the input dtype as transformers does, is the QK
 product's initial value; P stays in registers as the PV product's A operand.
+
+Consecutive key tiles' c2p windows overlap by half: step t+1's window rows 64..127 are step t's rows
+0..63. Without far ranges the kernel loads and multiplies only the 64 new rows per step (a 64x64
+product instead of 64x128) and carries the other half in registers, in the input dtype, to the
+store: the same values, 17 % less MMA work per step, half the pk copies (207 -> 235 registers). On
+an H100 the v3 forward's rerank-long went 1.5-2 % faster with it, rerank-short no faster
+(docs/benchmarks.md).
 
 Each buffer's next load is issued as soon as the step is done with it (the windows after the
 position products, k after QK, v after PV). On an H100 (v3-base, 12 heads, fp16, one layer's op,
@@ -251,6 +258,16 @@ def _wgmma_attention_fwd(
              stride_kt, stride_kh, stride_vt, stride_vh)
 
     keys = gl.arange(0, BN, layout=gl.SliceLayout(0, s_mma))
+    # c2p's half window carried (module docstring): not with far ranges, where it took 255
+    # registers and spilled.
+    CARRY: gl.constexpr = HAS_C2P and not HAS_FAR
+    carry = gl.zeros([BM, BN], dtype, layout=s_mma)
+    if CARRY:  # the first step's window rows 64..127
+        async_copy.wait_group(1)
+        gl.thread_barrier()
+        fence_async_shared()
+        carry = warpgroup_mma(q_smem, pk_smem.slice(BN, BN, dim=0).permute((1, 0)),
+                              gl.zeros([BM, BN], gl.float32, layout=s_mma), use_acc=False).to(dtype)
     for n0 in range(near_lo, near_hi, BN):
         # Each step commits three groups (the next windows, k, v): waiting for all but the last one
         # or two leaves exactly the loads this point needs complete.
@@ -262,7 +279,14 @@ def _wgmma_attention_fwd(
         async_copy.wait_group(1)  # the query tile, the windows and k (v may still be on its way)
         gl.thread_barrier()
         fence_async_shared()  # the copies' writes, before the MMA reads them
-        if HAS_C2P:
+        if CARRY:
+            # Window rows 0..63 are new; rows 64..127 are the last step's rows 0..63.
+            c_lo = warpgroup_mma(q_smem, pk_smem.slice(0, BN, dim=0).permute((1, 0)),
+                                 gl.zeros([BM, BN], gl.float32, layout=s_mma), use_acc=False).to(dtype)
+            c_smem.slice(0, BN, dim=1).store(c_lo)
+            c_smem.slice(BN, BN, dim=1).store(carry)
+            carry = c_lo
+        elif HAS_C2P:
             c = warpgroup_mma(q_smem, pk_smem.permute((1, 0)), gl.zeros([BM, WIN], gl.float32, layout=w_mma),
                               use_acc=False)
             c_smem.store(c.to(dtype))
@@ -272,7 +296,12 @@ def _wgmma_attention_fwd(
             t_smem.store(t.to(dtype))
         gl.thread_barrier()
         if n1 < near_hi:  # the next windows, while this step goes on
-            if HAS_C2P:
+            if CARRY:  # only the next window's new rows
+                rel_new = _rel_rows(REL, (m0 - n1 - (BN - 1)) + offs_r, max_seqlen)
+                async_copy.async_copy_global_to_shared(
+                    pk_smem.slice(0, BN, dim=0),
+                    PK + rel_new[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
+            elif HAS_C2P:
                 async_copy.async_copy_global_to_shared(
                     pk_smem, PK + rel[:, None] * stride_pkr + head * stride_pkh + offs_d[None, :])
             if HAS_P2C:
