@@ -261,7 +261,6 @@ def _wgmma_attention_fwd(
     # c2p's half window carried (module docstring): not with far ranges, where it took 255
     # registers and spilled.
     CARRY: gl.constexpr = HAS_C2P and not HAS_FAR
-    carry = gl.zeros([BM, BN], dtype, layout=s_mma)
     if CARRY:  # the first step's window rows 64..127
         async_copy.wait_group(1)
         gl.thread_barrier()
