@@ -122,6 +122,18 @@ def dense_gelu(x, w, b, config=CONFIGS[0], gelu=True):
     return out
 
 
+def gluon_systems(x, w, b) -> dict:
+    """crossenc's kernel (crossenc/kernels/gluon_dense_gelu.py: persistent, warp-specialized,
+    128x128 tiles; sm_90 and Triton 3.6), with and without the GELU."""
+    try:
+        from crossenc.kernels.gluon_dense_gelu import dense_gelu as gluon_dense_gelu
+    except Exception as e:  # no Gluon
+        print(f"no gluon kernel: {e!r}"[:200])
+        return {}
+    return {"gluon warp-specialized, bias + exact GELU": lambda: gluon_dense_gelu(x, w, b),
+            "gluon warp-specialized, bias alone": lambda: gluon_dense_gelu(x, w, b, gelu=False)}
+
+
 def reference(x, w, b):
     return torch.nn.functional.gelu(x.float() @ w.float().T + b.float())
 
@@ -161,6 +173,7 @@ def main(path: str) -> None:
                 **{f"triton descriptors {c}": (lambda c=c: dense_gelu_tma(x, w, b, c)) for c in CONFIGS},
                 **{f"triton descriptors persistent {c}": (lambda c=c: dense_gelu_tma(x, w, b, c, programs=sms))
                    for c in CONFIGS},
+                **gluon_systems(x, w, b),
             }
             row = dict(tokens=tokens, hidden=hidden, intermediate=inter)
             for name, fn in systems.items():
@@ -175,7 +188,8 @@ def main(path: str) -> None:
             best = {family: min(((v, k) for k, v in row.items() if k.endswith(" ms") and k.startswith(family)
                                  and (family != "triton (" or "descriptors" not in k)), default=(None, None))
                     for family in ("torch linear then", "torch linear alone", "cuBLASLt", "triton (",
-                                   "triton descriptors (", "triton descriptors persistent")}
+                                   "triton descriptors (", "triton descriptors persistent", "gluon warp-specialized, bias +",
+                                   "gluon warp-specialized, bias alone")}
             print(f"[{tokens}, {hidden} -> {inter}] " + "; ".join(
                 f"{k.removesuffix(' ms')}: {v:.3f} ms" for v, k in best.values() if v is not None), flush=True)
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)

@@ -31,6 +31,7 @@ from crossenc.kernels.disentangled_attention import (
 )
 from crossenc.model_executor.layers import ParallelLayers, get_parallel_layers
 from crossenc.model_executor.layers.cpu_memory import release_freed_memory
+from crossenc.model_executor.layers.dense_gelu import dense_act
 from crossenc.model_executor.layers.layernorm import add_layer_norm
 from crossenc.model_executor.layers.packed_layout import PackedLayout, packed_attention
 from crossenc.model_executor.models.adapters import EncoderForSequenceClassification, EncoderForTokenClassification
@@ -270,7 +271,7 @@ class DebertaV2Intermediate(nn.Module):
         self.act = ACT2FN[arch.hidden_act]
 
     def forward(self, x):
-        return self.act(self.dense(x))
+        return dense_act(x, self.dense, self.act)
 
 
 class DebertaV2Layer(nn.Module):

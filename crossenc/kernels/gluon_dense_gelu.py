@@ -1,0 +1,146 @@
+"""An encoder block's intermediate dense with its bias and exact GELU, GELU(x @ W^T + b), as one
+Hopper kernel in Gluon: the GELU pass that follows cuBLAS's GEMM (a read and a write of the
+[tokens, intermediate] activations) moves into the GEMM's epilogue.
+
+Persistent, one program per SM walking 128x128 output tiles, warp-specialized as a ping-pong: one
+warp issues the TMA loads of x's and W's 128x64 tiles into a ring of STAGES buffers, in tile order;
+two consumer warpgroups take the tiles alternately, each accumulating its tile with warpgroup MMAs
+and then running the epilogue (bias, GELU, a TMA store) while the other one's MMAs run. The ring
+serialises the two main loops, so one consumer's epilogue overlaps the other's main loop.
+
+The values are those of torch's path (`gelu(linear(x, W, b))`) up to the GEMM's summation order:
+the bias is added in fp32 and the sum rounded to the input dtype, as cuBLAS's bias epilogue does,
+and the GELU is computed from that rounded value in fp32, as torch's kernel computes it
+(x * 0.5 * (1 + erf(x / sqrt(2)))), then rounded.
+
+sm_90 only (wgmma and warp specialization), fp16/bf16, 2-D x with unit stride and rows 16-byte
+aligned; `supports` says when it applies. `python benchmarks/fused_dense_gelu.py` times it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+TILE = (128, 128, 64)  # BLOCK_M, BLOCK_N, BLOCK_K
+BLOCK_M, BLOCK_N, BLOCK_K = map(gl.constexpr, TILE)
+STAGES = gl.constexpr(4)
+
+
+@gluon.jit
+def _tile(tile, tiles_n):
+    """Tiles in row-major order: consecutive tiles share x's rows, W stays in L2."""
+    return (tile // tiles_n) * BLOCK_M, (tile % tiles_n) * BLOCK_N
+
+
+@gluon.jit
+def _loader(x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, k_steps):
+    """The producer warp: every tile's K steps, in order, into the ring."""
+    step = 0
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        off_m, off_n = _tile(tile, tiles_n)
+        for kk in range(k_steps):
+            s = step % STAGES
+            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)  # the first pass finds them free
+            mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(x_desc, [off_m, kk * BLOCK_K], ready.index(s), a_bufs.index(s))
+            tma.async_copy_global_to_shared(w_desc, [off_n, kk * BLOCK_K], ready.index(s), b_bufs.index(s))
+            step += 1
+
+
+@gluon.jit
+def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, num_tiles, tiles_n, k_steps, n,
+              WHICH: gl.constexpr, GELU: gl.constexpr):
+    """Consumer WHICH (0 or 1): the program's tiles WHICH, WHICH + 2, ... ."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+    # Rows r..r+63 of acc_layout's [128, N] are the same threads' in this [64, N] layout.
+    half_layout: gl.constexpr = acc_layout
+    dtype: gl.constexpr = o_desc.dtype
+    programs = gl.num_programs(0)
+    first = gl.program_id(0) + WHICH * programs
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+    for tile in range(first, num_tiles, 2 * programs):
+        off_m, off_n = _tile(tile, tiles_n)
+        step = (tile - gl.program_id(0)) // programs * k_steps  # the ring's count at this tile's first step
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
+        for kk in range(k_steps):
+            s = step % STAGES
+            mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+            acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            # One MMA in flight: the step before's is done, its buffers go back to the loader.
+            acc, _, _ = warpgroup_mma_wait(1, deps=(acc, a_bufs.index(s), b_bufs.index(s)))
+            mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=kk > 0)
+            step += 1
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
+
+        b = gl.load(bias + off_n + cols, mask=off_n + cols < n, other=0.0).to(gl.float32)
+        tma.store_wait(0)  # this consumer's last store has left c_smem
+        c_smem.store((acc + b[None, :]).to(dtype))
+        if GELU:  # from c_smem in halves, each thread the elements it stored: fewer live registers
+            for r in gl.static_range(0, BLOCK_M, BLOCK_M // 2):
+                half = c_smem.slice(r, BLOCK_M // 2, dim=0)
+                x = half.load(half_layout).to(gl.float32)
+                half.store((x * 0.5 * (1.0 + gl.erf(x * 0.7071067811865476))).to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [off_m, off_n], c_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _dense_gelu_ws(x_desc, w_desc, o_desc, bias, m, n, k, GELU: gl.constexpr):
+    dtype: gl.constexpr = x_desc.dtype
+    a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    b_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    c0 = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], o_desc.layout)
+    c1 = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], o_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    fence_async_shared()
+
+    tiles_n = gl.cdiv(n, BLOCK_N)
+    num_tiles = gl.cdiv(m, BLOCK_M) * tiles_n
+    k_steps = gl.cdiv(k, BLOCK_K)
+    gl.warp_specialize([
+        (_consumer, (o_desc, bias, a_bufs, b_bufs, c0, ready, empty, num_tiles, tiles_n, k_steps, n, 0, GELU)),
+        (_consumer, (o_desc, bias, a_bufs, b_bufs, c1, ready, empty, num_tiles, tiles_n, k_steps, n, 1, GELU)),
+        (_loader, (x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, k_steps)),
+    ], [4, 1], [232, 40])
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `dense_gelu` runs these: Hopper, fp16/bf16 throughout, a bias, TMA-compatible rows."""
+    return (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9 and x.dim() == 2
+            and x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype
+            and bias is not None and bias.dtype == x.dtype and bias.is_contiguous()
+            and x.stride(1) == 1 and weight.stride(1) == 1 and x.shape[1] == weight.shape[1]
+            and all(t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (x, weight))
+            and weight.shape[0] % 8 == 0)
+
+
+def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = True,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """GELU(x @ weight^T + bias) (without the GELU when `gelu` is False), [M, N], on `supports` inputs."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    m, k = x.shape
+    n = weight.shape[0]
+    bm, bn, bk = TILE
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    element = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[x.dtype]
+    x_desc, w_desc, o_desc = (
+        TensorDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, element))
+        for t, shape in ((x, [bm, bk]), (weight, [bn, bk]), (out, [bm, bn])))
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    _dense_gelu_ws[(programs,)](x_desc, w_desc, o_desc, bias, m, n, k, GELU=gelu, num_warps=4)
+    return out

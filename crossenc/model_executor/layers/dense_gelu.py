@@ -1,0 +1,66 @@
+"""An encoder block's intermediate dense and its activation, act(dense(x)).
+
+On a Hopper GPU (sm_90) with a verified Triton, in eager mode, with transformers' exact GELU and an
+unquantized fp16/bf16 dense, `dense_act` runs the GEMM, the bias and the GELU as one
+warp-specialized Gluon kernel (crossenc/kernels/gluon_dense_gelu.py): the GELU pass's read and
+write of the [tokens, intermediate] activations are gone. Elsewhere (CPU, other GPUs, other
+activations, under torch.compile) it is `act(dense(x))`. Off until measured on a GPU:
+CROSSENC_FUSED_DENSE_GELU=1 turns the kernel on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_available(device_index: int) -> bool:
+    try:
+        import triton
+
+        from crossenc.kernels.disentangled_attention import WGMMA_TRITON_RELEASES
+
+        if not triton.__version__.startswith(WGMMA_TRITON_RELEASES):
+            return False
+        from crossenc.kernels import gluon_dense_gelu  # noqa: F401
+    except Exception:  # no Triton, or a Gluon without what the kernel uses
+        return False
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+def _exact_gelu(act: nn.Module) -> bool:
+    """transformers' GELUActivation with torch's exact (erf) GELU, or torch's own nn.GELU()."""
+    if type(act) is nn.GELU:
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
+
+
+def can_fuse(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> bool:
+    weight, bias = getattr(dense, "weight", None), getattr(dense, "bias", None)
+    if not (x.is_cuda and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+            and _exact_gelu(act) and not torch.compiler.is_compiling()
+            and os.environ.get("CROSSENC_FUSED_DENSE_GELU", "0") == "1"):
+        return False
+    if getattr(dense, "skip_bias_add", False) or getattr(dense, "gather_output", False):
+        return False
+    quant = getattr(dense, "quant_method", None)
+    if quant is not None and type(quant).__name__ != "UnquantizedLinearMethod":
+        return False
+    if not _kernel_available(x.device.index if x.device.index is not None else torch.cuda.current_device()):
+        return False
+    from crossenc.kernels.gluon_dense_gelu import supports
+
+    return supports(x, weight, bias)
+
+
+def dense_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor:
+    """act(dense(x)), x [T, in] -> [T, out]."""
+    if can_fuse(x, dense, act):
+        from crossenc.kernels.gluon_dense_gelu import dense_gelu
+
+        return dense_gelu(x, dense.weight, dense.bias)
+    return act(dense(x))
