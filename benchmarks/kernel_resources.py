@@ -17,7 +17,11 @@ With `--wgmma`, the warpgroup-MMA kernel (crossenc/kernels/gluon_disentangled_at
 of 64, fp16/bf16; Triton 3.6) instead, per position terms and far ranges: its loops are the near
 step (the longest) and, with far ranges, the two far ranges' steps.
 
-    python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64] [--wgmma]
+With `--dense-gelu`, the intermediate dense + GELU kernel (crossenc/kernels/gluon_dense_gelu.py):
+the registers each partition sets itself (`setmaxnreg`), spill stack, shared memory, and the
+warpgroup MMAs per K step of its main loop.
+
+    python benchmarks/kernel_resources.py [--dtype fp16] [--head-dim 64] [--wgmma | --dense-gelu]
 """
 
 from __future__ import annotations
@@ -77,6 +81,39 @@ def wgmma_resources(dtype: str, c2p: bool, p2c: bool, far: bool) -> dict:
                 loop_instructions=steps, per_score_element=steps[0] * 4 / (64 * 64))
 
 
+def dense_gelu_resources(dtype: str) -> dict:
+    """The dense + GELU kernel as `dense_gelu` launches it (fp16/bf16; aligned bias)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from crossenc.kernels import gluon_dense_gelu as dense
+
+    element = {"fp16": gl.float16, "bf16": gl.bfloat16}[dtype]
+    bm, bn, bk = dense.TILE
+
+    def descriptor(shape):
+        layout = gl.NVMMASharedLayout.get_default_for(shape, element)
+        return f"tensordesc<{dtype}[{shape[0]}, {shape[1]}],{layout!r}>"
+
+    signature = dict(x_desc=descriptor([bm, bk]), w_desc=descriptor([bn, bk]), o_desc=descriptor([bm, bn]),
+                     bias=f"*{dtype}", m="i32", n="i32", k="i32", GELU="constexpr")
+    source = GluonASTSource(fn=dense._dense_gelu_ws, signature=signature, attrs={(3,): [["tt.divisibility", 16]]},
+                            constexprs={(7,): True})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    usage, sass = cuobjdump(kernel)
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    # The K loops: the innermost loops with MMAs (one per consumer), not the tile loops around them.
+    with_mma = [loop for loop in loops(sass) if any("HGMMA" in op for op in loop)]
+    main_loops = [loop for loop in with_mma if len(loop) == min(map(len, with_mma))]
+    return dict(launch_registers=int(match.group(1)), stack_bytes=int(match.group(2)),
+                shared_bytes=kernel.metadata.shared,
+                setmaxnreg=sorted(set(map(int, re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
+                                                          kernel.asm["ptx"])))),
+                mma_per_k_step=sorted({op.split()[0] for loop in main_loops for op in loop if "HGMMA" in op}),
+                mma_count_per_k_step=[sum("HGMMA" in op for op in loop) for loop in main_loops],
+                main_loop_instructions=[len(loop) for loop in main_loops])
+
+
 def launch_source(fn, constexprs: dict, dtype: str, source_class=ASTSource):
     """The attention kernel `fn` (crossenc's, or a prototype with its parameters) as the model
     launches it: the JIT's specialization, aligned pointers and strides multiples of 16."""
@@ -123,7 +160,13 @@ def main() -> None:
     parser.add_argument("--far-block-n", nargs="+", type=int, default=[],
                         help="also each configuration with far ranges, their keys this many at a time")
     parser.add_argument("--wgmma", action="store_true", help="the warpgroup-MMA kernel instead (fp16/bf16, heads of 64)")
+    parser.add_argument("--dense-gelu", action="store_true", help="the intermediate dense + GELU kernel instead")
     args = parser.parse_args()
+    if args.dense_gelu:
+        print(f"triton {triton.__version__}, sm_90, {args.dtype}, the dense + GELU kernel")
+        for key, value in dense_gelu_resources(args.dtype).items():
+            print(f"{key}: {value}")
+        return
     if args.wgmma:
         print(f"triton {triton.__version__}, sm_90, {args.dtype}, the warpgroup-MMA kernel, 64x64 tiles, 4 warps")
         print("c2p | p2c | far ranges | registers | stack B | shared B | loop instructions (near, far ranges) "
