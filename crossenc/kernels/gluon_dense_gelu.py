@@ -53,7 +53,7 @@ def _loader(x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, k_
 
 
 @gluon.jit
-def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, num_tiles, tiles_n, k_steps, n,
+def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_tiles, tiles_n, k_steps, n,
               WHICH: gl.constexpr, GELU: gl.constexpr):
     """Consumer WHICH (0 or 1): the program's tiles WHICH, WHICH + 2, ... ."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -64,7 +64,15 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, num_tiles, til
     programs = gl.num_programs(0)
     first = gl.program_id(0) + WHICH * programs
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+    i = 0
     for tile in range(first, num_tiles, 2 * programs):
+        # The main loops take turns (`order`): a consumer waits on the ring only once the other's
+        # main loop is done, never a whole phase of a ring buffer ahead of it (mbarrier waits
+        # tell phases apart by parity alone).
+        if WHICH == 0:
+            mbarrier.wait(order.index(0), (i + 1) & 1, pred=i > 0)
+        else:
+            mbarrier.wait(order.index(1), i & 1)
         off_m, off_n = _tile(tile, tiles_n)
         step = (tile - gl.program_id(0)) // programs * k_steps  # the ring's count at this tile's first step
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
@@ -78,6 +86,8 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, num_tiles, til
             step += 1
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
+        mbarrier.arrive(order.index(1 - WHICH))
+        i += 1
 
         b = gl.load(bias + off_n + cols, mask=off_n + cols < n, other=0.0).to(gl.float32)
         tma.store_wait(0)  # this consumer's last store has left c_smem
@@ -101,6 +111,9 @@ def _dense_gelu_ws(x_desc, w_desc, o_desc, bias, m, n, k, GELU: gl.constexpr):
     c1 = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], o_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    order = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(order.index(0), count=1)
+    mbarrier.init(order.index(1), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
@@ -110,8 +123,8 @@ def _dense_gelu_ws(x_desc, w_desc, o_desc, bias, m, n, k, GELU: gl.constexpr):
     num_tiles = gl.cdiv(m, BLOCK_M) * tiles_n
     k_steps = gl.cdiv(k, BLOCK_K)
     gl.warp_specialize([
-        (_consumer, (o_desc, bias, a_bufs, b_bufs, c0, ready, empty, num_tiles, tiles_n, k_steps, n, 0, GELU)),
-        (_consumer, (o_desc, bias, a_bufs, b_bufs, c1, ready, empty, num_tiles, tiles_n, k_steps, n, 1, GELU)),
+        (_consumer, (o_desc, bias, a_bufs, b_bufs, c0, ready, empty, order, num_tiles, tiles_n, k_steps, n, 0, GELU)),
+        (_consumer, (o_desc, bias, a_bufs, b_bufs, c1, ready, empty, order, num_tiles, tiles_n, k_steps, n, 1, GELU)),
         (_loader, (x_desc, w_desc, a_bufs, b_bufs, ready, empty, num_tiles, tiles_n, k_steps)),
     ], [4, 1], [232, 40])
 
