@@ -140,8 +140,9 @@ def supports(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = True,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """GELU(x @ weight^T + bias) (without the GELU when `gelu` is False), [M, N], on `supports` inputs."""
+               out: torch.Tensor | None = None, programs: int | None = None) -> torch.Tensor:
+    """GELU(x @ weight^T + bias) (without the GELU when `gelu` is False), [M, N], on `supports`
+    inputs; `programs` walking the tiles (None: one per SM, at most one per tile)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m, k = x.shape
@@ -154,6 +155,6 @@ def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: 
         TensorDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, element))
         for t, shape in ((x, [bm, bk]), (weight, [bn, bk]), (out, [bm, bn])))
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    programs = min(tiles, programs or torch.cuda.get_device_properties(x.device).multi_processor_count)
     _dense_gelu_ws[(programs,)](x_desc, w_desc, o_desc, bias, m, n, k, GELU=gelu, num_warps=4)
     return out
