@@ -198,16 +198,24 @@ WGMMA_TRITON_RELEASES = ("3.6.",)
 
 
 @functools.lru_cache(maxsize=None)
-def _wgmma_available(device_index: int) -> bool:
+def gluon_kernel_available(module: str, device_index: int) -> bool:
+    """Whether the Hopper Gluon kernels of `crossenc.kernels.<module>` run on this device: sm_90
+    (CUDA, not ROCm) and a verified Triton whose Gluon has what they use."""
     try:
+        import importlib
+
         import triton
 
         if not triton.__version__.startswith(WGMMA_TRITON_RELEASES):
             return False
-        from crossenc.kernels import gluon_disentangled_attention  # noqa: F401
+        importlib.import_module(f"crossenc.kernels.{module}")
     except Exception:  # no Triton, or a Gluon without what the kernel uses
         return False
     return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+def _wgmma_available(device_index: int) -> bool:
+    return gluon_kernel_available("gluon_disentangled_attention", device_index)
 
 
 def uses_wgmma_kernel(head_dim: int, dtype: torch.dtype, device: torch.device) -> bool:

@@ -10,26 +10,16 @@ CROSSENC_FUSED_DENSE_GELU=1 turns the kernel on.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 from torch import nn
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel_available(device_index: int) -> bool:
-    try:
-        import triton
+    from crossenc.kernels.disentangled_attention import gluon_kernel_available
 
-        from crossenc.kernels.disentangled_attention import WGMMA_TRITON_RELEASES
-
-        if not triton.__version__.startswith(WGMMA_TRITON_RELEASES):
-            return False
-        from crossenc.kernels import gluon_dense_gelu  # noqa: F401
-    except Exception:  # no Triton, or a Gluon without what the kernel uses
-        return False
-    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
+    return gluon_kernel_available("gluon_dense_gelu", device_index)
 
 
 def _exact_gelu(act: nn.Module) -> bool:
