@@ -58,8 +58,6 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_til
     """Consumer WHICH (0 or 1): the program's tiles WHICH, WHICH + 2, ... ."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
-    # Rows r..r+63 of acc_layout's [128, N] are the same threads' in this [64, N] layout.
-    half_layout: gl.constexpr = acc_layout
     dtype: gl.constexpr = o_desc.dtype
     programs = gl.num_programs(0)
     first = gl.program_id(0) + WHICH * programs
@@ -95,7 +93,8 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_til
         if GELU:  # from c_smem in halves, each thread the elements it stored: fewer live registers
             for r in gl.static_range(0, BLOCK_M, BLOCK_M // 2):
                 half = c_smem.slice(r, BLOCK_M // 2, dim=0)
-                x = half.load(half_layout).to(gl.float32)
+                # Rows r..r+63 of acc_layout's [128, N] are the same threads' in its [64, N].
+                x = half.load(acc_layout).to(gl.float32)
                 half.store((x * 0.5 * (1.0 + gl.erf(x * 0.7071067811865476))).to(dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [off_m, off_n], c_smem)
