@@ -4,6 +4,7 @@ in its epilogue (loads through pointers, or through tensor descriptors: Hopper's
 per output tile or one per SM walking the tiles), crossenc's warp-specialized Gluon kernel
 (crossenc/kernels/gluon_dense_gelu.py, sm_90), and cuBLASLt's own GELU epilogue
 (`torch._addmm_activation`, the tanh approximation, which transformers' DeBERTa does not use).
+The Triton kernels are timing only, not the model's.
 
 [T, 768 -> 3072] (v3-base) and [T, 1024 -> 4096] (v3-large) fp16, T = 41,000 and 65,536; the
 GEMM alone as the floor; max |error| against an fp32 reference; per Triton tile configuration.
