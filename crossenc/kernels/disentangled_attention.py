@@ -17,7 +17,6 @@ gather, scores them at once and unpads. A model calls it through `packed_attenti
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -191,30 +190,13 @@ def query_tile_rows(head_dim: int, dtype: torch.dtype, max_seqlen: int, device: 
     return 64 if dtype != torch.float32 and head_dim <= 64 and max_seqlen > 512 else 32
 
 
-# The warpgroup-MMA kernel's tiles (64 query rows, 64 keys), and the Triton releases it was verified on
-# (Gluon, its language, is experimental and changes between releases; others run the Triton kernel).
+# The warpgroup-MMA kernel's tiles (64 query rows, 64 keys).
 WGMMA_TILE = 64
-WGMMA_TRITON_RELEASES = ("3.6.",)
-
-
-@functools.lru_cache(maxsize=None)
-def gluon_kernel_available(module: str, device_index: int) -> bool:
-    """Whether the Hopper Gluon kernels of `crossenc.kernels.<module>` run on this device: sm_90
-    (CUDA, not ROCm) and a verified Triton whose Gluon has what they use."""
-    try:
-        import importlib
-
-        import triton
-
-        if not triton.__version__.startswith(WGMMA_TRITON_RELEASES):
-            return False
-        importlib.import_module(f"crossenc.kernels.{module}")
-    except Exception:  # no Triton, or a Gluon without what the kernel uses
-        return False
-    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] == 9
 
 
 def _wgmma_available(device_index: int) -> bool:
+    from crossenc.kernels import gluon_kernel_available
+
     return gluon_kernel_available("gluon_disentangled_attention", device_index)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 
 def _kernel_available(device_index: int) -> bool:
-    from crossenc.kernels.disentangled_attention import gluon_kernel_available
+    from crossenc.kernels import gluon_kernel_available
 
     return gluon_kernel_available("gluon_dense_gelu", device_index)
 
