@@ -5,13 +5,15 @@ Hopper kernel in Gluon: the GELU pass that follows cuBLAS's GEMM (a read and a w
 Persistent, one program per SM walking 128x128 output tiles, warp-specialized as a ping-pong: one
 warp issues the TMA loads of x's and W's 128x64 tiles into a ring of STAGES buffers, in tile order;
 two consumer warpgroups take the tiles alternately, each accumulating its tile with warpgroup MMAs
-and then running the epilogue (bias, GELU, a TMA store) while the other one's MMAs run. The ring
-serialises the two main loops, so one consumer's epilogue overlaps the other's main loop.
+and then running the epilogue (bias, GELU, a TMA store) while the other one's MMAs run: their main
+loops take turns (a pair of mbarriers), so one consumer's epilogue overlaps the other's main loop,
+and it must stay the shorter of the two.
 
 The values are those of torch's path (`gelu(linear(x, W, b))`) up to the GEMM's summation order:
 the bias is added in fp32 and the sum rounded to the input dtype, as cuBLAS's bias epilogue does,
-and the GELU is computed from that rounded value in fp32, as torch's kernel computes it
-(x * 0.5 * (1 + erf(x / sqrt(2)))), then rounded.
+and the GELU is computed from that rounded value in fp32, then rounded, as torch's kernel does
+(x * 0.5 * (1 + erf(x / sqrt(2)))); the normal CDF comes from a branch-free erfc (`_gelu`) whose
+relative error, below 1.2e-7, is far under an fp16 or bf16 rounding.
 
 sm_90 only (wgmma and warp specialization), fp16/bf16, 2-D x with unit stride and rows 16-byte
 aligned; `supports` says when it applies. `python benchmarks/fused_dense_gelu.py` times it.
@@ -35,6 +37,38 @@ STAGES = gl.constexpr(4)
 def _tile(tile, tiles_n):
     """Tiles in row-major order: consecutive tiles share x's rows, W stays in L2."""
     return (tile // tiles_n) * BLOCK_M, (tile % tiles_n) * BLOCK_N
+
+
+@gluon.jit
+def _approx(instruction: gl.constexpr, x):
+    """One fp32 PTX approximation (rcp/ex2 .approx.ftz: one MUFU instruction each, without the
+    range scaling of `1 / x` and `exp`)."""
+    return gl.inline_asm_elementwise(instruction + " $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _gelu(x):
+    """x * Phi(x), Phi the normal CDF, in fp32 without branches: Phi(x) = erfc(-x / sqrt(2)) / 2,
+    from erfc(a) = t * exp(-a^2 + P(t)), t = 1 / (1 + a / 2), a >= 0 (Numerical Recipes' erfcc,
+    relative error below 1.2e-7 everywhere). ~22 instructions an element: the epilogue, run by one
+    warpgroup, must stay shorter than the other's main loop. libdevice's erff (coefficients
+    selected per element) and full-range division and exp took twice as many and made the kernel
+    slower than cuBLAS and a GELU pass (H100: 0.88 ms, then 0.80, now 0.38, against 0.46 ms at
+    [41,000, 768 -> 3,072])."""
+    a = gl.abs(x) * 0.7071067811865476
+    t = _approx("rcp.approx.ftz.f32", 1.0 + 0.5 * a)
+    p = 0.17087277 * t - 0.82215223
+    p = p * t + 1.48851587
+    p = p * t - 1.13520398
+    p = p * t + 0.27886807
+    p = p * t - 0.18628806
+    p = p * t + 0.09678418
+    p = p * t + 0.37409196
+    p = p * t + 1.00002368
+    p = p * t - 1.26551223
+    half_erfc = 0.5 * t * _approx("ex2.approx.ftz.f32", (p - a * a) * 1.4426950408889634)  # Phi(-|x|)
+    return x * gl.where(x >= 0, 1.0 - half_erfc, half_erfc)
 
 
 @gluon.jit
@@ -95,7 +129,7 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_til
                 half = c_smem.slice(r, BLOCK_M // 2, dim=0)
                 # Rows r..r+63 of acc_layout's [128, N] are the same threads' in its [64, N].
                 x = half.load(acc_layout).to(gl.float32)
-                half.store((x * 0.5 * (1.0 + gl.erf(x * 0.7071067811865476))).to(dtype))
+                half.store(_gelu(x).to(dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [off_m, off_n], c_smem)
     tma.store_wait(0)

@@ -56,6 +56,25 @@ def test_kernel_matches_torch(dtype, m, k, n, gelu):
     assert torch.equal(dense_gelu(x, w, b, gelu=gelu), out)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gelu_over_every_value(dtype):
+    """The epilogue's GELU (a branch-free erfc) on every value of the dtype in [-12, 12] and the
+    extremes, against the exact GELU (x * erfc(-x / sqrt(2)) / 2 in fp64, free of the cancellation
+    in 1 + erf) within one rounding. An identity weight and a zero bias make the GEMM exact."""
+    from crossenc.kernels.gluon_dense_gelu import dense_gelu
+
+    big = torch.finfo(dtype).max
+    values = torch.cat([torch.linspace(-12, 12, 400_000), torch.tensor([-big, -1e4, -100, 100, 1e4, big])])
+    values = values.to(dtype).unique()
+    x = torch.nn.functional.pad(values, (0, -values.numel() % 128)).view(-1, 128).cuda()
+    w = torch.eye(128, dtype=dtype, device="cuda")
+    out = dense_gelu(x, w, torch.zeros(128, dtype=dtype, device="cuda")).float().flatten()
+    x64 = x.double().flatten()
+    exact = 0.5 * x64 * torch.special.erfc(-x64 * 0.5 ** 0.5)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, exact.to(dtype).float(), rtol=torch.finfo(dtype).eps, atol=1e-6)
+
+
 @pytest.mark.parametrize("programs", [1, 2, 3])
 def test_programs_walking_many_tiles(programs):
     """Few programs, each walking many tiles of more K steps than the ring has buffers: both
@@ -69,7 +88,7 @@ def test_programs_walking_many_tiles(programs):
 
 
 def test_encoder_dispatch(monkeypatch):
-    monkeypatch.setenv("CROSSENC_FUSED_DENSE_GELU", "1")
+    monkeypatch.delenv("CROSSENC_FUSED_DENSE_GELU", raising=False)  # on by default
     x, w, b = _inputs(300, 768, 3072, torch.float16, seed=1)
     dense = torch.nn.Linear(768, 3072, device="cuda", dtype=torch.float16)
     with torch.no_grad():
