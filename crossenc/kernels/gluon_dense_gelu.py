@@ -116,9 +116,12 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_til
             acc, _, _ = warpgroup_mma_wait(1, deps=(acc, a_bufs.index(s), b_bufs.index(s)))
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), pred=kk > 0)
             step += 1
+        # The other consumer may start issuing while this one's last MMAs run (its first steps
+        # are in other ring buffers, and it cannot wait on a buffer a phase ahead: the loader
+        # refills this tile's last buffer only once it is released below).
+        mbarrier.arrive(order.index(1 - WHICH))
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES))
-        mbarrier.arrive(order.index(1 - WHICH))
         i += 1
 
         b = gl.load(bias + off_n + cols, mask=off_n + cols < n, other=0.0).to(gl.float32)
