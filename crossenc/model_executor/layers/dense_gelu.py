@@ -4,23 +4,31 @@ On a Hopper GPU (sm_90) with a verified Triton, in eager mode, with transformers
 unquantized fp16/bf16 dense, `dense_act` runs the GEMM, the bias and the GELU as one
 warp-specialized Gluon kernel (crossenc/kernels/gluon_dense_gelu.py): the GELU pass's read and
 write of the [tokens, intermediate] activations are gone. Elsewhere (CPU, other GPUs, other
-activations, under torch.compile) it is `act(dense(x))`. CROSSENC_FUSED_DENSE_GELU=0 turns the
-kernel off. On an H100 it takes the forward of v3-base rerank-short from 2.03-2.06 to
-2.11-2.22 M tokens/s (docs/benchmarks.md).
+activations, under torch.compile) it is `act(dense(x))`, and so it is for the rest of the
+process once the kernel has raised (logged as a warning). CROSSENC_FUSED_DENSE_GELU=0 turns the
+kernel off. On an H100 it takes the forward of v3-base rerank-short from 2.03-2.06 to 2.11-2.22 M
+tokens/s (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 from torch import nn
 
+logger = logging.getLogger("crossenc")
+
+# Set when the kernel raised (a Triton whose Gluon compiles it differently, say): from then on the
+# process runs dense then GELU, and the server keeps serving.
+_kernel_failed: list[BaseException] = []
+
 
 def _kernel_available(device_index: int) -> bool:
     from crossenc.kernels import gluon_kernel_available
 
-    return gluon_kernel_available("gluon_dense_gelu", device_index)
+    return not _kernel_failed and gluon_kernel_available("gluon_dense_gelu", device_index)
 
 
 def _exact_gelu(act: nn.Module) -> bool:
@@ -53,5 +61,10 @@ def dense_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor
     if can_fuse(x, dense, act):
         from crossenc.kernels.gluon_dense_gelu import dense_gelu
 
-        return dense_gelu(x, dense.weight, dense.bias)
+        try:
+            return dense_gelu(x, dense.weight, dense.bias)
+        except Exception as err:  # raised before the launch: compiling it, checking its inputs
+            _kernel_failed.append(err)
+            logger.warning("crossenc: the fused dense + GELU kernel failed (%s: %s); dense then GELU from now on "
+                           "(CROSSENC_FUSED_DENSE_GELU=0 skips it)", type(err).__name__, err)
     return act(dense(x))
