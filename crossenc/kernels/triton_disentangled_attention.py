@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from crossenc.kernels import gluon_kernel_failed, gluon_kernel_has_failed
 from crossenc.kernels.disentangled_attention import (
     KERNEL_DTYPES,
     KERNEL_HEAD_SIZES,
@@ -469,8 +470,12 @@ def triton_disentangled_attention(
 
         if tiles is None:
             tiles = query_tiles(cu_seqlens, WGMMA_TILE)
-        return wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
-                               tiles, out, far=far)
+        try:
+            return wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale,
+                                   tiles, out, far=far)
+        except Exception as err:  # raised before the launch (a Triton whose Gluon compiles it otherwise)
+            gluon_kernel_failed("gluon_disentangled_attention", err)  # the Triton kernel from now on
+            wgmma = False
     block_m, block_n, num_warps, num_stages = config or default_config(dim, q.dtype, max_seqlen)
     # Without a tile pair that far apart the far code is compiled out: one warp's step 1,692 -> 1,462
     # instructions on sm_90, v3-base rerank-short op 0.68 -> 0.51 ms on an H100 (docs/benchmarks.md).
@@ -482,7 +487,9 @@ def triton_disentangled_attention(
     pq = pos_query if pos_query is not None else q
     # Each sequence's first query tile, on the device: no lengths come back to the host.
     # The caller's tiles have `query_tile_rows(dim, dtype, max_seqlen, device)` rows.
-    if tiles is None or block_m != (WGMMA_TILE if wgmma else query_tile_rows(dim, q.dtype, max_seqlen)):
+    # After the warpgroup kernel failed, a caller's tiles may still be its 64-row ones.
+    if (tiles is None or block_m != (WGMMA_TILE if wgmma else query_tile_rows(dim, q.dtype, max_seqlen))
+            or gluon_kernel_has_failed("gluon_disentangled_attention")):
         tiles = query_tiles(cu_seqlens, block_m)
     grid = (triton.cdiv(total, block_m) + batch, heads)
     _disentangled_attention_fwd[grid](

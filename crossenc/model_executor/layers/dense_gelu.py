@@ -12,23 +12,16 @@ tokens/s (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 from torch import nn
 
-logger = logging.getLogger("crossenc")
-
-# Set when the kernel raised (a Triton whose Gluon compiles it differently, say): from then on the
-# process runs dense then GELU, and the server keeps serving.
-_kernel_failed: list[BaseException] = []
-
 
 def _kernel_available(device_index: int) -> bool:
     from crossenc.kernels import gluon_kernel_available
 
-    return not _kernel_failed and gluon_kernel_available("gluon_dense_gelu", device_index)
+    return gluon_kernel_available("gluon_dense_gelu", device_index)
 
 
 def _exact_gelu(act: nn.Module) -> bool:
@@ -63,8 +56,8 @@ def dense_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor
 
         try:
             return dense_gelu(x, dense.weight, dense.bias)
-        except Exception as err:  # raised before the launch: compiling it, checking its inputs
-            _kernel_failed.append(err)
-            logger.warning("crossenc: the fused dense + GELU kernel failed (%s: %s); dense then GELU from now on "
-                           "(CROSSENC_FUSED_DENSE_GELU=0 skips it)", type(err).__name__, err)
+        except Exception as err:  # raised before the launch (a Triton whose Gluon compiles it otherwise)
+            from crossenc.kernels import gluon_kernel_failed
+
+            gluon_kernel_failed("gluon_dense_gelu", err)  # the server keeps serving, dense then GELU
     return act(dense(x))
