@@ -16,7 +16,8 @@ def no_gluon_kernel_failed():
     yield
     import crossenc.kernels
 
-    assert not crossenc.kernels._failed, f"Gluon kernels raised and their fallbacks ran: {sorted(crossenc.kernels._failed)}"
+    failed = sorted(crossenc.kernels._failed)
+    assert not failed, f"Gluon kernels raised and their fallbacks ran: {failed}"
 
 
 @pytest.fixture(scope="session")

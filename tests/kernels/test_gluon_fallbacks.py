@@ -57,7 +57,7 @@ def broken(*args, **kwargs):
     raise RuntimeError("no such Gluon op")
 
 sys.modules["crossenc.kernels.gluon_disentangled_attention"] = types.SimpleNamespace(wgmma_attention=broken)
-# The warpgroup kernel "applies" (this runs on a CPU) until it has failed, as `uses_wgmma_kernel` says on Hopper.
+# The warpgroup kernel "applies" (this runs on a CPU) until it has failed, as on Hopper.
 module.uses_wgmma_kernel = lambda dim, dtype, device: not kernels.gluon_kernel_has_failed("gluon_disentangled_attention")
 gen = torch.Generator().manual_seed(0)
 lengths = [70, 5, 33]
