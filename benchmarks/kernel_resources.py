@@ -65,13 +65,11 @@ def resources(config, dtype: str, head_dim: int, c2p: bool, p2c: bool, far: bool
 
 def wgmma_resources(dtype: str, c2p: bool, p2c: bool, far: bool) -> dict:
     """The warpgroup-MMA kernel as the op launches it (one warpgroup, 64x64 tiles)."""
-    import torch
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from crossenc.kernels import gluon_disentangled_attention as gluon
 
-    layouts = gluon.layouts({"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
-    constexprs = dict(HEAD_DIM=64, HAS_C2P=c2p, HAS_P2C=p2c, HAS_FAR=far, WIDE=False, **layouts)
+    constexprs = dict(HEAD_DIM=64, HAS_C2P=c2p, HAS_P2C=p2c, HAS_FAR=far, WIDE=False)
     kernel = triton.compile(launch_source(gluon._wgmma_attention_fwd, constexprs, dtype, GluonASTSource),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     usage, sass = cuobjdump(kernel)

@@ -140,7 +140,9 @@ def _consumer(o_desc, bias, a_bufs, b_bufs, c_smem, ready, empty, order, num_til
     tma.store_wait(0)
 
 
-@gluon.jit
+# Not specialized on the token count (Triton would compile other variants for m = 1 and m % 16 != 0):
+# vLLM's warmup compiles the one variant and no request waits for a compile.
+@gluon.jit(do_not_specialize=["m"])
 def _dense_gelu_ws(x_desc, w_desc, o_desc, bias, m, n, k, GELU: gl.constexpr):
     dtype: gl.constexpr = x_desc.dtype
     a_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)

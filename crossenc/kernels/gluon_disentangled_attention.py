@@ -44,7 +44,6 @@ rerank-long 0.349 against 0.573 (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -179,16 +178,16 @@ def _wgmma_attention_fwd(
     HAS_P2C: gl.constexpr,
     HAS_FAR: gl.constexpr,
     WIDE: gl.constexpr,
-    tile_smem: gl.constexpr,
-    win_smem: gl.constexpr,
-    stored: gl.constexpr,
-    skew: gl.constexpr,
-    s_mma: gl.constexpr,
-    w_mma: gl.constexpr,
-    skew_read: gl.constexpr,
-    skew_read_t: gl.constexpr,
-    rows: gl.constexpr,
 ):
+    tile_smem: gl.constexpr = TILE_SMEM
+    win_smem: gl.constexpr = WIN_SMEM
+    stored: gl.constexpr = STORED
+    skew: gl.constexpr = SKEW
+    s_mma: gl.constexpr = S_MMA
+    w_mma: gl.constexpr = W_MMA
+    skew_read: gl.constexpr = SKEW_READ
+    skew_read_t: gl.constexpr = SKEW_READ_T
+    rows: gl.constexpr = ROWS
     BM: gl.constexpr = 64
     BN: gl.constexpr = 64
     WIN: gl.constexpr = 128
@@ -339,13 +338,13 @@ def _wgmma_attention_fwd(
              mask=(rows_q < length)[:, None])
 
 
-def layouts(dtype: torch.dtype) -> dict:
-    """The kernel's layouts. The [64, 64] wgmma accumulator (4 warps of 16 rows) has registers
+def layouts() -> dict:
+    """The kernel's layouts, fp16's and bf16's alike (only the element width enters). The [64, 64] wgmma accumulator (4 warps of 16 rows) has registers
     [[0,1],[8,0],[0,8],[0,16],[0,32]], lanes [[0,2],[0,4],[1,0],[2,0],[4,0]], warps [[16,0],[32,0]];
     the skewed reads take it with its first two register bases swapped (`skew_read`; one 16-bit load
     per element), and p2c's its transpose. The padded views: 128a + b + a + (PAD/2)(2a) =
     (128 + PAD + 1)a + b for b < 64 (paddings of 1 every 128 elements and PAD/2 every 64)."""
-    element = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
+    element = gl.float16
     padded = gl.PaddedSharedLayout.with_identity_for
     regs = [[8, 0], [0, 1], [0, 8], [0, 16], [0, 32]]
     lanes = [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]]
@@ -369,7 +368,12 @@ def layouts(dtype: torch.dtype) -> dict:
     )
 
 
-_LAYOUTS: dict[torch.dtype, dict] = {}
+# The layouts reach the kernel as compile-time globals, not as launch arguments: a Triton JIT hook
+# (vLLM's JIT monitor installs one) serializes a launch's constexpr arguments to JSON, which a layout
+# is not, and the compile would fail.
+_L = layouts()
+TILE_SMEM, WIN_SMEM, STORED, SKEW, S_MMA, W_MMA, SKEW_READ, SKEW_READ_T, ROWS = (gl.constexpr(_L[name]) for name in (
+    "tile_smem", "win_smem", "stored", "skew", "s_mma", "w_mma", "skew_read", "skew_read_t", "rows"))
 
 
 def wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_index, scale, tiles, out,
@@ -380,8 +384,6 @@ def wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_ind
     (`saturation_distance`; None: max_seqlen, the window on every tile pair)."""
     total, heads, dim = q.shape
     batch = cu_seqlens.numel() - 1
-    if q.dtype not in _LAYOUTS:
-        _LAYOUTS[q.dtype] = layouts(q.dtype)
     pk = pos_key if pos_key is not None else q  # placeholder pointer, never read
     pq = pos_query if pos_query is not None else q
     wide = max(x.stride(0) for x in (q, k, v, out)) * total >= 2**31
@@ -394,5 +396,5 @@ def wgmma_attention(q, k, v, cu_seqlens, max_seqlen, pos_key, pos_query, rel_ind
         pk.stride(0), pk.stride(1), pq.stride(0), pq.stride(1),
         batch, max_seqlen, batch.bit_length(), far, float(scale) * 1.4426950408889634,
         HEAD_DIM=dim, HAS_C2P=pos_key is not None, HAS_P2C=pos_query is not None, HAS_FAR=has_far, WIDE=wide,
-        num_warps=4, **_LAYOUTS[q.dtype])
+        num_warps=4)
     return out

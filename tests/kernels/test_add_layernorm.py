@@ -43,3 +43,18 @@ def test_other_norms_and_layouts_take_torch():
     assert not can_fuse(x, x, torch.nn.LayerNorm(64, elementwise_affine=False, device="cuda"))
     assert not can_fuse(x.cpu(), x.cpu(), torch.nn.LayerNorm(64))
     assert torch.allclose(add_layer_norm(x.t().contiguous().t(), x, norm), norm(x + x))
+
+
+def test_one_compiled_kernel_whatever_the_token_count():
+    """vLLM's warmup runs the largest batch, a server's steps any token count: the kernel compiles
+    one variant for all of them (no request waits for a compile)."""
+    from crossenc.kernels.triton_add_layernorm import _add_layer_norm_fwd
+
+    norm = torch.nn.LayerNorm(768, device="cuda", dtype=torch.float16)
+    compiled = []
+    for rows in [65_536, 1, 7, 16, 333, 4097]:
+        x, residual = torch.randn(2, rows, 768, device="cuda", dtype=torch.float16).unbind(0)
+        out = add_layer_norm(x, residual, norm)
+        assert torch.allclose(out.float(), norm(x + residual).float(), atol=1e-2, rtol=1e-2)
+        compiled.append(len(_add_layer_norm_fwd.device_caches[torch.cuda.current_device()][0]))
+    assert compiled[1:] == compiled[:1] * 5

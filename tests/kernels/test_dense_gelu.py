@@ -87,6 +87,21 @@ def test_programs_walking_many_tiles(programs):
     _assert_within_torch(dense_gelu(x, w, b, programs=programs), torch_out, ref)
 
 
+def test_one_compiled_kernel_whatever_the_token_count():
+    """vLLM's warmup runs the largest batch, a server's steps any token count: the kernel compiles
+    one variant for all of them (no request waits for a compile)."""
+    from crossenc.kernels.gluon_dense_gelu import _dense_gelu_ws, dense_gelu
+
+    compiled = []
+    for m in [65_536, 1, 7, 16, 333, 4097]:
+        x, w, b = _inputs(m, 768, 3072, torch.float16, seed=m)
+        ref = torch.nn.functional.gelu(x.float() @ w.float().T + b.float())
+        torch_out = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b))
+        _assert_within_torch(dense_gelu(x, w, b), torch_out, ref)
+        compiled.append(len(_dense_gelu_ws.device_caches[torch.cuda.current_device()][0]))
+    assert compiled[1:] == compiled[:1] * 5
+
+
 def test_encoder_dispatch(monkeypatch):
     monkeypatch.delenv("CROSSENC_FUSED_DENSE_GELU", raising=False)  # on by default
     x, w, b = _inputs(300, 768, 3072, torch.float16, seed=1)
