@@ -144,8 +144,9 @@ def dense_gelu_coop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     element = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[x.dtype]
     shapes = ([HALF_M.value, BLOCK_K.value], [BLOCK_N.value, BLOCK_K.value], [HALF_M.value, BLOCK_N.value])
-    x_desc, w_desc, o_desc = (TensorDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, element))
-                              for t, shape in zip((x, weight, out), shapes))
+    x_desc, w_desc, o_desc = (
+        TensorDescriptor.from_tensor(t, shape, gl.NVMMASharedLayout.get_default_for(shape, element))
+        for t, shape in zip((x, weight, out), shapes))
     tiles = triton.cdiv(m, BLOCK_M.value) * triton.cdiv(n, BLOCK_N.value)
     _dense_gelu_coop[(min(tiles, _sm_count(x.device.index)),)](x_desc, w_desc, o_desc, bias, m, n, k, GELU=gelu,
                                                               num_warps=4)

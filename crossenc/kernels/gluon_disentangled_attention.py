@@ -339,11 +339,12 @@ def _wgmma_attention_fwd(
 
 
 def layouts() -> dict:
-    """The kernel's layouts, fp16's and bf16's alike (only the element width enters). The [64, 64] wgmma accumulator (4 warps of 16 rows) has registers
-    [[0,1],[8,0],[0,8],[0,16],[0,32]], lanes [[0,2],[0,4],[1,0],[2,0],[4,0]], warps [[16,0],[32,0]];
-    the skewed reads take it with its first two register bases swapped (`skew_read`; one 16-bit load
-    per element), and p2c's its transpose. The padded views: 128a + b + a + (PAD/2)(2a) =
-    (128 + PAD + 1)a + b for b < 64 (paddings of 1 every 128 elements and PAD/2 every 64)."""
+    """The kernel's layouts, fp16's and bf16's alike (only the element width enters). The [64, 64]
+    wgmma accumulator (4 warps of 16 rows) has registers [[0,1],[8,0],[0,8],[0,16],[0,32]], lanes
+    [[0,2],[0,4],[1,0],[2,0],[4,0]], warps [[16,0],[32,0]]; the skewed reads take it with its first
+    two register bases swapped (`skew_read`; one 16-bit load per element), and p2c's its transpose.
+    The padded views: 128a + b + a + (PAD/2)(2a) = (128 + PAD + 1)a + b for b < 64 (paddings of 1
+    every 128 elements and PAD/2 every 64)."""
     element = gl.float16
     padded = gl.PaddedSharedLayout.with_identity_for
     regs = [[8, 0], [0, 1], [0, 8], [0, 16], [0, 32]]
