@@ -136,6 +136,23 @@ def kernel_calls(monkeypatch):
     return calls
 
 
+def _compiled_variants() -> dict[str, int]:
+    """How many variants of each of crossenc's kernels Triton has compiled in this process."""
+    import importlib
+
+    counts = {}
+    for module, name in (("triton_disentangled_attention", "_disentangled_attention_fwd"),
+                         ("triton_add_layernorm", "_add_layer_norm_fwd"),
+                         ("gluon_disentangled_attention", "_wgmma_attention_fwd"),
+                         ("gluon_dense_gelu", "_dense_gelu_ws")):
+        try:
+            kernel = getattr(importlib.import_module(f"crossenc.kernels.{module}"), name)
+        except ImportError:  # a Triton without the Gluon these need
+            continue
+        counts[name] = sum(len(caches[0]) for caches in kernel.device_caches.values())
+    return counts
+
+
 def _wgmma_expected(dtype: str) -> bool:
     from crossenc.kernels.disentangled_attention import uses_wgmma_kernel
 
@@ -160,7 +177,10 @@ def test_score_on_gpu_equals_transformers(checkpoint, expected, kernel_calls, dt
     assert llm.llm_engine.model_config.head_dtype == torch.float32
     assert llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name == graphs
     kernel_calls.clear()
+    warmed_up = _compiled_variants()
     got = torch.tensor([o.outputs.score for o in llm.score(query, docs)])
+    # vLLM's warmup compiled every kernel variant the requests need: none of them waited for Triton.
+    assert _compiled_variants() == warmed_up
     [handlers] = llm.apply_model(_vllm_weight_handlers)
     del llm
     gc.collect()
