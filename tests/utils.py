@@ -21,6 +21,12 @@ WORDS = (
 ).split()
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
+def compiled_variants(kernel) -> int:
+    """How many variants of a Triton or Gluon kernel Triton has compiled in this process (its
+    in-memory caches, on every device)."""
+    return sum(len(caches[0]) for caches in kernel.device_caches.values())
+
+
 QUERY = "how do I compress a file"
 DOCUMENTS = [
     "the gzip module can compress and read compressed files",

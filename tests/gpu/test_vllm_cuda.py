@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 vllm = pytest.importorskip("vllm")
 
 from crossenc import compat  # noqa: E402
-from tests.utils import WORDS, save_deberta  # noqa: E402
+from tests.utils import WORDS, compiled_variants, save_deberta  # noqa: E402
 
 TOL = {"float16": 5e-3, "bfloat16": 4e-2}
 # v3-base's attention shape (head size 64, 256 log buckets over 512 positions), fewer layers.
@@ -149,7 +149,7 @@ def _compiled_variants() -> dict[str, int]:
             kernel = getattr(importlib.import_module(f"crossenc.kernels.{module}"), name)
         except ImportError:  # a Triton without the Gluon these need
             continue
-        counts[name] = sum(len(caches[0]) for caches in kernel.device_caches.values())
+        counts[name] = compiled_variants(kernel)
     return counts
 
 

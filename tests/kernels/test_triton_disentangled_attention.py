@@ -22,6 +22,7 @@ from crossenc.kernels.disentangled_attention import (  # noqa: E402
     relative_position_index,
     saturation_distance,
 )
+from tests.utils import compiled_variants  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda,
@@ -139,7 +140,7 @@ def test_one_compiled_kernel_whatever_the_batch():
         kernels.append(gluon_disentangled_attention._wgmma_attention_fwd)
 
     def compiled() -> int:
-        return sum(len(k.device_caches[torch.cuda.current_device()][0]) for k in kernels)
+        return sum(compiled_variants(k) for k in kernels)
 
     # Each variant's first call (on Hopper the warpgroup kernel's, without and with far ranges; else the
     # Triton kernel's 32- and 64-row tiles), then batches of both kinds.
