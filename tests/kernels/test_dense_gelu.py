@@ -126,3 +126,38 @@ def test_switched_off(monkeypatch):
     monkeypatch.setenv("CROSSENC_FUSED_DENSE_GELU", "0")
     assert not can_fuse(x, dense, ACT2FN["gelu"])
     assert torch.equal(dense_act(x, dense, ACT2FN["gelu"]), ACT2FN["gelu"](dense(x)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
+    """Under torch.compile (vLLM's compilation, CROSSENC_TORCH_COMPILE=1) the dense and its GELU are
+    one graph node, `crossenc::dense_gelu`, which runs the kernel: Inductor's graph gives the eager
+    kernel's result bit for bit, at token counts it was not compiled for too."""
+    import crossenc.kernels.gluon_dense_gelu as module
+
+    calls = []
+    kernel = module.dense_gelu
+    monkeypatch.setattr(module, "dense_gelu", lambda *args, **kw: calls.append(args[0].shape) or kernel(*args, **kw))
+    _, w, b = _inputs(1, 768, 3072, dtype, seed=3)
+    dense = torch.nn.Linear(768, 3072, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+        dense.bias.copy_(b)
+    gelu = ACT2FN["gelu"]
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    for backend in (recording, "inductor"):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x: dense_act(x, dense, gelu), backend=backend, fullgraph=True, dynamic=True)
+        for m in (300, 17, 4100):
+            x, _, _ = _inputs(m, 768, 3072, dtype, seed=m)
+            calls.clear()
+            got = compiled(x)
+            assert calls == [x.shape], (backend, m)  # the kernel ran, once
+            assert torch.equal(got, dense_act(x, dense, gelu)), (backend, m)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets == ["crossenc.dense_gelu.default"]

@@ -375,6 +375,24 @@ def test_compiled_encoder_holds_no_layout(variant):
     assert len(attention) == ours.arch.num_layers
 
 
+def test_dense_gelu_op_equals_torch_and_compiles():
+    """`crossenc::dense_gelu`, the dense + GELU node of a compiled CUDA encoder: its schema, fake
+    (meta) function and dispatch pass torch's opcheck, and where the Hopper kernel cannot run
+    (here: on the CPU) it is gelu(linear(x)), compiled (dynamic token count) as eagerly."""
+    from crossenc.model_executor.layers.dense_gelu import dense_gelu_op
+
+    torch.manual_seed(4)
+    w, b = torch.randn(48, 32), torch.randn(48)
+    x = torch.randn(7, 32)
+    torch.library.opcheck(dense_gelu_op, (x, w, b))
+    compiled = torch.compile(dense_gelu_op, fullgraph=True, dynamic=True)
+    for m in (7, 1, 130):
+        x = torch.randn(m, 32)
+        expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b))
+        assert torch.equal(dense_gelu_op(x, w, b), expected)
+        assert torch.allclose(compiled(x, w, b), expected, atol=1e-6)
+
+
 def test_attention_outside_a_forward_is_refused():
     from crossenc.model_executor.layers.packed_layout import packed_attention
 
