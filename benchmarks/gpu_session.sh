@@ -25,6 +25,7 @@
 #   profile             a cProfile of crossenc's LLM.score, engine in-process
 #   torch-profile       torch.profiler of crossenc's LLM.score and LLM.classify (256 and 2,048 pairs,
 #                       engine in-process): GPU busy time against wall time, model-runner scopes, kernels
+#   torch-profile-compile  ... with CROSSENC_TORCH_COMPILE=1
 #   engine-profile      vLLM's torch profiler on the engine's worker through one LLM.score of 256 pairs
 #                       (vLLM's defaults, engine in its own process): trace and table in OUT_DIR/engine-profile
 #   forward             benchmarks/gpu_forward.py: the model forward alone against its peers, v3-base,
@@ -87,6 +88,8 @@ run_step() {
       --profile "$out/profile-crossenc-score.txt" ;;
     torch-profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc \
       --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score.txt" ;;
+    torch-profile-compile) CROSSENC_TORCH_COMPILE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 \
+      timeout 200 $S --system crossenc --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score-compile.txt" ;;
     engine-profile) VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc --pairs ${PAIRS:-256} \
       --engine-profile "$out/engine-profile" ;;
     forward) timeout 500 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \

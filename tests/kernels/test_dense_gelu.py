@@ -143,6 +143,7 @@ def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
     with torch.no_grad():
         dense.weight.copy_(w)
         dense.bias.copy_(b)
+    dense.requires_grad_(False)  # inference, as in vLLM
     gelu = ACT2FN["gelu"]
     graphs = []
 
