@@ -14,9 +14,9 @@ def no_gluon_kernel_failed():
     """A Gluon kernel that raises is replaced by its fallback (crossenc.kernels.gluon_kernel_failed),
     which would let a test pass on the fallback: every test ends with none failed."""
     yield
-    import crossenc.kernels
+    from crossenc.kernels import failed_gluon_kernels
 
-    failed = sorted(crossenc.kernels._failed)
+    failed = failed_gluon_kernels()
     assert not failed, f"Gluon kernels raised and their fallbacks ran: {failed}"
 
 

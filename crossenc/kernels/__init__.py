@@ -32,6 +32,11 @@ def gluon_kernel_has_failed(module: str) -> bool:
     return module in _failed
 
 
+def failed_gluon_kernels() -> list[str]:
+    """The modules whose Gluon kernels raised in this process (their fallbacks run instead)."""
+    return sorted(_failed)
+
+
 def gluon_kernel_available(module: str, device_index: int) -> bool:
     """Whether the Hopper Gluon kernels of `crossenc.kernels.<module>` run on this device: sm_90
     (CUDA, not ROCm), a verified Triton whose Gluon has what they use, and no failure so far."""
