@@ -89,7 +89,8 @@ def _(x, weight, bias):
 def dense_act(x: torch.Tensor, dense: nn.Module, act: nn.Module) -> torch.Tensor:
     """act(dense(x)), x [T, in] -> [T, out]."""
     if torch.compiler.is_compiling():
-        if _plain_cuda_gelu_dense(x, dense, act):
+        # (At inference, as vLLM runs: the op has no backward, which a traced autograd would need.)
+        if not torch.is_grad_enabled() and _plain_cuda_gelu_dense(x, dense, act):
             return dense_gelu_op(x, dense.weight, dense.bias)
     elif can_fuse(x, dense, act) and (out := _run_kernel(x, dense.weight, dense.bias)) is not None:
         return out
