@@ -8,8 +8,9 @@ activations) it is `act(dense(x))`, and so it is for the rest of the process onc
 has raised (logged as a warning). Under torch.compile (vLLM's compilation, CROSSENC_TORCH_COMPILE=1)
 a CUDA dense with the exact GELU is one graph node, the custom op `crossenc::dense_gelu`, which runs
 the kernel where it can and `gelu(linear(x))` where it cannot: Inductor would otherwise call cuBLAS
-and then a GELU kernel over the activations. CROSSENC_FUSED_DENSE_GELU=0 turns the kernel off. On an H100 it takes the forward of v3-base rerank-short from 2.03-2.06 to 2.11-2.22 M
-tokens/s (docs/benchmarks.md).
+and then a GELU kernel over the activations. CROSSENC_FUSED_DENSE_GELU=0 turns the kernel off. On
+an H100 it takes the forward of v3-base rerank-short from 2.03-2.06 to 2.11-2.22 M tokens/s
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def _plain_cuda_gelu_dense(x: torch.Tensor, dense: nn.Module, act: nn.Module) ->
 
 
 def _kernel_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    if not x.is_cuda or not _kernel_available(x.device.index if x.device.index is not None else torch.cuda.current_device()):
+    if not x.is_cuda:
+        return False
+    if not _kernel_available(x.device.index if x.device.index is not None else torch.cuda.current_device()):
         return False
     from crossenc.kernels.gluon_dense_gelu import supports
 
