@@ -21,6 +21,7 @@ WORDS = (
 ).split()
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
+
 def compiled_variants(kernel) -> int:
     """How many variants of a Triton or Gluon kernel Triton has compiled in this process (its
     in-memory caches, on every device)."""

@@ -162,3 +162,25 @@ def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
             assert torch.equal(got, dense_act(x, dense, gelu)), (backend, m)
     targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert targets == ["crossenc.dense_gelu.default"]
+
+
+def test_compiled_dense_act_with_autograd_is_torchs_path():
+    """The op has no backward: where a compiled graph is traced with autograd on (not vLLM's
+    inference), the dense and its GELU stay torch's ops, and the graph gives torch's result."""
+    x, w, b = _inputs(300, 768, 3072, torch.float16, seed=4)
+    dense = torch.nn.Linear(768, 3072, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+        dense.bias.copy_(b)
+    gelu = ACT2FN["gelu"]
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda x: dense_act(x, dense, gelu), backend=recording, fullgraph=True, dynamic=True)(x)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets and "crossenc.dense_gelu.default" not in targets
+    assert torch.equal(got, gelu(dense(x)))
