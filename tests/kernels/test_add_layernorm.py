@@ -59,3 +59,59 @@ def test_one_compiled_kernel_whatever_the_token_count():
         assert torch.allclose(out.float(), norm(x + residual).float(), atol=1e-2, rtol=1e-2)
         compiled.append(compiled_variants(_add_layer_norm_fwd))
     assert compiled[1:] == compiled[:1] * 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_add_layer_norm_is_one_op_running_the_kernel(dtype, monkeypatch):
+    """Under torch.compile at inference (vLLM's compilation, CROSSENC_TORCH_COMPILE=1) the residual
+    add and the LayerNorm are one graph node, `crossenc::add_layer_norm`, which runs the kernel:
+    the compiled graph gives the eager kernel's result bit for bit, at token counts it was not
+    compiled for too, the residual a strided view as well."""
+    import crossenc.model_executor.layers.layernorm as module
+
+    calls = []
+    kernel = module._fused_kernel()
+    monkeypatch.setattr(module, "_fused_kernel",
+                        lambda: lambda *args: calls.append(args[0].shape) or kernel(*args))
+    norm = torch.nn.LayerNorm(768, eps=1e-7, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    for backend in (recording, "inductor"):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x, r: add_layer_norm(x, r, norm), backend=backend, fullgraph=True,
+                                 dynamic=True)
+        for m in (300, 17, 4100):
+            x = torch.randn(m, 768, device="cuda", dtype=dtype)
+            residual = torch.randn(768, m, device="cuda", dtype=dtype).t() if m == 17 else torch.randn_like(x)
+            calls.clear()
+            with torch.no_grad():
+                got = compiled(x, residual)
+            assert calls == [x.shape], (backend, m)  # the kernel ran, once
+            assert torch.equal(got, kernel(x, residual.contiguous(), norm.weight, norm.bias, norm.eps)), (backend, m)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets == ["crossenc.add_layer_norm.default"]
+
+
+def test_compiled_add_layer_norm_with_autograd_is_torchs_path():
+    """The op has no backward: traced with autograd on, the add and the LayerNorm stay torch's."""
+    norm = torch.nn.LayerNorm(768, device="cuda", dtype=torch.float16)
+    x, residual = torch.randn(2, 300, 768, device="cuda", dtype=torch.float16).unbind(0)
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda x, r: add_layer_norm(x, r, norm), backend=recording, fullgraph=True,
+                        dynamic=True)(x, residual)
+    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets and "crossenc.add_layer_norm.default" not in targets
+    assert torch.equal(got, norm(x + residual))

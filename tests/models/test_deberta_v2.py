@@ -393,6 +393,24 @@ def test_dense_gelu_op_equals_torch_and_compiles():
         assert torch.allclose(compiled(x, w, b), expected, atol=1e-6)
 
 
+def test_add_layer_norm_op_equals_torch_and_compiles():
+    """`crossenc::add_layer_norm`, the residual add + LayerNorm node of a compiled CUDA encoder: it
+    passes torch's opcheck, and where the Triton kernel does not run (here: on the CPU) it is
+    layer_norm(x + residual), compiled (dynamic token count) as eagerly, strided inputs too."""
+    from crossenc.model_executor.layers.layernorm import add_layer_norm_op
+
+    torch.manual_seed(5)
+    w, b = torch.randn(32), torch.randn(32)
+    x, residual = torch.randn(7, 32), torch.randn(7, 32)
+    torch.library.opcheck(add_layer_norm_op, (x, residual, w, b, 1e-7))
+    compiled = torch.compile(add_layer_norm_op, fullgraph=True, dynamic=True)
+    for m in (7, 1, 130):
+        x, residual = torch.randn(m, 32), torch.randn(32, m).t()
+        expected = torch.nn.functional.layer_norm(x + residual, (32,), w, b, 1e-7)
+        assert torch.equal(add_layer_norm_op(x, residual, w, b, 1e-7), expected)
+        assert torch.allclose(compiled(x, residual, w, b, 1e-7), expected, atol=1e-5)
+
+
 def test_attention_outside_a_forward_is_refused():
     from crossenc.model_executor.layers.packed_layout import packed_attention
 
