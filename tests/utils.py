@@ -28,6 +28,21 @@ def compiled_variants(kernel) -> int:
     return sum(len(caches[0]) for caches in kernel.device_caches.values())
 
 
+class GraphRecorder:
+    """A torch.compile backend that runs each traced graph as it is and keeps it: which ops the
+    graphs of a compiled function call."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
+
+    def targets(self) -> list[str]:
+        return [str(n.target) for gm in self.graphs for n in gm.graph.nodes if n.op == "call_function"]
+
+
 QUERY = "how do I compress a file"
 DOCUMENTS = [
     "the gzip module can compress and read compressed files",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crossenc.model_executor.layers.layernorm import add_layer_norm, can_fuse
-from tests.utils import compiled_variants
+from tests.utils import GraphRecorder, compiled_variants
 
 pytestmark = [
     pytest.mark.cuda,
@@ -77,12 +77,7 @@ def test_compiled_add_layer_norm_is_one_op_running_the_kernel(dtype, monkeypatch
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     for backend in (recording, "inductor"):
         torch._dynamo.reset()
         compiled = torch.compile(lambda x, r: add_layer_norm(x, r, norm), backend=backend, fullgraph=True,
@@ -95,7 +90,7 @@ def test_compiled_add_layer_norm_is_one_op_running_the_kernel(dtype, monkeypatch
                 got = compiled(x, residual)
             assert calls == [x.shape], (backend, m)  # the kernel ran, once
             assert torch.equal(got, kernel(x, residual.contiguous(), norm.weight, norm.bias, norm.eps)), (backend, m)
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    targets = recording.targets()
     assert targets == ["crossenc.add_layer_norm.default"]
 
 
@@ -103,15 +98,10 @@ def test_compiled_add_layer_norm_with_autograd_is_torchs_path():
     """The op has no backward: traced with autograd on, the add and the LayerNorm stay torch's."""
     norm = torch.nn.LayerNorm(768, device="cuda", dtype=torch.float16)
     x, residual = torch.randn(2, 300, 768, device="cuda", dtype=torch.float16).unbind(0)
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     torch._dynamo.reset()
     got = torch.compile(lambda x, r: add_layer_norm(x, r, norm), backend=recording, fullgraph=True,
                         dynamic=True)(x, residual)
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    targets = recording.targets()
     assert targets and "crossenc.add_layer_norm.default" not in targets
     assert torch.equal(got, norm(x + residual))

@@ -11,7 +11,7 @@ import torch
 from transformers.activations import ACT2FN
 
 from crossenc.model_executor.layers.dense_gelu import _kernel_available, can_fuse, dense_act
-from tests.utils import compiled_variants
+from tests.utils import GraphRecorder, compiled_variants
 
 pytestmark = [
     pytest.mark.cuda,
@@ -144,12 +144,7 @@ def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
         dense.weight.copy_(w)
         dense.bias.copy_(b)
     gelu = ACT2FN["gelu"]
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     for backend in (recording, "inductor"):
         torch._dynamo.reset()
         compiled = torch.compile(lambda x: dense_act(x, dense, gelu), backend=backend, fullgraph=True, dynamic=True)
@@ -160,7 +155,7 @@ def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
                 got = compiled(x)
             assert calls == [x.shape], (backend, m)  # the kernel ran, once
             assert torch.equal(got, dense_act(x, dense, gelu)), (backend, m)
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    targets = recording.targets()
     assert targets == ["crossenc.dense_gelu.default"]
 
 
@@ -173,14 +168,9 @@ def test_compiled_dense_act_with_autograd_is_torchs_path():
         dense.weight.copy_(w)
         dense.bias.copy_(b)
     gelu = ACT2FN["gelu"]
-    graphs = []
-
-    def recording(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     torch._dynamo.reset()
     got = torch.compile(lambda x: dense_act(x, dense, gelu), backend=recording, fullgraph=True, dynamic=True)(x)
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    targets = recording.targets()
     assert targets and "crossenc.dense_gelu.default" not in targets
     assert torch.equal(got, gelu(dense(x)))
