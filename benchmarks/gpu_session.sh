@@ -86,10 +86,9 @@ run_step() {
     vllm-bert) timeout 110 $S --system vllm-bert ;;
     profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 80 $S --system crossenc --pairs 256 \
       --profile "$out/profile-crossenc-score.txt" ;;
-    torch-profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc \
-      --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score.txt" ;;
-    torch-profile-compile) CROSSENC_TORCH_COMPILE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 \
-      timeout 200 $S --system crossenc --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score-compile.txt" ;;
+    torch-profile) VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 200 $S --system crossenc \
+      --pairs ${PAIRS:-256,2048} --torch-profile "$out/torch-profile-score${PROFILE_SUFFIX:-}.txt" ;;
+    torch-profile-compile) CROSSENC_TORCH_COMPILE=1 PROFILE_SUFFIX=-compile run_step torch-profile ;;
     engine-profile) VLLM_CUSTOM_SCOPES_FOR_PROFILING=1 timeout 150 $S --system crossenc --pairs ${PAIRS:-256} \
       --engine-profile "$out/engine-profile" ;;
     forward) timeout 500 python3 benchmarks/gpu_forward.py --shapes v3-base --workloads rerank-short long-2k \
