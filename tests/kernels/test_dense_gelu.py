@@ -28,6 +28,15 @@ def _inputs(m, k, n, dtype, seed):
     return x, w, b
 
 
+def _linear(w, b):
+    """A CUDA nn.Linear holding w and b, in their dtype."""
+    dense = torch.nn.Linear(w.shape[1], w.shape[0], device="cuda", dtype=w.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+        dense.bias.copy_(b)
+    return dense
+
+
 def _assert_within_torch(out, torch_out, ref):
     """The same roundings as torch's path (the biased sum, then the GELU); only the GEMM's
     summation order differs, so the error against fp32 is torch's within a rounding."""
@@ -106,10 +115,7 @@ def test_one_compiled_kernel_whatever_the_token_count():
 def test_encoder_dispatch(monkeypatch):
     monkeypatch.delenv("CROSSENC_FUSED_DENSE_GELU", raising=False)  # on by default
     x, w, b = _inputs(300, 768, 3072, torch.float16, seed=1)
-    dense = torch.nn.Linear(768, 3072, device="cuda", dtype=torch.float16)
-    with torch.no_grad():
-        dense.weight.copy_(w)
-        dense.bias.copy_(b)
+    dense = _linear(w, b)
     gelu = ACT2FN["gelu"]
     assert can_fuse(x, dense, gelu)
     assert not can_fuse(x, dense, ACT2FN["gelu_new"])  # the tanh approximation: torch's path
@@ -139,10 +145,7 @@ def test_compiled_dense_act_is_one_op_running_the_kernel(dtype, monkeypatch):
     kernel = module.dense_gelu
     monkeypatch.setattr(module, "dense_gelu", lambda *args, **kw: calls.append(args[0].shape) or kernel(*args, **kw))
     _, w, b = _inputs(1, 768, 3072, dtype, seed=3)
-    dense = torch.nn.Linear(768, 3072, device="cuda", dtype=dtype)
-    with torch.no_grad():
-        dense.weight.copy_(w)
-        dense.bias.copy_(b)
+    dense = _linear(w, b)
     gelu = ACT2FN["gelu"]
     recording = GraphRecorder()
     for backend in (recording, "inductor"):
@@ -163,10 +166,7 @@ def test_compiled_dense_act_with_autograd_is_torchs_path():
     """The op has no backward: where a compiled graph is traced with autograd on (not vLLM's
     inference), the dense and its GELU stay torch's ops, and the graph gives torch's result."""
     x, w, b = _inputs(300, 768, 3072, torch.float16, seed=4)
-    dense = torch.nn.Linear(768, 3072, device="cuda", dtype=torch.float16)
-    with torch.no_grad():
-        dense.weight.copy_(w)
-        dense.bias.copy_(b)
+    dense = _linear(w, b)
     gelu = ACT2FN["gelu"]
     recording = GraphRecorder()
     torch._dynamo.reset()

@@ -24,7 +24,8 @@ from crossenc.model_executor.models.deberta_v2 import (
     DebertaV2Model,
     UnsupportedConfigError,
 )
-from tests.utils import VARIANTS, deberta_config, loaded_from, pack_batch, pad_batch, random_sequences, spread
+from tests.utils import (VARIANTS, GraphRecorder, deberta_config, loaded_from, pack_batch, pad_batch, random_sequences,
+                         spread)
 
 ATOL = 1e-4
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -326,17 +327,11 @@ def test_compiled_attention_is_one_custom_op_node_and_equals_eager():
     layout = PackedLayout.from_positions(torch.cat([torch.arange(n) for n in lengths]))
     layout.rel_index = relative_position_index(max(lengths), span, 4 * span, span)
     args = (q, k, v, pos_key, pos_query, attention_scale(dim, 3))
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     with layout.active():
         eager = packed_attention(*args)
-        compiled = torch.compile(packed_attention, backend=backend, fullgraph=True)(*args)
-    targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
-    assert targets == ["crossenc.packed_disentangled_attention.default"]
+        compiled = torch.compile(packed_attention, backend=recording, fullgraph=True)(*args)
+    assert recording.targets() == ["crossenc.packed_disentangled_attention.default"]
     assert torch.equal(compiled, eager)
 
 
@@ -349,15 +344,10 @@ def test_compiled_encoder_holds_no_layout(variant):
     torch.manual_seed(2)
     hf = spread(HFModel(deberta_config(variant)))
     ours = loaded_from(DebertaV2Model, hf)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    recording = GraphRecorder()
     encoder = ours.encoder
     eager = encoder.forward
-    compiled = torch.compile(eager, backend=backend, fullgraph=True, dynamic=True)
+    compiled = torch.compile(eager, backend=recording, fullgraph=True, dynamic=True)
     for seed, lengths in enumerate([(90, 3, 40, 41, 1), (7, 128), (33,)]):
         g = torch.Generator().manual_seed(seed)
         seqs = [torch.randint(1, hf.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
@@ -370,8 +360,9 @@ def test_compiled_encoder_holds_no_layout(variant):
             finally:
                 encoder.forward = eager
         assert (got - expected).abs().max() <= ATOL, lengths
-    assert len(graphs) == 1
-    attention = [n for n in graphs[0].graph.nodes if str(n.target) == "crossenc.packed_disentangled_attention.default"]
+    assert len(recording.graphs) == 1
+    attention = [n for n in recording.graphs[0].graph.nodes
+                 if str(n.target) == "crossenc.packed_disentangled_attention.default"]
     assert len(attention) == ours.arch.num_layers
 
 
