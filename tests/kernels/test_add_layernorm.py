@@ -90,8 +90,10 @@ def test_compiled_add_layer_norm_is_one_op_running_the_kernel(dtype, monkeypatch
                 got = compiled(x, residual)
             assert calls == [x.shape], (backend, m)  # the kernel ran, once
             assert torch.equal(got, kernel(x, residual.contiguous(), norm.weight, norm.bias, norm.eps)), (backend, m)
-    targets = recording.targets()
-    assert targets == ["crossenc.add_layer_norm.default"]
+    # one graph per residual layout (the strided one is guarded apart), each the one op
+    assert recording.graphs and all(
+        [str(n.target) for n in gm.graph.nodes if n.op == "call_function"] == ["crossenc.add_layer_norm.default"]
+        for gm in recording.graphs)
 
 
 def test_compiled_add_layer_norm_with_autograd_is_torchs_path():
