@@ -37,6 +37,21 @@ def test_fused_add_layer_norm_matches_torch(dtype, rows, hidden):
     assert err <= torch.finfo(dtype).eps * ref.abs().max().item() + 1e-5, err
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_layer_norm_of_x_plus_one_row(dtype):
+    """The kernel's other form, LayerNorm(x + a bias row): benchmarks/residual_gemm.py times the
+    residual added in cuBLAS's GEMM against the model's path with it."""
+    from crossenc.kernels.triton_add_layernorm import triton_add_layer_norm
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4100, 1024, device="cuda", generator=gen).mul(4).to(dtype)
+    row, weight, bias = torch.randn(3, 1024, device="cuda", generator=gen).to(dtype).unbind(0)
+    ref = torch.nn.functional.layer_norm(x.float() + row.float(), (1024,), weight.float(), bias.float(), 1e-7)
+    out = triton_add_layer_norm(x, row, weight, bias, 1e-7)
+    err = (out.float() - ref).abs().max().item()
+    assert err <= torch.finfo(dtype).eps * ref.abs().max().item() + 1e-5, err
+
+
 def test_other_norms_and_layouts_take_torch():
     x = torch.randn(8, 64, device="cuda")
     norm = torch.nn.LayerNorm(64, device="cuda")
