@@ -15,7 +15,7 @@ ROWS_PER_PROGRAM = 4
 
 @triton.jit(do_not_specialize=["n_rows"])  # one variant for every token count (see gluon_dense_gelu)
 def _add_layer_norm_fwd(X, R, W, B, O, n_rows, eps, N: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
-                        R_ROW: tl.constexpr = False):
+                        R_ROW: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     col_mask = cols < N

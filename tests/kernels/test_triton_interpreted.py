@@ -203,17 +203,21 @@ for rows, hidden, dtype in ((10, 768, torch.float32), (3, 1024, torch.float32), 
     out = triton_add_layer_norm(x, r, w, b, 1e-7)
     assert out.shape == x.shape and out.dtype == dtype
     errors[f"{rows}x{hidden} {dtype}"] = (out.float() - ref).abs().max().item() if rows else 0.0
+    if rows:  # the other form: one row (a bias) added to every row
+        ref = torch.nn.functional.layer_norm(x.float() + r[0].float(), (hidden,), w.float(), b.float(), 1e-7)
+        errors[f"{rows}x{hidden} {dtype} row"] = (triton_add_layer_norm(x, r[0].clone(), w, b, 1e-7).float() - ref).abs().max().item()
 print(json.dumps(errors))
 """
 
 
 def test_interpreted_add_layer_norm_matches_torch(interpreted_errors):
     """The fused residual add + LayerNorm (the encoder blocks' CUDA path): rows that do not fill
-    a program, features that are not a power of two, fp16 rounding once at the end."""
+    a program, features that are not a power of two, fp16 rounding once at the end; and its form
+    with one row added to every row."""
     out = _interpret(_ADD_LN_CHILD)
     assert out.returncode == 0, out.stderr[-3000:]
     errors = json.loads(out.stdout.splitlines()[-1])
-    assert len(errors) == 4
+    assert len(errors) == 7
     for label, error in errors.items():
         assert error < (1e-4 if "float32" in label else 1e-2), (label, error)
 
@@ -229,9 +233,9 @@ def test_add_layer_norm_compiles_for_hopper(dtype, hidden):
 
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
         pytest.skip("this Triton ships no ptxas")
-    constexprs = dict(N=hidden, BLOCK=triton.next_power_of_2(hidden), ROWS=module.ROWS_PER_PROGRAM)
+    constexprs = dict(N=hidden, BLOCK=triton.next_power_of_2(hidden), ROWS=module.ROWS_PER_PROGRAM, R_ROW=False)
     signature = dict(X=f"*{dtype}", R=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", O=f"*{dtype}", n_rows="i32",
-                     eps="fp32", N="constexpr", BLOCK="constexpr", ROWS="constexpr")
+                     eps="fp32", N="constexpr", BLOCK="constexpr", ROWS="constexpr", R_ROW="constexpr")
     names = list(signature)
     source = ASTSource(fn=module._add_layer_norm_fwd, signature=signature,
                        constexprs={(names.index(n),): v for n, v in constexprs.items()})
