@@ -65,7 +65,7 @@ def test_sequence_logits_equal_transformers(variant, num_labels):
 def test_position_tables_made_once_and_remade_when_the_weights_change(variant):
     """At inference the encoder makes every layer's position tables once (the same tensors on the
     next forward), and makes them again when the weights change: loaded in place, edited in place,
-    or converted to another dtype. With autograd on nothing is kept."""
+    replaced, or converted to another dtype. With autograd on nothing is kept."""
     torch.manual_seed(2)
     hf = spread(HFSeqCls(deberta_config(variant)))
     ours = loaded_from(DebertaV2ForSequenceClassification, hf)
@@ -94,6 +94,13 @@ def test_position_tables_made_once_and_remade_when_the_weights_change(variant):
         hidden = hf.config.hidden_size
         ours.deberta.encoder.layer[-1].attention.self.qkv_proj.weight[:hidden].mul_(1.5)
         other.deberta.encoder.layer[-1].attention.self.query_proj.weight.mul_(1.5)
+    check(other)
+    with torch.no_grad():  # replaced: a new Parameter in the module (the first layer's query rows)
+        qkv = ours.deberta.encoder.layer[0].attention.self.qkv_proj
+        weight = qkv.weight.detach().clone()
+        weight[:hidden].mul_(0.5)
+        qkv.weight = torch.nn.Parameter(weight)
+        other.deberta.encoder.layer[0].attention.self.query_proj.weight.mul_(0.5)
     check(other)
     ours.double()
     check(other.double(), tol=1e-6)  # (the attention's scores are taken in float32)

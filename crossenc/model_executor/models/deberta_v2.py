@@ -336,6 +336,7 @@ class DebertaV2Encoder(nn.Module):
         self._rel_index_cache: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
         # (the weights' identity, every layer's position tables): `position_tables`
         self._tables: tuple[tuple, list] | None = None
+        self._table_params: list[dict] | None = None
 
     def _relative_position_index(self, max_seqlen: int, device: torch.device) -> tuple[torch.Tensor, int]:
         """rel_index on `device` and its `saturation_distance`, made once per length bound and
@@ -371,11 +372,14 @@ class DebertaV2Encoder(nn.Module):
         if self.rel_embeddings is None:
             return [(None, None)] * len(self.layer)
         cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        sources = [self.rel_embeddings, self.LayerNorm, *(layer.attention.self for layer in self.layer)]
+        if cache and self._table_params is None:  # the modules' parameter slots, gathered once
+            sources = [self.rel_embeddings, self.LayerNorm, *(layer.attention.self for layer in self.layer)]
+            self._table_params = [m._parameters for source in sources if source is not None for m in source.modules()]
         # (Parameters made under inference_mode have no version counter; they cannot be edited
-        # in place outside it either.)
+        # in place outside it either. The slots are read each time: a parameter replaced in its
+        # module changes the key too. Walking them is a fifth of `parameters()`'s host time.)
         key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device)
-                    for m in sources if m is not None for p in m.parameters()) if cache else None
+                    for params in self._table_params for p in params.values() if p is not None) if cache else None
         if key is not None and self._tables is not None and self._tables[0] == key:
             return self._tables[1]
         rel_embeddings = self.rel_embeddings.weight
@@ -389,7 +393,7 @@ class DebertaV2Encoder(nn.Module):
 
     def weights_loaded(self) -> None:
         """Drop what was made from the weights: a loader writes them in place (`load_checkpoint`)."""
-        self._tables = None
+        self._tables = self._table_params = None
 
     def forward(self, x, seq_ids) -> torch.Tensor:
         tables = self.position_tables()
