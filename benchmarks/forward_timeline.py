@@ -36,7 +36,8 @@ def kernel_busy_ms(fn) -> tuple[float, float]:
     """(busy ms, wall ms) of one profiled forward: the union of its CUDA kernels' intervals."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
         start.record()
         fn()
         end.record()
