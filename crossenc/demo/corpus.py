@@ -9,6 +9,7 @@ imported, so no module's import side effects run (some open windows or browsers)
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 import sysconfig
@@ -61,8 +62,13 @@ def _pair(source: str, docstring: str) -> Pair | None:
 
 
 def stdlib_pairs(root: Path | None = None) -> list[Pair]:
-    """Every usable docstring pair, in a fixed order, without repeated queries or passages."""
-    root = root or stdlib_root()
+    """Every usable docstring pair, in a fixed order, without repeated queries or passages (read
+    once per process: parsing the library takes seconds)."""
+    return list(_stdlib_pairs(root or stdlib_root()))
+
+
+@functools.lru_cache(maxsize=4)
+def _stdlib_pairs(root: Path) -> tuple[Pair, ...]:
     pairs, seen = [], set()
     for path in _source_files(root):
         try:
@@ -79,7 +85,7 @@ def stdlib_pairs(root: Path | None = None) -> list[Pair]:
                 continue
             seen.update((pair.query.lower(), pair.passage.lower()))
             pairs.append(pair)
-    return pairs
+    return tuple(pairs)
 
 
 def top_module(source: str) -> str:
