@@ -39,8 +39,12 @@ class GraphRecorder:
         self.graphs.append(gm)
         return gm.forward
 
+    def graph_targets(self) -> list[list[str]]:
+        """Each traced graph's called ops, in order."""
+        return [[str(n.target) for n in gm.graph.nodes if n.op == "call_function"] for gm in self.graphs]
+
     def targets(self) -> list[str]:
-        return [str(n.target) for gm in self.graphs for n in gm.graph.nodes if n.op == "call_function"]
+        return [target for graph in self.graph_targets() for target in graph]
 
 
 QUERY = "how do I compress a file"
