@@ -142,7 +142,10 @@ def build(system: str, shape: str, state_dict: dict, batch: Batch) -> Callable[[
         if system == "crossenc+compile":
             encoder = model.deberta.encoder
             encoder.forward = torch.compile(encoder.forward, fullgraph=True, dynamic=True)
-        forward = lambda: model.classifier(model.projector(model(batch.packed, batch.positions)[first]))  # noqa: E731
+
+        def forward():
+            return model.classifier(model.projector(model(batch.packed, batch.positions)[first]))
+
         forward.model = model  # for benchmarks/forward_timeline.py
         return forward
     raise ValueError(f"unknown system {system!r}")

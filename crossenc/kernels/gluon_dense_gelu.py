@@ -56,10 +56,10 @@ def _gelu(x):
     Recipes' erfcc), in base 2 with the 1/2 folded in: Phi(-|x|) = t * 2^(Q(t) - x^2 log2(e) / 2).
     Q is a degree-5 fit (weighted least squares toward minimax over a in [0, 9]): relative error of
     Phi(-|x|) below 7.8e-6, far under fp16's and bf16's half unit in the last place, so the GELU
-    stays within one rounding of the exact one (`test_gelu_over_every_value`). 14 instructions an
-    element (two MUFU): the epilogue, run by one warpgroup, must stay shorter than the other's main
-    loop. libdevice's erff (coefficients selected per element) and full-range division and exp
-    took three times as many and made the kernel slower than cuBLAS and a GELU pass (H100: 0.88 ms,
+    stays within one rounding of the exact one (`test_gelu_over_every_value`). About 15 instructions
+    an element (two MUFU; erfcc's degree 9 took 21): the epilogue, run by one warpgroup, must stay
+    shorter than the other's main loop. libdevice's erff (coefficients selected per element) and
+    full-range division and exp took more than twice as many and made the kernel slower than cuBLAS and a GELU pass (H100: 0.88 ms,
     then 0.80, then 0.38 with erfcc's degree 9, against 0.46 ms at [41,000, 768 -> 3,072])."""
     t = _approx("rcp.approx.ftz.f32", gl.abs(x) * 0.35355339059327373 + 1.0)
     q = 0.33007869 * t - 1.02314782
